@@ -1,0 +1,124 @@
+"""The provider contract: a query, an extract step (raw payloads, untouched) and a transform step
+(payloads -> one standard frame per dataset).
+
+Extract talks to the outside world; transform is pure and runs on payloads read back from `raw`, so
+re-processing never needs the provider again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Protocol, runtime_checkable
+
+import polars as pl
+
+DATASETS = ("bars_1d", "bars_1m", "corporate_actions")
+
+# The standard (provider-neutral) frames that transform steps return, before validation.
+BARS_1D_COLUMNS: dict[str, pl.DataType] = {
+    "symbol": pl.String(),
+    "session_date": pl.Date(),
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+    "vwap": pl.Float64(),
+    "trades": pl.Int64(),
+    "raw_payload_id": pl.Int64(),
+}
+BARS_1M_COLUMNS: dict[str, pl.DataType] = {
+    "symbol": pl.String(),
+    "ts": pl.Datetime("us", "UTC"),
+    "open": pl.Float64(),
+    "high": pl.Float64(),
+    "low": pl.Float64(),
+    "close": pl.Float64(),
+    "volume": pl.Float64(),
+    "vwap": pl.Float64(),
+    "trades": pl.Int64(),
+    "raw_payload_id": pl.Int64(),
+}
+CORPORATE_ACTIONS_COLUMNS: dict[str, pl.DataType] = {
+    "symbol": pl.String(),
+    "ex_date": pl.Date(),
+    "action": pl.String(),  # split | cash_dividend
+    "ratio": pl.Float64(),  # new shares per old share (splits)
+    "amount": pl.Float64(),  # cash per share (dividends)
+    "currency": pl.String(),
+    "raw_payload_id": pl.Int64(),
+}
+STANDARD_COLUMNS: dict[str, dict[str, pl.DataType]] = {
+    "bars_1d": BARS_1D_COLUMNS,
+    "bars_1m": BARS_1M_COLUMNS,
+    "corporate_actions": CORPORATE_ACTIONS_COLUMNS,
+}
+
+
+def empty_standard_frame(dataset: str) -> pl.DataFrame:
+    """An empty frame with the standard columns of `dataset`."""
+    return pl.DataFrame(schema=STANDARD_COLUMNS[dataset])
+
+
+class ProviderError(RuntimeError):
+    """A provider could not deliver; the message says why and never contains secrets."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to fetch: one dataset, an inclusive range of session dates, some provider symbols."""
+
+    dataset: str
+    start: date
+    end: date
+    symbols: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RawPayload:
+    """What a provider sent for one request, kept byte for byte.
+
+    `request_key` identifies the request within (provider, dataset, session_date), so a re-fetch of
+    the same request with the same bytes is recognised and not stored twice. `params` never holds
+    secrets. `payload_id` is set once the payload has been stored in `raw.payloads`.
+    """
+
+    provider: str
+    dataset: str
+    session_date: date
+    request_key: str
+    endpoint: str
+    params: dict[str, Any]
+    body: bytes
+    content_type: str = "application/json"
+    status: int = 200
+    fetched_at: datetime | None = None
+    payload_id: int | None = field(default=None, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the body."""
+        return hashlib.sha256(self.body).hexdigest()
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One market-data source."""
+
+    name: str
+    datasets: tuple[str, ...]
+
+    def extract(self, query: Query) -> list[RawPayload]:
+        """Fetch the raw payloads answering `query`, one or more per session date."""
+        ...
+
+    def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
+        """Turn stored payloads into the standard frame of `dataset` (see STANDARD_COLUMNS).
+
+        Values that do not parse become nulls rather than errors, so validation can quarantine
+        the row with a reason instead of the whole partition failing.
+        """
+        ...

@@ -1,0 +1,41 @@
+"""Exchange sessions from exchange-calendars: which dates trade, and when each session opens and closes."""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import lru_cache
+
+import exchange_calendars as xcals
+import polars as pl
+
+
+@lru_cache(maxsize=8)
+def calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
+    """The exchange calendar `name` (cached: building one is slow)."""
+    return xcals.get_calendar(name, start="1990-01-02")
+
+
+def session_dates(start: date, end: date, calendar_name: str = "XNYS") -> list[date]:
+    """Trading session dates in [start, end], inclusive."""
+    if end < start:
+        return []
+    cal = calendar(calendar_name)
+    return [ts.date() for ts in cal.sessions_in_range(start.isoformat(), end.isoformat())]
+
+
+def session_bounds(start: date, end: date, calendar_name: str = "XNYS") -> pl.DataFrame:
+    """One row per session in [start, end]: session_date, open and close (UTC); half days included."""
+    cal = calendar(calendar_name)
+    sched = cal.schedule.loc[start.isoformat(): end.isoformat()]
+    return pl.DataFrame({
+        "session_date": [ts.date() for ts in sched.index],
+        "open": sched["open"].dt.tz_convert("UTC").to_list(),
+        "close": sched["close"].dt.tz_convert("UTC").to_list(),
+    }).with_columns(pl.col("open", "close").cast(pl.Datetime("us", "UTC")))
+
+
+def non_session_weekdays(start: date, end: date, calendar_name: str = "XNYS") -> list[date]:
+    """Weekdays in [start, end] on which the exchange is closed (holidays)."""
+    sessions = set(session_dates(start, end, calendar_name))
+    days = pl.date_range(start, end, "1d", eager=True)
+    return [d for d in days.to_list() if d.weekday() < 5 and d not in sessions]
