@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 
 import exchange_calendars as xcals
@@ -11,8 +11,9 @@ import polars as pl
 
 @lru_cache(maxsize=8)
 def calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
-    """The exchange calendar `name` (cached: building one is slow)."""
-    return xcals.get_calendar(name, start="1990-01-02")
+    """The exchange calendar `name` from 1990 to two years ahead (cached: building one is slow)."""
+    end = date.today() + timedelta(days=730)
+    return xcals.get_calendar(name, start="1990-01-02", end=end.isoformat())
 
 
 def session_dates(start: date, end: date, calendar_name: str = "XNYS") -> list[date]:

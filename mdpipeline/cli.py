@@ -1,0 +1,219 @@
+"""The `mdpipeline` command line: local services, the demo, backfills, replays, reads and tails."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mdpipeline.settings import Settings, load_env
+
+app = typer.Typer(help="mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster.",
+                  no_args_is_help=True, add_completion=False)
+dev_app = typer.Typer(help="Local PostgreSQL and Kafka-compatible broker for the embedded default.",
+                      no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+console = Console()
+err_console = Console(stderr=True)
+
+DEMO_START = date(2024, 6, 3)
+DEMO_END = date(2024, 6, 21)
+Start = Annotated[str, typer.Option("--start", help="First date (YYYY-MM-DD), inclusive.")]
+End = Annotated[str, typer.Option("--end", help="Last date (YYYY-MM-DD), inclusive.")]
+
+
+def _date(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
+
+
+def _settings() -> Settings:
+    settings = Settings.from_env()
+    if not settings.database_url:
+        err_console.print("[red]MDP_DATABASE_URL is not set.[/] Run `mdpipeline dev up` (writes .env) or export it.")
+        raise typer.Exit(2)
+    return settings
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start PostgreSQL and the broker under ./.mdpipeline and write .env."""
+    from mdpipeline.devservices import dev_up as up
+
+    stack = up(Path.cwd())
+    console.print(f"PostgreSQL  {stack.database_url}\nBroker      {stack.bootstrap_servers}\n"
+                  f"DAGSTER_HOME {stack.dagster_home}\nWrote .env")
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop the local services (the broker keeps messages in memory only: they are lost)."""
+    from mdpipeline.devservices import dev_down as down
+
+    down(Path.cwd())
+    console.print("stopped")
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    """Show whether the local services run."""
+    from mdpipeline.devservices import dev_status as status
+
+    st = status(Path.cwd())
+    console.print(st)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schemas."""
+    from mdpipeline.storage.database import connect
+    from mdpipeline.storage.migrations import migrate as run_migrations
+    from mdpipeline.storage.migrations import storage_layout
+
+    with connect(_settings().database_url) as conn:
+        applied = run_migrations(conn)
+        console.print(f"applied {applied or 'nothing (up to date)'}; layout: {storage_layout(conn)}")
+
+
+@app.command()
+def backfill(
+    start: Start,
+    end: End,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")] = None,
+    symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols (default: universe).")] = None,
+    select: Annotated[str | None, typer.Option("--select", help="Dagster asset selection, e.g. 'group:md'.")] = None,
+) -> None:
+    """Re-materialize [start, end] through Dagster in a single run; exits non-zero when the run fails."""
+    _run_range(_date(start, "--start"), _date(end, "--end"), provider, symbols, select)
+
+
+@app.command()
+def replay(
+    start: Start,
+    end: End,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")] = None,
+) -> None:
+    """Re-derive everything downstream of `raw` for [start, end] from stored payloads (no provider calls)."""
+    _run_range(_date(start, "--start"), _date(end, "--end"), provider, None, "not group:raw")
+
+
+def _run_range(start: date, end: date, providers: list[str] | None, symbols: str | None, select: str | None) -> None:
+    from mdpipeline.orchestration.definitions import build_definitions
+    from mdpipeline.orchestration.runner import NoSessionsError, materialize_range
+
+    settings = _settings()
+    _prepare(settings)
+    defs = build_definitions(settings, symbols=[s.strip().upper() for s in symbols.split(",")] if symbols else None)
+    try:
+        result = materialize_range(defs, start, end, providers=providers, select=select)
+    except NoSessionsError as err:
+        err_console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from None
+    _print_run(result)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+def _prepare(settings: Settings) -> None:
+    """Migrate the database and create the topics (both idempotent)."""
+    from mdpipeline.distribute.topics import ensure_topics
+    from mdpipeline.storage.database import connect
+    from mdpipeline.storage.migrations import migrate as run_migrations
+
+    with connect(settings.database_url) as conn:
+        run_migrations(conn)
+    if settings.kafka_bootstrap_servers:
+        ensure_topics(settings.kafka_bootstrap_servers)
+
+
+def _print_run(result: object) -> None:
+    from mdpipeline.orchestration.summary import run_summary
+
+    summary = run_summary(result)  # type: ignore[arg-type]
+    table = Table(title=f"run {summary.run_id} — {'succeeded' if summary.success else 'FAILED'}")
+    for col in ("asset", "rows / messages", "checks"):
+        table.add_column(col)
+    for row in summary.assets:
+        table.add_row(row.asset, row.count, row.checks)
+    console.print(table)
+    for failure in summary.failures:
+        err_console.print(f"[red]{failure}[/]")
+
+
+@app.command()
+def demo() -> None:
+    """The main job end to end on the embedded default: local services, synthetic and file data, offline."""
+    from mdpipeline.orchestration.demo import run_demo
+
+    ok = run_demo(Path.cwd(), DEMO_START, DEMO_END, console)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bars(
+    symbol: Annotated[str, typer.Argument(help="Ticker, e.g. AAPL.")],
+    start: Start,
+    end: End,
+    interval: Annotated[str, typer.Option("--interval", help="1d (1m: not stored yet).")] = "1d",
+    adjust: Annotated[str, typer.Option("--adjust", help="none | split | total.")] = "none",
+    provider: Annotated[str | None, typer.Option("--provider", help="Only this provider.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
+) -> None:
+    """Print stored bars of SYMBOL."""
+    from mdpipeline.storage.bars import read_bars_1d
+    from mdpipeline.storage.database import connect
+
+    if interval != "1d":
+        err_console.print("[red]only --interval 1d is stored so far[/]")
+        raise typer.Exit(2)
+    if adjust != "none":
+        err_console.print("[red]adjusted reads (--adjust split|total) are not implemented yet; use --adjust none[/]")
+        raise typer.Exit(2)
+    with connect(_settings().database_url) as conn:
+        frame = read_bars_1d(conn, start=_date(start, "--start"), end=_date(end, "--end"),
+                             provider=provider, symbols=[symbol.upper()])
+    frame = frame.drop("raw_payload_id", "run_id")
+    if fmt == "csv":
+        sys.stdout.write(frame.write_csv())
+    elif fmt == "json":
+        sys.stdout.write(frame.write_json() + "\n")
+    else:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
+            console.print(str(frame))
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic, e.g. md.bars.1d.v1.")],
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the earliest offset.")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Stop after N messages.")] = None,
+    idle: Annotated[float, typer.Option("--idle", help="Stop after this many idle seconds.")] = 10.0,
+) -> None:
+    """Subscribe to TOPIC and print one JSON line per message."""
+    from mdpipeline.distribute.subscriber import consume
+
+    settings = Settings.from_env()
+    if not settings.kafka_bootstrap_servers:
+        err_console.print("[red]MDP_KAFKA_BOOTSTRAP_SERVERS is not set[/]")
+        raise typer.Exit(2)
+    for event in consume(settings.kafka_bootstrap_servers, topic, from_beginning=from_beginning, limit=limit,
+                         idle_timeout=idle):
+        sys.stdout.write(json.dumps({"partition": event.partition, "offset": event.offset, "key": event.key,
+                                     "headers": event.headers, "value": json.loads(event.value)}) + "\n")
+        sys.stdout.flush()
+
+
+def main() -> None:
+    """Entry point of the `mdpipeline` script."""
+    load_env()
+    app()

@@ -1,0 +1,1 @@
+"""Step 6, distribute: Kafka topics, deterministic events, broker-confirmed publishing, subscription."""

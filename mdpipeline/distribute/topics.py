@@ -1,0 +1,48 @@
+"""Topic names (`md.<dataset>.<interval>.v<N>`) and their creation with explicit settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic and the settings it is created with."""
+
+    name: str
+    partitions: int = 6
+    replication_factor: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+BARS_1D = TopicSpec("md.bars.1d.v1", partitions=6, config={"cleanup.policy": "delete", "retention.ms": "-1"})
+BARS_1M = TopicSpec("md.bars.1m.v1", partitions=12, config={"cleanup.policy": "delete"})
+TICKS = TopicSpec("md.ticks.v1", partitions=12, config={"cleanup.policy": "delete"})
+CORPORATE_ACTIONS = TopicSpec("md.corporate_actions.v1", partitions=3, config={"retention.ms": "-1"})
+QUALITY = TopicSpec("md.quality.v1", partitions=3)
+ALL_TOPICS = (BARS_1D, BARS_1M, TICKS, CORPORATE_ACTIONS, QUALITY)
+
+
+def ensure_topics(bootstrap_servers: str, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
+         for s in missing],
+        operation_timeout=timeout,
+    )
+    created: list[str] = []
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=timeout)
+            created.append(name)
+        except Exception as err:  # noqa: BLE001 - a racing creator is fine, anything else is not
+            if "TOPIC_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err).lower():
+                raise
+    return created

@@ -1,0 +1,1 @@
+"""The thin Dagster layer: partitions, resources, IO, assets and checks that wire the pure core."""

@@ -1,0 +1,61 @@
+"""The Dagster code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from mdpipeline.orchestration.assets import bars_1d_assets, reference_data
+from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
+from mdpipeline.orchestration.partitions import trading_day_partitions
+from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.settings import Settings
+from mdpipeline.universe import load_universe
+
+
+def frames_dir() -> Path:
+    """Where intermediate Parquet frames live: $MDP_FRAMES_DIR, else under DAGSTER_HOME or ./.mdpipeline."""
+    if os.environ.get("MDP_FRAMES_DIR"):
+        return Path(os.environ["MDP_FRAMES_DIR"])
+    home = os.environ.get("DAGSTER_HOME")
+    return Path(home, "frames") if home else Path.cwd() / ".mdpipeline" / "frames"
+
+
+def build_definitions(settings: Settings | None = None, symbols: list[str] | None = None) -> dg.Definitions:
+    """Definitions for every provider enabled in the universe file (`symbols` narrows what raw assets fetch)."""
+    settings = settings or Settings.from_env()
+    universe = load_universe(settings.universe_path)
+    partitions = trading_day_partitions(universe.exchange_calendar)
+    enabled = [name for name, setup in universe.providers.items() if setup.enabled]
+    assets: list[dg.AssetsDefinition] = [reference_data]
+    for provider in enabled:
+        assets += bars_1d_assets(provider, partitions)
+    jobs = [
+        dg.define_asset_job(
+            f"bars_1d_{provider}", selection=dg.AssetSelection.groups("raw", "validated", "normalized", "md",
+                                                                        "published")
+            & dg.AssetSelection.key_prefixes(["raw", provider], ["validated", provider], ["normalized", provider],
+                                            ["md", provider], ["published", provider]),
+            partitions_def=partitions,
+            description=f"Daily bars of {provider} through all steps.",
+        )
+        for provider in enabled
+    ]
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        resources={
+            "db": DatabaseResource(url=settings.database_url or dg.EnvVar("MDP_DATABASE_URL")),
+            "kafka": KafkaResource(
+                bootstrap_servers=settings.kafka_bootstrap_servers or dg.EnvVar("MDP_KAFKA_BOOTSTRAP_SERVERS")
+            ),
+            "providers": ProvidersResource(universe_path=str(settings.universe_path),
+                                           files_dir=str(settings.files_dir), symbols=list(symbols or [])),
+            "frames": PartitionedParquetIOManager(base_dir=str(frames_dir())),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,68 @@
+"""Dagster resources: the database, the broker, and the providers built from the universe file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+
+from mdpipeline.providers import build_provider
+from mdpipeline.providers.base import Provider
+from mdpipeline.settings import DEFAULT_FILES_DIR, DEFAULT_UNIVERSE, Settings
+from mdpipeline.storage.database import connect
+from mdpipeline.universe import Universe, load_universe
+
+
+class DatabaseResource(dg.ConfigurableResource):
+    """The market-data database (TimescaleDB or PostgreSQL)."""
+
+    url: str
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """An autocommit connection in UTC; use `conn.transaction()` for atomic work."""
+        conn = connect(self.url)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """The Kafka (or Kafka-protocol) cluster events are published to."""
+
+    bootstrap_servers: str
+
+
+class ProvidersResource(dg.ConfigurableResource):
+    """Builds providers from the checked-in universe file and the environment."""
+
+    universe_path: str = str(DEFAULT_UNIVERSE)
+    files_dir: str = str(DEFAULT_FILES_DIR)
+    symbols: list[str] = []
+
+    def symbols_for(self, name: str) -> tuple[str, ...]:
+        """Symbols `name` is asked for: the override when given (kept to those it serves), else its universe list."""
+        configured = self.universe().provider(name).symbols
+        if not self.symbols:
+            return configured
+        return tuple(s for s in self.symbols if s in configured)
+
+    def universe(self) -> Universe:
+        """The parsed universe file."""
+        return load_universe(Path(self.universe_path))
+
+    def provider(self, name: str) -> Provider:
+        """The provider `name`, configured from the universe file and environment."""
+        settings = Settings.from_env()
+        settings = Settings(
+            database_url=settings.database_url,
+            kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
+            universe_path=Path(self.universe_path),
+            files_dir=Path(self.files_dir),
+            base_urls=settings.base_urls,
+        )
+        return build_provider(name, self.universe(), settings)

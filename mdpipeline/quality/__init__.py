@@ -1,0 +1,1 @@
+"""Step 2, validate: pandera schemas per layer, row-level quarantine with reasons."""

@@ -1,0 +1,64 @@
+"""Pandera (polars backend) schemas of the bar layers.
+
+`StandardBars1d` checks what a provider transform produced (before instruments are known);
+`NormalizedBars1d` checks the canonical frame that is stored in `md.bars_1d` and published.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandera.polars as pa
+import polars as pl
+
+OHLC_RULE = "low <= min(open, close) <= max(open, close) <= high"
+
+
+def _ohlc_consistent(data: pa.PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(
+        (pl.col("low") <= pl.min_horizontal("open", "close"))
+        & (pl.max_horizontal("open", "close") <= pl.col("high"))
+    )
+
+
+class _Prices(pa.DataFrameModel):
+    open: float = pa.Field(gt=0)
+    high: float = pa.Field(gt=0)
+    low: float = pa.Field(gt=0)
+    close: float = pa.Field(gt=0)
+    volume: float = pa.Field(ge=0)
+    vwap: float = pa.Field(gt=0, nullable=True)
+    trades: int = pa.Field(ge=0, nullable=True)
+
+    @pa.dataframe_check(name="ohlc_consistent", error=OHLC_RULE)
+    @classmethod
+    def ohlc_consistent(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        """Broken OHLC is a hard error: such a bar cannot be trusted at all."""
+        return _ohlc_consistent(data)
+
+
+class StandardBars1d(_Prices):
+    """Daily bars as a provider transform returns them."""
+
+    symbol: str = pa.Field(str_length={"min_value": 1})
+    session_date: dt.date
+    raw_payload_id: int = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
+        coerce = False
+
+
+class NormalizedBars1d(_Prices):
+    """Canonical daily bars, as stored in `md.bars_1d`."""
+
+    instrument_id: int = pa.Field(gt=0)
+    symbol: str = pa.Field(str_length={"min_value": 1})
+    session_date: dt.date
+    provider: str
+    raw_payload_id: int = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = False
+        unique = ["instrument_id", "provider", "session_date"]

@@ -1,0 +1,1 @@
+"""Step 5, store: DDL and migrations, binary COPY loading, partition replacement, reads."""

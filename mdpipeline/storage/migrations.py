@@ -1,0 +1,246 @@
+"""Versioned DDL for the `raw`, `ref`, `md`, `quality` and `ops` schemas.
+
+One decision point (`timescale_available`) picks the physical layout at migration time: TimescaleDB
+hypertables when the extension can be created, native range partitioning on plain PostgreSQL 14+.
+The logical tables are identical either way, so the rest of the code never asks which it got.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+# Time-partitioned tables: name -> (partition column, chunk interval).
+TIME_PARTITIONED: dict[str, tuple[str, str]] = {
+    "md.bars_1d": ("session_date", "1 year"),
+    "md.bars_1m": ("session_date", "1 month"),
+    "md.ticks": ("session_date", "1 day"),
+}
+
+_BARS_COLUMNS = """
+    instrument_id   bigint           not null,
+    symbol          text             not null,
+    session_date    date             not null,
+    provider        text             not null,
+    open            double precision not null,
+    high            double precision not null,
+    low             double precision not null,
+    close           double precision not null,
+    volume          double precision not null,
+    vwap            double precision,
+    trades          bigint,
+    raw_payload_id  bigint,
+    run_id          text             not null,
+    ingested_at     timestamptz      not null
+"""
+
+BASE_DDL = f"""
+create schema if not exists raw;
+create schema if not exists ref;
+create schema if not exists md;
+create schema if not exists quality;
+create schema if not exists ops;
+
+create table if not exists raw.payloads (
+    payload_id    bigint generated always as identity primary key,
+    provider      text        not null,
+    dataset       text        not null,
+    session_date  date        not null,
+    request_key   text        not null,
+    endpoint      text        not null,
+    params        jsonb       not null,
+    status        integer     not null,
+    content_type  text        not null,
+    body          bytea       not null,
+    sha256        text        not null,
+    fetched_at    timestamptz not null,
+    first_run_id  text        not null,
+    last_run_id   text        not null,
+    last_seen_at  timestamptz not null default now(),
+    unique (provider, dataset, session_date, request_key, sha256)
+);
+create index if not exists payloads_by_partition
+    on raw.payloads (provider, dataset, session_date, request_key, last_seen_at desc);
+
+create table if not exists ref.instruments (
+    instrument_id bigint primary key,
+    name          text not null,
+    mic           text not null,
+    currency      text not null,
+    asset_class   text not null,
+    figi          text,
+    isin          text,
+    updated_at    timestamptz not null default now()
+);
+create table if not exists ref.symbology (
+    instrument_id bigint not null references ref.instruments,
+    symbol        text   not null,
+    valid_from    date   not null,
+    valid_to      date   not null,
+    primary key (symbol, valid_from),
+    check (valid_from <= valid_to)
+);
+create table if not exists ref.corporate_actions (
+    instrument_id  bigint not null,
+    ex_date        date   not null,
+    action         text   not null check (action in ('split', 'cash_dividend')),
+    ratio          double precision,
+    amount         double precision,
+    currency       text,
+    provider       text   not null,
+    raw_payload_id bigint,
+    learned_at     timestamptz not null default now(),
+    primary key (instrument_id, ex_date, action, provider)
+);
+
+create table if not exists md.bars_1d ({_BARS_COLUMNS},
+    primary key (instrument_id, provider, session_date)
+) {{partition_clause_bars_1d}};
+create table if not exists md.bars_1m ({_BARS_COLUMNS},
+    ts timestamptz not null,
+    primary key (instrument_id, provider, session_date, ts)
+) {{partition_clause_bars_1m}};
+create table if not exists md.ticks (
+    instrument_id  bigint           not null,
+    symbol         text             not null,
+    session_date   date             not null,
+    ts             timestamptz      not null,
+    provider       text             not null,
+    price          double precision not null,
+    size           double precision not null,
+    exchange       text,
+    conditions     text,
+    sequence       bigint           not null,
+    raw_payload_id bigint,
+    run_id         text             not null,
+    ingested_at    timestamptz      not null,
+    primary key (instrument_id, provider, session_date, ts, sequence)
+) {{partition_clause_ticks}};
+
+create table if not exists quality.quarantine (
+    quarantine_id  bigint generated always as identity primary key,
+    dataset        text        not null,
+    provider       text        not null,
+    stage          text        not null,
+    session_date   date,
+    symbol         text,
+    check_name     text        not null,
+    reason         text        not null,
+    row_data       jsonb       not null,
+    raw_payload_id bigint,
+    run_id         text        not null,
+    quarantined_at timestamptz not null default now()
+);
+create index if not exists quarantine_by_partition
+    on quality.quarantine (dataset, provider, stage, session_date);
+
+create table if not exists quality.check_results (
+    result_id       bigint generated always as identity primary key,
+    asset_key       text        not null,
+    check_name      text        not null,
+    partition_start date,
+    partition_end   date,
+    passed          boolean     not null,
+    severity        text        not null,
+    metadata        jsonb       not null,
+    run_id          text        not null,
+    checked_at      timestamptz not null default now()
+);
+
+create table if not exists ops.publications (
+    publication_id  bigint generated always as identity primary key,
+    topic           text        not null,
+    provider        text        not null,
+    partition_start date        not null,
+    partition_end   date        not null,
+    messages        bigint      not null,
+    run_id          text        not null,
+    published_at    timestamptz not null default now()
+);
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version; `apply` runs inside the migration transaction."""
+
+    version: int
+    name: str
+    apply: Callable[[psycopg.Connection, bool], None]
+
+
+def timescale_available(conn: psycopg.Connection) -> bool:
+    """True when the timescaledb extension is installed on the server (the one decision point)."""
+    row = conn.execute(
+        "select 1 from pg_available_extensions where name = 'timescaledb'"
+    ).fetchone()
+    return row is not None
+
+
+def _partition_clause(table: str, timescale: bool) -> str:
+    column, _ = TIME_PARTITIONED[table]
+    return "" if timescale else f"partition by range ({column})"
+
+
+def _initial(conn: psycopg.Connection, timescale: bool) -> None:
+    if timescale:
+        conn.execute("create extension if not exists timescaledb")
+    ddl = BASE_DDL.format(**{
+        f"partition_clause_{t.split('.')[1]}": _partition_clause(t, timescale) for t in TIME_PARTITIONED
+    })
+    conn.execute(ddl)
+    if timescale:
+        for table, (column, interval) in TIME_PARTITIONED.items():
+            conn.execute(
+                "select create_hypertable(%s, by_range(%s, %s::interval), if_not_exists => true)",
+                (table, column, interval),
+            )
+            conn.execute(
+                f"alter table {table} set (timescaledb.compress, "
+                "timescaledb.compress_segmentby = 'instrument_id, provider')"
+            )
+            conn.execute(
+                "select add_compression_policy(%s, %s::interval, if_not_exists => true)",
+                (table, "30 days" if table != "md.bars_1d" else "365 days"),
+            )
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schemas", _initial),)
+
+
+def migrate(conn: psycopg.Connection) -> list[int]:
+    """Apply pending migrations in one transaction each; returns the versions applied.
+
+    An advisory lock serialises concurrent migrators (several run workers starting at once).
+    """
+    applied: list[int] = []
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext('mdpipeline.migrate'))")
+        conn.execute("create schema if not exists ops")
+        conn.execute(
+            "create table if not exists ops.schema_migrations ("
+            " version integer primary key, name text not null, layout text not null,"
+            " applied_at timestamptz not null default now())"
+        )
+        done = {r[0] for r in conn.execute("select version from ops.schema_migrations")}
+        timescale = timescale_available(conn)
+        for m in MIGRATIONS:
+            if m.version in done:
+                continue
+            m.apply(conn, timescale)
+            conn.execute(
+                "insert into ops.schema_migrations (version, name, layout) values (%s, %s, %s)",
+                (m.version, m.name, "timescaledb" if timescale else "postgres-partitioned"),
+            )
+            applied.append(m.version)
+    return applied
+
+
+def storage_layout(conn: psycopg.Connection) -> str:
+    """`timescaledb` or `postgres-partitioned`, as decided when the schema was created."""
+    row = conn.execute("select layout from ops.schema_migrations order by version limit 1").fetchone()
+    if row is None:
+        raise RuntimeError("the database is not migrated: run `mdpipeline migrate`")
+    return str(row[0])

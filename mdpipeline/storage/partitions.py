@@ -1,0 +1,68 @@
+"""Native range partitions on plain PostgreSQL: created on demand before a load, dropped for retention."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import psycopg
+from psycopg import sql
+
+from mdpipeline.storage.migrations import TIME_PARTITIONED, storage_layout
+
+
+def _bounds(interval: str, day: date) -> tuple[date, date, str]:
+    """The partition holding `day`: [lower, upper) and a name suffix."""
+    if interval == "1 year":
+        return date(day.year, 1, 1), date(day.year + 1, 1, 1), f"y{day.year}"
+    if interval == "1 month":
+        upper = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+        return date(day.year, day.month, 1), upper, f"m{day:%Y%m}"
+    if interval == "1 day":
+        return day, date.fromordinal(day.toordinal() + 1), f"d{day:%Y%m%d}"
+    raise ValueError(f"unsupported partition interval {interval!r}")
+
+
+def ensure_partitions(conn: psycopg.Connection, table: str, start: date, end: date) -> list[str]:
+    """Create the partitions of `table` covering [start, end]; no-op on TimescaleDB (chunks are automatic).
+
+    Returns the names of the partitions that cover the range.
+    """
+    if storage_layout(conn) == "timescaledb":
+        return []
+    _, interval = TIME_PARTITIONED[table]
+    schema, name = table.split(".")
+    names: list[str] = []
+    day = start
+    while day <= end:
+        lower, upper, suffix = _bounds(interval, day)
+        part = f"{name}_{suffix}"
+        conn.execute(sql.SQL("create table if not exists {} partition of {} for values from ({}) to ({})").format(
+            sql.Identifier(schema, part), sql.Identifier(schema, name), sql.Literal(lower), sql.Literal(upper),
+        ))
+        names.append(f"{schema}.{part}")
+        day = upper
+    return names
+
+
+def drop_partitions_before(conn: psycopg.Connection, table: str, cutoff: date) -> list[str]:
+    """Retention on plain PostgreSQL: drop whole partitions that end on or before `cutoff`."""
+    if storage_layout(conn) == "timescaledb":
+        conn.execute("select drop_chunks(%s, older_than => %s::date)", (table, cutoff))
+        return []
+    schema, name = table.split(".")
+    rows = conn.execute(
+        """
+        select c.relname, pg_get_expr(c.relpartbound, c.oid)
+        from pg_inherits i join pg_class c on c.oid = i.inhrelid
+        join pg_class p on p.oid = i.inhparent join pg_namespace n on n.oid = p.relnamespace
+        where n.nspname = %s and p.relname = %s
+        """,
+        (schema, name),
+    ).fetchall()
+    dropped: list[str] = []
+    for relname, bound in rows:
+        upper = date.fromisoformat(bound.split("TO ('")[1][:10])
+        if upper <= cutoff:
+            conn.execute(sql.SQL("drop table {}").format(sql.Identifier(schema, relname)))
+            dropped.append(f"{schema}.{relname}")
+    return dropped
