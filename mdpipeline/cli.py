@@ -89,7 +89,7 @@ def backfill(
     start: Start,
     end: End,
     provider: Annotated[list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")] = None,
-    symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols (default: universe).")] = None,
+    symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols (default all).")] = None,
     select: Annotated[str | None, typer.Option("--select", help="Dagster asset selection, e.g. 'group:md'.")] = None,
 ) -> None:
     """Re-materialize [start, end] through Dagster in a single run; exits non-zero when the run fails."""
@@ -112,7 +112,8 @@ def _run_range(start: date, end: date, providers: list[str] | None, symbols: str
 
     settings = _settings()
     _prepare(settings)
-    defs = build_definitions(settings, symbols=[s.strip().upper() for s in symbols.split(",")] if symbols else None)
+    wanted = [s.strip().upper() for s in symbols.split(",")] if symbols else None
+    defs = build_definitions(settings, symbols=wanted)
     try:
         result = materialize_range(defs, start, end, providers=providers, select=select)
     except NoSessionsError as err:

@@ -32,6 +32,7 @@ def pg_server_url() -> Iterator[str]:
         yield given
         return
     root = Path(tempfile.mkdtemp(prefix="mdp-pg-"))
+    root.chmod(0o755)  # the server runs as the postgres user when the tests run as root
     server = LocalPostgres(root / "data", log_file=root / "postgres.log", fast=True)
     url = server.start()
     try:

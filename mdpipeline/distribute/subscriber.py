@@ -30,10 +30,12 @@ def consume(
     limit: int | None = None,
     idle_timeout: float = 5.0,
     group_id: str | None = None,
+    join_timeout: float = 20.0,
 ) -> Iterator[Event]:
     """Yield messages of `topic` until `limit` or until nothing arrived for `idle_timeout` seconds.
 
-    Offsets are committed after each message is handed over (manual commit).
+    Before the first message the wait is at least `join_timeout`: joining a consumer group takes
+    seconds. Offsets are committed after each message is handed over (manual commit).
     """
     consumer = Consumer({
         "bootstrap.servers": bootstrap_servers,
@@ -49,7 +51,7 @@ def consume(
         while limit is None or seen < limit:
             msg = consumer.poll(0.5)
             if msg is None:
-                if time.monotonic() - last > idle_timeout:
+                if time.monotonic() - last > (idle_timeout if seen else max(idle_timeout, join_timeout)):
                     return
                 continue
             if msg.error():

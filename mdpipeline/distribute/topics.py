@@ -25,7 +25,9 @@ QUALITY = TopicSpec("md.quality.v1", partitions=3)
 ALL_TOPICS = (BARS_1D, BARS_1M, TICKS, CORPORATE_ACTIONS, QUALITY)
 
 
-def ensure_topics(bootstrap_servers: str, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 15.0) -> list[str]:
+def ensure_topics(
+    bootstrap_servers: str, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 15.0
+) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     existing = set(admin.list_topics(timeout=timeout).topics)
@@ -42,7 +44,7 @@ def ensure_topics(bootstrap_servers: str, specs: tuple[TopicSpec, ...] = ALL_TOP
         try:
             fut.result(timeout=timeout)
             created.append(name)
-        except Exception as err:  # noqa: BLE001 - a racing creator is fine, anything else is not
+        except Exception as err:
             if "TOPIC_ALREADY_EXISTS" not in str(err) and "already exists" not in str(err).lower():
                 raise
     return created

@@ -4,7 +4,6 @@ Each asset body is a few calls into the pure core; this module only wires inputs
 partitions, metadata and checks.
 """
 
-from __future__ import annotations
 
 from datetime import UTC, datetime
 
@@ -58,12 +57,14 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
         description=f"Daily bars exactly as {provider} sent them, in raw.payloads (content-addressed).",
         **common,
     )
-    def raw(context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource) -> dg.MaterializeResult:
+    def raw(
+        context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource
+    ) -> dg.MaterializeResult:
         start, end = partition_dates(context)
         source = providers.provider(provider)
         payloads = source.extract(Query(DATASET, start, end, providers.symbols_for(provider)))
         with db.connection() as conn:
-            stored, new = save_payloads(conn, payloads, context.run_id)
+            stored, new = save_payloads(conn, payloads, context.run.run_id)
         return dg.MaterializeResult(metadata={
             "payloads": len(stored), "new_payloads": new,
             "bytes": sum(len(p.body) for p in stored),
@@ -90,7 +91,7 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
             frame = source.transform(DATASET, payloads)
             outcome = split_valid(frame, StandardBars1d, ["symbol", "session_date"])
             replace_quarantine(conn, outcome.quarantined, dataset=DATASET, provider=provider,
-                               stage="validate", start=start, end=end, run_id=context.run_id)
+                               stage="validate", start=start, end=end, run_id=context.run.run_id)
             schema_ok, schema_error = _conforms(outcome.valid, StandardBars1d)
             meta = {"rows_in": frame.height, "rows_valid": outcome.valid.height,
                     "rows_quarantined": outcome.quarantined.height,
@@ -98,7 +99,7 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
                     "quarantined_by_check": outcome.reasons}
             record_check(conn, asset_key=validated_key.to_user_string(), check_name="quarantine", start=start,
                          end=end, passed=outcome.quarantined.height == 0, severity="WARN", metadata=meta,
-                         run_id=context.run_id)
+                         run_id=context.run.run_id)
         yield dg.Output(outcome.valid, metadata={"rows": outcome.valid.height})
         yield dg.AssetCheckResult(check_name="schema", passed=schema_ok, metadata={"error": schema_error or "none"})
         yield dg.AssetCheckResult(
@@ -120,7 +121,7 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
         result = normalize_bars_1d(validated_bars, provider, providers.universe().symbology)
         with db.connection() as conn:
             replace_quarantine(conn, result.unmapped, dataset=DATASET, provider=provider, stage="normalize",
-                               start=start, end=end, run_id=context.run_id)
+                               start=start, end=end, run_id=context.run.run_id)
         ok, error = _conforms(result.bars, NormalizedBars1d)
         yield dg.Output(result.bars, metadata={"rows": result.bars.height, "unmapped": result.unmapped.height})
         yield dg.AssetCheckResult(check_name="canonical_schema", passed=ok,
@@ -134,7 +135,7 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
     )
     def stored(context: dg.AssetExecutionContext, bars: pl.DataFrame, db: DatabaseResource) -> dg.MaterializeResult:
         start, end = partition_dates(context)
-        frame = stamp(bars, context.run_id, datetime.now(UTC))
+        frame = stamp(bars, context.run.run_id, datetime.now(UTC))
         with db.connection() as conn:
             loaded = replace_range(conn, "md.bars_1d", frame, provider=provider, start=start, end=end)
         return dg.MaterializeResult(metadata={"rows": loaded, "dagster/row_count": loaded})
@@ -145,21 +146,23 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
         metadata={"topic": BARS_1D.name},
         **common,
     )
-    def published(context: dg.AssetExecutionContext, db: DatabaseResource, kafka: KafkaResource) -> dg.MaterializeResult:
+    def published(
+        context: dg.AssetExecutionContext, db: DatabaseResource, kafka: KafkaResource
+    ) -> dg.MaterializeResult:
         start, end = partition_dates(context)
         with db.connection() as conn:
             bars = read_bars_1d(conn, start=start, end=end, provider=provider)
         ensure_topics(kafka.bootstrap_servers, (BARS_1D,))
         events = bar_events(bars, BARS_1D.name)
         report = publish(kafka.bootstrap_servers, BARS_1D.name, events, headers={
-            "mdp-run-id": context.run_id, "mdp-partition-start": start.isoformat(),
+            "mdp-run-id": context.run.run_id, "mdp-partition-start": start.isoformat(),
             "mdp-partition-end": end.isoformat(), "mdp-provider": provider,
         })
         with db.connection() as conn:
             conn.execute(
                 "insert into ops.publications (topic, provider, partition_start, partition_end, messages, run_id)"
                 " values (%s, %s, %s, %s, %s, %s)",
-                (BARS_1D.name, provider, start, end, report.confirmed, context.run_id),
+                (BARS_1D.name, provider, start, end, report.confirmed, context.run.run_id),
             )
         return dg.MaterializeResult(metadata={"messages": report.confirmed, "topic": BARS_1D.name,
                                               "partitions": {str(k): v for k, v in report.partitions.items()}})
@@ -171,7 +174,7 @@ def _conforms(frame: pl.DataFrame, schema: type) -> tuple[bool, str | None]:
     """Whole-frame validation for blocking checks: (passed, error message)."""
     try:
         schema.validate(frame, lazy=True)  # type: ignore[attr-defined]
-    except Exception as err:  # noqa: BLE001 - any schema error fails the check with its message
+    except Exception as err:
         return False, str(err)[:2000]
     return True, None
 

@@ -12,7 +12,9 @@ PARTITIONS_START = date(2000, 1, 3)
 DATE_FORMAT = "%Y-%m-%d"
 
 
-def trading_day_partitions(calendar_name: str = "XNYS", start: date = PARTITIONS_START) -> dg.TimeWindowPartitionsDefinition:
+def trading_day_partitions(
+    calendar_name: str = "XNYS", start: date = PARTITIONS_START
+) -> dg.TimeWindowPartitionsDefinition:
     """One partition per session of `calendar_name`, keyed by the session date (YYYY-MM-DD)."""
     horizon = date.today() + timedelta(days=400)
     holidays = [datetime.combine(d, datetime.min.time()) for d in non_session_weekdays(start, horizon, calendar_name)]

@@ -45,7 +45,7 @@ def split_valid(
     conflict and are all quarantined, since no rule can pick the right one.
     """
     indexed = frame.with_row_index("__row")
-    deduped = indexed.unique(subset=[c for c in frame.columns], keep="first", maintain_order=True)
+    deduped = indexed.unique(subset=list(frame.columns), keep="first", maintain_order=True)
     exact_duplicates = indexed.height - deduped.height
     conflict = deduped.select(pl.len().over(key) > 1).to_series()
     conflicts = deduped.filter(conflict)
@@ -79,7 +79,9 @@ def _failures(frame: pl.DataFrame, schema: type[pa.DataFrameModel]) -> pl.DataFr
         return empty
     frame_level = cases.filter(pl.col("index").is_null())
     if frame_level.height:
-        detail = "; ".join(f"{r['column']}: {r['check']} ({r['failure_case']})" for r in frame_level.iter_rows(named=True))
+        detail = "; ".join(
+            f"{r['column']}: {r['check']} ({r['failure_case']})" for r in frame_level.iter_rows(named=True)
+        )
         raise SchemaMismatchError(f"frame does not match {schema.__name__}: {detail}")
     return (
         cases.with_columns(

@@ -55,9 +55,10 @@ def replace_quarantine(
             (dataset, provider, stage, start, end),
         )
         conn.execute(
-            "create temporary table _quarantine (like quality.quarantine) on commit drop"
+            "create temporary table _quarantine (dataset text, provider text, stage text, session_date date,"
+            " symbol text, check_name text, reason text, row_data text, raw_payload_id bigint, run_id text)"
+            " on commit drop"
         )
-        conn.execute("alter table _quarantine alter column row_data type text")
         with conn.cursor() as cur:
             copy_frame(cur, "_quarantine", frame)
         conn.execute(

@@ -10,7 +10,6 @@ import psycopg
 from psycopg import sql
 
 
-
 def read_frame(
     conn: psycopg.Connection,
     query: sql.Composable | str,
@@ -24,14 +23,14 @@ def read_frame(
     query_sql = sql.SQL(query) if isinstance(query, str) else query
     bound = query_sql.as_string(conn) if params is None else _bind(conn, query_sql, params)
     buf = io.BytesIO()
-    with conn.cursor() as cur:
-        with cur.copy(sql.SQL("copy ({}) to stdout (format csv, header true)").format(sql.SQL(bound))) as cp:
-            for chunk in cp:
-                buf.write(chunk)
+    copy_sql = sql.SQL("copy ({}) to stdout (format csv, header true)").format(sql.SQL(bound))
+    with conn.cursor() as cur, cur.copy(copy_sql) as cp:
+        for chunk in cp:
+            buf.write(chunk)
     if buf.tell() == 0:
         return pl.DataFrame(schema=schema)
     buf.seek(0)
-    string_schema = {name: pl.String for name in schema}
+    string_schema = dict.fromkeys(schema, pl.String)
     raw = pl.read_csv(buf, schema_overrides=string_schema, infer_schema=False)
     return raw.select(_cast(name, dtype) for name, dtype in schema.items())
 

@@ -1,0 +1,231 @@
+"""`mdpipeline dev up|down|status`: the embedded local stack (PostgreSQL + tansu + DAGSTER_HOME).
+
+All state lives under `<root>/.mdpipeline`:
+
+- `pg/data` the PostgreSQL cluster (kept across restarts),
+- `logs/` server logs, `tansu.pid` the broker's pid,
+- `dagster/` DAGSTER_HOME with its `dagster.yaml`,
+- `dev.json` ports and pids, so `status` and `down` (in another process) find the services and the
+  next `up` reuses the same ports when they are still free.
+
+`up` also writes MDP_DATABASE_URL, MDP_KAFKA_BOOTSTRAP_SERVERS and DAGSTER_HOME into `<root>/.env`,
+keeping the other lines. The broker stores in memory only: `down` (or any broker restart) loses all
+topics and messages; the database survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mdpipeline.devservices.broker import LocalBroker
+from mdpipeline.devservices.postgres import LocalPostgres, port_is_free
+
+STATE_DIR = ".mdpipeline"
+ENV_DATABASE_URL = "MDP_DATABASE_URL"
+ENV_BOOTSTRAP = "MDP_KAFKA_BOOTSTRAP_SERVERS"
+ENV_DAGSTER_HOME = "DAGSTER_HOME"
+_MINIMAL_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
+
+@dataclass(frozen=True)
+class DevStack:
+    """Where a running local stack can be reached."""
+
+    database_url: str
+    bootstrap_servers: str
+    dagster_home: Path
+
+
+@dataclass(frozen=True)
+class DevStatus:
+    """What `dev status` reports; URLs are None when the stack was never started here."""
+
+    database_url: str | None
+    postgres_running: bool
+    bootstrap_servers: str | None
+    broker_running: bool
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class _Paths:
+    """The layout of the state directory."""
+
+    state: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state / "pg" / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state / "dagster"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state / "dev.json"
+
+    @property
+    def broker_pid(self) -> Path:
+        return self.state / "tansu.pid"
+
+
+def _paths(root: Path | None) -> _Paths:
+    return _Paths((Path(root) if root is not None else Path.cwd()).absolute() / STATE_DIR)
+
+
+def _read_state(paths: _Paths) -> dict[str, Any]:
+    """The saved ports and pids, empty when absent or unreadable."""
+    try:
+        state = json.loads(paths.state_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _write_state(paths: _Paths, postgres: LocalPostgres, broker: LocalBroker) -> None:
+    state = {
+        "postgres": {"port": postgres.port, "pid": postgres.pid, "data_dir": str(postgres.data_dir)},
+        "broker": {"port": broker.port, "pid": broker.pid},
+    }
+    _atomic_write(paths.state_file, json.dumps(state, indent=2) + "\n")
+
+
+def _saved_port(state: dict[str, Any], service: str) -> int | None:
+    """The port a service used last time, if it is still an int."""
+    entry = state.get(service)
+    port = entry.get("port") if isinstance(entry, dict) else None
+    return port if isinstance(port, int) else None
+
+
+def _postgres(paths: _Paths, state: dict[str, Any]) -> LocalPostgres:
+    """The cluster handle; a running cluster keeps its port, else reuse the saved one when free."""
+    port = _saved_port(state, "postgres")
+    pg = LocalPostgres(paths.data_dir, port=port, log_file=paths.logs / "postgres.log")
+    if port is not None and not pg.is_running() and not port_is_free(port):
+        pg = LocalPostgres(paths.data_dir, log_file=paths.logs / "postgres.log")
+    return pg
+
+
+def _broker(paths: _Paths, state: dict[str, Any]) -> LocalBroker:
+    """The broker handle; a running broker keeps its port, else reuse the saved one when free."""
+    port = _saved_port(state, "broker")
+    broker = LocalBroker(port=port, log_file=paths.logs / "tansu.log", pid_file=paths.broker_pid)
+    if broker.is_running():
+        return LocalBroker(log_file=paths.logs / "tansu.log", pid_file=paths.broker_pid)
+    if port is not None and not port_is_free(port):
+        return LocalBroker(log_file=paths.logs / "tansu.log", pid_file=paths.broker_pid)
+    return broker
+
+
+def dev_up(root: Path | None = None) -> DevStack:
+    """Start (or keep) the local PostgreSQL and broker, prepare DAGSTER_HOME, write `.env`.
+
+    `root` defaults to the current directory. The broker keeps topics in memory only, so topics
+    created before a broker restart are gone afterwards.
+    """
+    root_dir = (Path(root) if root is not None else Path.cwd()).absolute()
+    paths = _paths(root_dir)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    state = _read_state(paths)
+    postgres = _postgres(paths, state)
+    broker = _broker(paths, state)
+    database_url = postgres.start()
+    bootstrap_servers = broker.start()
+    _write_state(paths, postgres, broker)
+    dagster_home = _ensure_dagster_home(root_dir, paths.dagster_home)
+    update_env_file(
+        root_dir / ".env",
+        {
+            ENV_DATABASE_URL: database_url,
+            ENV_BOOTSTRAP: bootstrap_servers,
+            ENV_DAGSTER_HOME: str(dagster_home),
+        },
+    )
+    return DevStack(database_url, bootstrap_servers, dagster_home)
+
+
+def dev_down(root: Path | None = None) -> None:
+    """Stop the broker (losing its topics) and PostgreSQL (keeping its data)."""
+    paths = _paths(root)
+    state = _read_state(paths)
+    _broker(paths, state).stop()
+    postgres = LocalPostgres(paths.data_dir, log_file=paths.logs / "postgres.log")
+    if paths.data_dir.exists():
+        postgres.stop()
+
+
+def dev_status(root: Path | None = None) -> DevStatus:
+    """Report whether the services recorded under `root` run, and where."""
+    paths = _paths(root)
+    state = _read_state(paths)
+    postgres = LocalPostgres(paths.data_dir, port=_saved_port(state, "postgres"))
+    pg_running = paths.data_dir.exists() and postgres.is_running()
+    broker = LocalBroker(port=_saved_port(state, "broker"), pid_file=paths.broker_pid)
+    return DevStatus(
+        database_url=postgres.url if postgres.port is not None else None,
+        postgres_running=pg_running,
+        bootstrap_servers=broker.bootstrap_servers if broker.port is not None else None,
+        broker_running=broker.is_running(),
+        data_dir=paths.data_dir,
+    )
+
+
+def _ensure_dagster_home(root: Path, dagster_home: Path) -> Path:
+    """Create DAGSTER_HOME; its dagster.yaml is the repo's (if any) or a minimal one, never overwritten."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    target = dagster_home / "dagster.yaml"
+    if not target.exists():
+        source = root / "dagster.yaml"
+        if source.is_file():
+            shutil.copyfile(source, target)
+        else:
+            target.write_text(_MINIMAL_DAGSTER_YAML)
+    return dagster_home
+
+
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def _env_value(value: str) -> str:
+    """Quote a value for `.env` only when python-dotenv would otherwise misread it."""
+    if value and not re.search(r"[\s#'\"\\$]", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def update_env_file(path: Path, values: dict[str, str]) -> None:
+    """Set KEY=value lines in a `.env` file, replacing existing keys in place, keeping all other lines."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    pending = dict(values)
+    out: list[str] = []
+    for line in lines:
+        match = _ENV_LINE.match(line)
+        key = match.group(1) if match else None
+        if key in values:
+            if key in pending:
+                out.append(f"{key}={_env_value(pending.pop(key))}")
+            continue  # drop duplicate definitions of a key we own
+        out.append(line)
+    out += [f"{key}={_env_value(value)}" for key, value in pending.items()]
+    _atomic_write(path, "\n".join(out) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    if path.exists():
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+    tmp.replace(path)

@@ -1,0 +1,46 @@
+"""Market-data providers: the contract (base), the implementations, and a registry by name.
+
+The registry is the one place that turns a provider name (CLI, Dagster config) plus the universe
+file and the settings into a ready `Provider`.
+"""
+
+from __future__ import annotations
+
+from mdpipeline.providers.base import DATASETS, STANDARD_COLUMNS, Provider, ProviderError, Query, RawPayload
+from mdpipeline.providers.files import FileProvider
+from mdpipeline.providers.synthetic import SyntheticProvider
+from mdpipeline.settings import PROVIDERS, Settings
+from mdpipeline.universe import Universe
+
+IMPLEMENTED = ("synthetic", "file")
+
+
+def build_provider(name: str, universe: Universe, settings: Settings) -> Provider:
+    """The provider `name`, set up from the universe file; ProviderError when it cannot be used."""
+    if name not in PROVIDERS:
+        raise ProviderError(f"unknown provider {name!r} (known: {', '.join(PROVIDERS)})")
+    if name not in IMPLEMENTED:
+        raise ProviderError(f"provider {name} is not implemented yet")
+    try:
+        setup = universe.provider(name)
+    except KeyError as exc:
+        raise ProviderError(str(exc.args[0])) from None
+    if not setup.enabled:
+        raise ProviderError(f"provider {name} is disabled in the universe file (enabled: false)")
+    if name == "synthetic":
+        return SyntheticProvider(setup, calendar_name=universe.exchange_calendar)
+    return FileProvider(setup, settings.files_dir, calendar_name=universe.exchange_calendar)
+
+
+__all__ = [
+    "DATASETS",
+    "IMPLEMENTED",
+    "STANDARD_COLUMNS",
+    "FileProvider",
+    "Provider",
+    "ProviderError",
+    "Query",
+    "RawPayload",
+    "SyntheticProvider",
+    "build_provider",
+]

@@ -1,0 +1,388 @@
+"""The synthetic provider: realistic, deterministic bars and corporate actions, offline.
+
+It lets the whole pipeline (demo, tests, local development) run without network or API keys.
+Determinism: each symbol's daily path is a geometric random walk (with a weak pull back to its
+start level, so prices stay realistic for decades) drawn from a fixed origin session (2000-01-03)
+with a generator seeded from (seed, crc32(symbol)), so the bar of (symbol, date) is the same
+whatever range is queried; minute bars are drawn per (seed, symbol, date) and bridge that day's
+daily bar exactly (first open, last close, high, low; volumes sum to the daily volume).
+
+Raw prices obey the configured corporate actions, as a vendor's unadjusted prices do: from a split's
+ex-date on, prices are divided by the ratio and volumes multiplied by it; on a cash dividend's
+ex-date prices drop by the amount (modelled as the factor 1 - amount / previous close, so
+back-adjusting recovers the continuous path).
+
+Optional anomalies (`anomalies` option: kind, symbol, date, optionally `dataset` and for bars_1m
+`ts`, default the session's first minute) corrupt the emitted rows so data-quality checks have
+something to catch: broken_ohlc (high below low), negative_price (close < 0), missing (bar dropped),
+duplicate (bar emitted twice, the copy with another close), spike (close and high times 3).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.files import cast_to_standard
+from mdpipeline.sessions import session_bounds, session_dates
+from mdpipeline.universe import ProviderSetup
+
+ORIGIN = date(2000, 1, 3)
+ANOMALY_KINDS = ("broken_ohlc", "negative_price", "missing", "duplicate", "spike")
+_PRICES = ("open", "high", "low", "close")
+# Vendor field names per dataset (all read back as text, then cast).
+_FIELDS = {
+    "bars_1d": ("symbol", "date", *_PRICES, "volume", "vwap", "trades"),
+    "bars_1m": ("symbol", "ts", *_PRICES, "volume", "vwap", "trades"),
+    "corporate_actions": ("symbol", "ex_date", "action", "ratio", "amount", "currency"),
+}
+_LIST_KEY = {"bars_1d": "bars", "bars_1m": "bars", "corporate_actions": "actions"}
+
+
+@dataclass(frozen=True)
+class CorporateAction:
+    """A configured corporate action the raw price path obeys."""
+
+    symbol: str
+    ex_date: date
+    action: str  # split | cash_dividend
+    ratio: float | None = None
+    amount: float | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """A configured corruption of one emitted bar."""
+
+    kind: str
+    symbol: str
+    day: date
+    dataset: str | None = None  # None: both bar datasets
+    ts: datetime | None = None  # bars_1m: the minute to corrupt (default: the session's first)
+
+
+def _symbol_key(symbol: str) -> int:
+    """A stable per-symbol integer (Python's hash() is salted per process)."""
+    return zlib.crc32(symbol.encode())
+
+
+def _as_date(value: Any, what: str) -> date:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise ProviderError(f"synthetic provider: {what} is not an ISO date: {value!r}") from None
+
+
+def _parse_actions(entries: list[dict[str, Any]], calendar_name: str) -> tuple[CorporateAction, ...]:
+    actions = []
+    for e in entries:
+        ex = _as_date(e.get("ex_date"), f"corporate action {e} ex_date")
+        kind = str(e.get("action"))
+        if kind == "split":
+            ratio = float(e.get("ratio", 0))
+            if ratio <= 0:
+                raise ProviderError(f"synthetic provider: split {e} needs a positive ratio")
+            act = CorporateAction(str(e["symbol"]), ex, kind, ratio=ratio)
+        elif kind == "cash_dividend":
+            amount = float(e.get("amount", 0))
+            if amount <= 0:
+                raise ProviderError(f"synthetic provider: dividend {e} needs a positive amount")
+            act = CorporateAction(str(e["symbol"]), ex, kind, amount=amount,
+                                  currency=str(e.get("currency", "USD")))
+        else:
+            raise ProviderError(f"synthetic provider: action of {e} must be split or cash_dividend")
+        if session_dates(ex, ex, calendar_name) != [ex]:
+            raise ProviderError(f"synthetic provider: ex_date of {e} is not a {calendar_name} session")
+        actions.append(act)
+    return tuple(sorted(actions, key=lambda a: (a.symbol, a.ex_date)))
+
+
+def _parse_anomalies(entries: list[dict[str, Any]]) -> tuple[Anomaly, ...]:
+    out = []
+    for e in entries:
+        if e.get("kind") not in ANOMALY_KINDS:
+            raise ProviderError(f"synthetic provider: anomaly kind of {e} must be one of {ANOMALY_KINDS}")
+        ts = datetime.fromisoformat(str(e["ts"]).replace("Z", "+00:00")) if e.get("ts") else None
+        if ts is not None:  # a ts without offset is taken as UTC
+            ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        out.append(Anomaly(
+            kind=str(e["kind"]), symbol=str(e["symbol"]), day=_as_date(e.get("date"), f"anomaly {e} date"),
+            dataset=e.get("dataset"),
+            ts=ts,
+        ))
+    return tuple(out)
+
+
+def _round(x: np.ndarray, decimals: int = 2) -> np.ndarray:
+    return np.round(x, decimals)
+
+
+def daily_path(seed: int, symbol: str, sessions: Sequence[date],
+               actions: Sequence[CorporateAction] = ()) -> dict[str, np.ndarray]:
+    """Raw daily bars of `symbol` for `sessions` (all sessions from ORIGIN on, in order).
+
+    Every per-session draw comes from one row of a (n, 6) normal matrix, so a longer range only
+    appends rows: the first bars never change.
+    """
+    key = _symbol_key(symbol)
+    u = np.random.default_rng([seed, key, 0]).random(4)
+    start = 20.0 * 25.0 ** u[0]  # 20 .. 500
+    sigma = (0.25 + 0.15 * u[1]) / np.sqrt(252.0)  # annual vol 25% .. 40%
+    base_volume = np.exp(np.log(2e6) + u[2] * np.log(30.0))  # 2M .. 60M shares
+    trade_size = 80.0 + 120.0 * u[3]
+    n = len(sessions)
+    z = np.random.default_rng([seed, key, 1]).standard_normal((n, 6))
+    # log price = log(start) + an AR(1) with a ~3-year half-life: a random walk day to day that keeps
+    # prices at realistic levels decades after ORIGIN. Closed form phi**t * cumsum(phi**-k * eps_k),
+    # a sequential sum, so a prefix of the sessions always gives the same values.
+    phi = 0.5 ** (1.0 / 756.0)
+    k = np.arange(n)
+    close = start * np.exp(phi**k * np.cumsum(phi ** -k * sigma * z[:, 0]))
+    prev = np.concatenate(([start], close[:-1]))
+    open_ = prev * np.exp(0.25 * sigma * z[:, 1])
+    high = np.maximum(open_, close) * np.exp(0.5 * sigma * np.abs(z[:, 2]))
+    low = np.minimum(open_, close) * np.exp(-0.5 * sigma * np.abs(z[:, 3]))
+    volume = base_volume * np.exp(0.35 * z[:, 4] - 0.06125)
+    price_f, volume_f = _action_factors(sessions, close, [a for a in actions if a.symbol == symbol])
+    o, h, lo, c = (_round(x * price_f) for x in (open_, high, low, close))
+    typical = (h + lo + c) / 3.0 + 0.1 * (h - lo) * np.clip(z[:, 5], -1.5, 1.5)
+    return {
+        "open": o, "high": h, "low": lo, "close": c,
+        "volume": np.round(volume * volume_f),
+        "vwap": np.clip(_round(typical, 4), lo, h),
+        "trades": np.maximum(1, np.round(volume / trade_size)).astype(np.int64),
+    }
+
+
+def _action_factors(sessions: Sequence[date], close: np.ndarray,
+                    actions: Sequence[CorporateAction]) -> tuple[np.ndarray, np.ndarray]:
+    """Multipliers turning the continuous path into raw prices/volumes (one loop step per action)."""
+    price_f = np.ones(len(sessions))
+    volume_f = np.ones(len(sessions))
+    ordinals = np.fromiter((d.toordinal() for d in sessions), dtype=np.int64, count=len(sessions))
+    for act in sorted(actions, key=lambda a: a.ex_date):
+        i = int(np.searchsorted(ordinals, act.ex_date.toordinal()))
+        if i >= len(sessions) or i == 0:
+            continue
+        if act.action == "split":
+            price_f[i:] /= act.ratio
+            volume_f[i:] *= act.ratio
+        else:
+            factor = 1.0 - act.amount / (close[i - 1] * price_f[i - 1])
+            if factor <= 0:
+                raise ProviderError(f"synthetic provider: dividend {act} exceeds the price")
+            price_f[i:] *= factor
+    return price_f, volume_f
+
+
+def minute_path(seed: int, symbol: str, day: date, bar: dict[str, Any],
+                minutes: int) -> dict[str, np.ndarray]:
+    """`minutes` one-minute bars bridging the daily `bar` of `day` (a scaled Brownian bridge)."""
+    o, h, lo, c, v = (bar[k] for k in ("open", "high", "low", "close", "volume"))
+    rng = np.random.default_rng([seed, _symbol_key(symbol), 2, day.toordinal()])
+    steps, wick_up, wick_dn, vol_noise = rng.standard_normal((4, minutes))
+    t = np.arange(minutes + 1) / minutes
+    walk = np.concatenate(([0.0], np.cumsum(steps)))
+    bridge = walk - t * walk[-1]
+    line = o * (1.0 - t) + c * t
+    up, dn = bridge > 0, bridge < 0
+    s_up = np.min((h - line[up]) / bridge[up]) if up.any() else 0.0
+    s_dn = np.min((line[dn] - lo) / -bridge[dn]) if dn.any() else 0.0
+    path = np.clip(_round(line + np.where(up, bridge * s_up, bridge * s_dn)), lo, h)
+    path[0], path[-1] = o, c
+    m_open, m_close = path[:-1], path[1:]
+    wick = 0.25 * (h - lo) / np.sqrt(minutes)
+    m_high = np.clip(_round(np.maximum(m_open, m_close) + wick * np.abs(wick_up)), lo, h)
+    m_low = np.clip(_round(np.minimum(m_open, m_close) - wick * np.abs(wick_dn)), lo, h)
+    m_high[np.argmax(m_high)] = h
+    m_low[np.argmin(m_low)] = lo
+    k = np.arange(minutes)
+    profile = 1.0 + 2.5 * np.exp(-k / 20.0) + 1.5 * np.exp(-(minutes - 1 - k) / 15.0)  # U-shaped day
+    profile = profile * np.exp(0.4 * vol_noise)
+    m_volume = np.floor(v * profile / profile.sum())
+    m_volume[np.argmax(profile)] += v - m_volume.sum()
+    per_trade = v / max(bar["trades"], 1)
+    m_trades = np.where(m_volume > 0, np.maximum(1, np.round(m_volume / max(per_trade, 1.0))), 0)
+    return {
+        "open": m_open, "high": m_high, "low": m_low, "close": m_close, "volume": m_volume,
+        "vwap": np.clip(_round((m_open + m_high + m_low + m_close) / 4.0, 4), m_low, m_high),
+        "trades": m_trades.astype(np.int64),
+    }
+
+
+class SyntheticProvider:
+    """Deterministic synthetic market data (see the module docstring)."""
+
+    name = "synthetic"
+    datasets: tuple[str, ...] = DATASETS
+
+    def __init__(self, setup: ProviderSetup, calendar_name: str = "XNYS") -> None:
+        self.setup = setup
+        self.calendar_name = calendar_name
+        self.seed = int(setup.options.get("seed", 7))
+        self.actions = _parse_actions(setup.options.get("corporate_actions") or [], calendar_name)
+        self.anomalies = _parse_anomalies(setup.options.get("anomalies") or [])
+
+    # -- generation (clean data, before anomalies) ------------------------------------------------
+
+    def daily_bars(self, symbols: Sequence[str], start: date, end: date) -> pl.DataFrame:
+        """Clean raw daily bars: symbol, session_date, open, high, low, close, volume, vwap, trades.
+
+        Sessions before ORIGIN have no bars.
+        """
+        sessions = session_dates(ORIGIN, end, self.calendar_name)
+        first = bisect_left(sessions, start)
+        frames = [_DAILY_EMPTY]
+        for symbol in symbols if first < len(sessions) else ():
+            path = daily_path(self.seed, symbol, sessions, self.actions)
+            frames.append(pl.DataFrame({k: v[first:] for k, v in path.items()}).with_columns(
+                symbol=pl.lit(symbol), session_date=pl.Series(sessions[first:], dtype=pl.Date)))
+        return pl.concat([f.select(_DAILY_EMPTY.columns).cast(_DAILY_EMPTY.schema) for f in frames]).sort(
+            "session_date", "symbol", maintain_order=True)
+
+    def minute_bars(self, symbols: Sequence[str], start: date, end: date) -> pl.DataFrame:
+        """Clean minute bars (`ts` = bar start, UTC) for every minute of each session, half days too."""
+        bounds = session_bounds(start, end, self.calendar_name).rename(
+            {"open": "session_open", "close": "session_close"})
+        days = self.daily_bars(symbols, start, end).join(bounds, on="session_date", maintain_order="left")
+        frames = [_MINUTE_EMPTY]
+        for row in days.iter_rows(named=True):  # one step per (symbol, session), vectorized inside
+            minutes = int((row["session_close"] - row["session_open"]) / timedelta(minutes=1))
+            bars = minute_path(self.seed, row["symbol"], row["session_date"], row, minutes)
+            ts = pl.datetime_range(row["session_open"], row["session_close"], "1m", closed="left",
+                                   time_unit="us", time_zone="UTC", eager=True)
+            frames.append(pl.DataFrame(bars).with_columns(
+                symbol=pl.lit(row["symbol"]), session_date=pl.lit(row["session_date"]), ts=ts))
+        return pl.concat([f.select(_MINUTE_EMPTY.columns).cast(_MINUTE_EMPTY.schema) for f in frames]).sort(
+            "ts", "symbol", maintain_order=True)
+
+    # -- the provider contract --------------------------------------------------------------------
+
+    def extract(self, query: Query) -> list[RawPayload]:
+        """One JSON payload per session date in [start, end]; holidays/weekends yield none.
+
+        Sessions before ORIGIN get payloads with an empty `bars` list.
+
+        corporate_actions: a payload for every session date too, listing the actions (of the queried
+        symbols) whose ex_date is that session, possibly none, so every partition records the fetch.
+        """
+        if query.dataset not in self.datasets:
+            raise ProviderError(f"synthetic provider has no dataset {query.dataset!r}")
+        symbols = tuple(query.symbols or self.setup.symbols)
+        if query.dataset == "corporate_actions":
+            rows = self._actions_frame(symbols, query.start, query.end)
+        elif query.dataset == "bars_1d":
+            rows = self._apply_anomalies(self.daily_bars(symbols, query.start, query.end), "bars_1d")
+        else:
+            rows = self._apply_anomalies(self.minute_bars(symbols, query.start, query.end), "bars_1m")
+        by_day = rows.partition_by("session_date", as_dict=True, maintain_order=True)
+        fetched_at = datetime.now(UTC)
+        payloads = []
+        for day in session_dates(query.start, query.end, self.calendar_name):
+            part = by_day.get((day,), rows.clear())
+            payloads.append(RawPayload(
+                provider=self.name,
+                dataset=query.dataset,
+                session_date=day,
+                request_key=f"{query.dataset}:{day.isoformat()}",
+                endpoint=f"synthetic://{query.dataset}",
+                params={"session": day.isoformat(), "symbols": list(symbols), "seed": self.seed},
+                body=self._body(query.dataset, day, part),
+                fetched_at=fetched_at,
+            ))
+        return payloads
+
+    def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
+        """Parse the JSON bodies (every field as text) and cast them into the standard frame."""
+        if dataset not in self.datasets:
+            raise ProviderError(f"synthetic provider has no dataset {dataset!r}")
+        key = _LIST_KEY[dataset]
+        schema = {key: pl.List(pl.Struct(dict.fromkeys(_FIELDS[dataset], pl.String)))}
+        frames = [empty_standard_frame(dataset)]
+        for payload in payloads:
+            try:
+                doc = pl.read_json(io.BytesIO(payload.body), schema=schema)
+            except pl.exceptions.PolarsError as exc:
+                raise ProviderError(
+                    f"synthetic provider: payload {payload.request_key} is not readable JSON: {exc}"
+                ) from exc
+            rows = doc.select(pl.col(key).explode()).filter(pl.col(key).is_not_null()).unnest(key)
+            frames.append(cast_to_standard(rows, dataset, payload.payload_id))
+        return pl.concat(frames, how="vertical")
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _actions_frame(self, symbols: Sequence[str], start: date, end: date) -> pl.DataFrame:
+        acts = [a for a in self.actions if a.symbol in symbols and start <= a.ex_date <= end]
+        return pl.DataFrame(
+            {"symbol": [a.symbol for a in acts], "ex_date": [a.ex_date for a in acts],
+             "action": [a.action for a in acts], "ratio": [a.ratio for a in acts],
+             "amount": [a.amount for a in acts], "currency": [a.currency for a in acts]},
+            schema={"symbol": pl.String, "ex_date": pl.Date, "action": pl.String, "ratio": pl.Float64,
+                    "amount": pl.Float64, "currency": pl.String},
+        ).with_columns(session_date=pl.col("ex_date"))
+
+    def _apply_anomalies(self, bars: pl.DataFrame, dataset: str) -> pl.DataFrame:
+        """Corrupt the configured bars (one frame operation per configured anomaly)."""
+        for a in self.anomalies:
+            if a.dataset not in (None, dataset):
+                continue
+            hit = (pl.col("symbol") == a.symbol) & (pl.col("session_date") == a.day)
+            if dataset == "bars_1m":
+                first_minute = pl.col("ts").filter(hit).min()
+                minute = pl.lit(a.ts, dtype=pl.Datetime("us", "UTC")) if a.ts else first_minute
+                hit = hit & (pl.col("ts") == minute)
+            hit = hit.fill_null(False)
+            if a.kind == "missing":
+                bars = bars.filter(~hit)
+            elif a.kind == "duplicate":
+                copy = bars.filter(hit).with_columns(close=pl.when(pl.col("close") != pl.col("high"))
+                                                     .then(pl.col("high")).otherwise(pl.col("low")))
+                bars = pl.concat([bars, copy])
+            else:
+                bars = bars.with_columns(**{
+                    name: pl.when(hit).then(expr).otherwise(pl.col(name))
+                    for name, expr in _CORRUPT[a.kind].items()})
+        sort_key = "ts" if dataset == "bars_1m" else "session_date"
+        return bars.sort(sort_key, "symbol", maintain_order=True)
+
+    def _body(self, dataset: str, day: date, rows: pl.DataFrame) -> bytes:
+        """A vendor-like JSON document: header fields and the list of rows of that session."""
+        if dataset == "bars_1d":
+            rows = rows.select("symbol", pl.col("session_date").dt.to_string("%Y-%m-%d").alias("date"),
+                               *_PRICES, "volume", "vwap", "trades")
+        elif dataset == "bars_1m":
+            rows = rows.select("symbol", pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%SZ").alias("ts"),
+                               *_PRICES, "volume", "vwap", "trades")
+        else:
+            rows = rows.select("symbol", pl.col("ex_date").dt.to_string("%Y-%m-%d"),
+                               "action", "ratio", "amount", "currency")
+        head = json.dumps({"provider": self.name, "dataset": dataset, "session": day.isoformat()})
+        return f'{head[:-1]}, "{_LIST_KEY[dataset]}": {rows.write_json()}}}'.encode()
+
+
+_BAR_SCHEMA = {**dict.fromkeys(_PRICES, pl.Float64), "volume": pl.Float64, "vwap": pl.Float64,
+               "trades": pl.Int64}
+_DAILY_EMPTY = pl.DataFrame(schema={"symbol": pl.String, "session_date": pl.Date, **_BAR_SCHEMA})
+_MINUTE_EMPTY = pl.DataFrame(schema={"symbol": pl.String, "session_date": pl.Date,
+                                     "ts": pl.Datetime("us", "UTC"), **_BAR_SCHEMA})
+_CORRUPT: dict[str, dict[str, pl.Expr]] = {
+    "broken_ohlc": {"high": pl.col("low") - (pl.col("high") - pl.col("low")) - 0.01},
+    "negative_price": {"close": -pl.col("close").abs() - 0.01},
+    "spike": {"close": pl.col("close") * 3, "high": pl.col("high") * 3},
+}
+
+__all__ = ["ORIGIN", "Anomaly", "CorporateAction", "SyntheticProvider", "daily_path", "minute_path"]

@@ -1,0 +1,241 @@
+"""Real start/stop tests of the local dev services: PostgreSQL, the tansu broker and the dev stack.
+
+PostgreSQL runs as the `postgres` user when we are root, and pytest's own tmp_path sits under a
+0700 directory that user cannot traverse, so the services get a world-traversable temporary
+directory of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from mdpipeline.devservices import (
+    LocalBroker,
+    LocalPostgres,
+    PostgresError,
+    dev_down,
+    dev_status,
+    dev_up,
+    update_env_file,
+)
+from mdpipeline.devservices.broker import BrokerError
+from mdpipeline.devservices.postgres import find_bindir
+
+
+def _have_postgres() -> bool:
+    try:
+        find_bindir()
+    except PostgresError:
+        return False
+    return True
+
+
+needs_postgres = pytest.mark.skipif(not _have_postgres(), reason="PostgreSQL server binaries not installed")
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory the `postgres` user can traverse (removed afterwards)."""
+    path = Path(tempfile.mkdtemp(prefix="mdp-devservices-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(shared_tmp: Path) -> Iterator[LocalPostgres]:
+    pg = LocalPostgres(shared_tmp / "pg" / "data", fast=True)
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def broker(shared_tmp: Path) -> Iterator[LocalBroker]:
+    b = LocalBroker(log_file=shared_tmp / "tansu.log", pid_file=shared_tmp / "tansu.pid")
+    yield b
+    b.stop()
+
+
+@needs_postgres
+def test_postgres_starts_serves_and_stops(postgres: LocalPostgres) -> None:
+    url = postgres.start()
+    assert url == f"postgresql://postgres@127.0.0.1:{postgres.port}/mdpipeline"
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        assert conn.execute("select current_database()").fetchone() == ("mdpipeline",)
+        conn.execute("create table keep_me (x int)")
+    pid = postgres.pid
+    assert postgres.start() == url  # idempotent: same server, same URL
+    assert postgres.pid == pid
+    assert postgres.is_running()
+
+    postgres.stop()
+    assert not postgres.is_running()
+    postgres.stop()  # stopping a stopped cluster is a no-op
+
+    assert postgres.start() == url  # restart on the same port keeps the data
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from keep_me").fetchone() == (0,)
+
+
+@needs_postgres
+def test_postgres_listens_on_loopback_only(postgres: LocalPostgres) -> None:
+    url = postgres.start()
+    with psycopg.connect(url) as conn:
+        settings = dict(
+            conn.execute(
+                "select name, setting from pg_settings where name in "
+                "('listen_addresses', 'unix_socket_directories', 'fsync')"
+            ).fetchall()
+        )
+    assert settings == {"listen_addresses": "127.0.0.1", "unix_socket_directories": "", "fsync": "off"}
+
+
+@needs_postgres
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_postgres_unreachable_data_dir_fails_clearly(shared_tmp: Path) -> None:
+    private = shared_tmp / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(PostgresError, match="traversable"):
+        LocalPostgres(private / "data", fast=True).start()
+
+
+def test_broker_round_trip(broker: LocalBroker) -> None:
+    servers = broker.start()
+    assert servers == f"127.0.0.1:{broker.port}"
+    assert broker.is_running()
+    assert broker.start() == servers  # idempotent
+    assert LocalBroker(pid_file=broker.pid_file).bootstrap_servers == servers  # found via the pid file
+
+    topic = f"test.devservices.{uuid.uuid4().hex[:8]}"
+    _create_topic(servers, topic)
+    _produce(servers, topic, b"AAPL", b'{"close": 1.0}')
+    assert _consume_one(servers, topic) == (b"AAPL", b'{"close": 1.0}')
+
+    pid = broker.pid
+    broker.stop()
+    assert not broker.is_running()
+    assert pid is not None
+    assert not Path(f"/proc/{pid}").exists()
+    assert broker.pid_file is not None
+    assert not broker.pid_file.exists()
+
+
+def test_broker_port_in_use_fails_clearly(broker: LocalBroker) -> None:
+    broker.start()
+    with pytest.raises(BrokerError, match="already in use"):
+        LocalBroker(port=broker.port).start()
+
+
+def test_update_env_file_keeps_other_lines(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("# comment\nFOO=bar\nexport MDP_DATABASE_URL=old\nMDP_DATABASE_URL=older\n")
+    update_env_file(env, {"MDP_DATABASE_URL": "postgresql://x", "DAGSTER_HOME": "/a b/c"})
+    assert env.read_text() == '# comment\nFOO=bar\nMDP_DATABASE_URL=postgresql://x\nDAGSTER_HOME="/a b/c"\n'
+
+
+@needs_postgres
+def test_dev_up_status_down(shared_tmp: Path) -> None:
+    root = shared_tmp / "project"
+    root.mkdir()
+    (root / ".env").write_text("POLYGON_API_KEY=secret\nMDP_KAFKA_BOOTSTRAP_SERVERS=stale:9092\n")
+    try:
+        stack = dev_up(root)
+        env = _read_env(root / ".env")
+        assert env == {
+            "POLYGON_API_KEY": "secret",
+            "MDP_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
+            "MDP_DATABASE_URL": stack.database_url,
+            "DAGSTER_HOME": str(root / ".mdpipeline" / "dagster"),
+        }
+        assert stack.dagster_home.is_absolute()
+        assert (stack.dagster_home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+        with psycopg.connect(stack.database_url) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+
+        status = dev_status(root)
+        assert status.postgres_running
+        assert status.broker_running
+        assert status.database_url == stack.database_url
+        assert status.bootstrap_servers == stack.bootstrap_servers
+        assert status.data_dir == root / ".mdpipeline" / "pg" / "data"
+        assert dev_up(root) == stack  # idempotent while running
+
+        dev_down(root)
+        status = dev_status(root)
+        assert not status.postgres_running
+        assert not status.broker_running
+
+        again = dev_up(root)  # a restart reuses the recorded ports
+        assert again == stack
+    finally:
+        dev_down(root)
+    assert not dev_status(root).postgres_running
+    assert not dev_status(root).broker_running
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    pairs = (tuple(line.split("=", 1)) for line in path.read_text().splitlines() if "=" in line)
+    return dict(pairs)
+
+
+# Kafka clients live in helpers so they are destroyed (connections closed) before the broker stops:
+# tansu waits a few seconds for connected idempotent producers on shutdown.
+
+
+def _create_topic(servers: str, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": servers})  # referenced until the futures resolve
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(timeout=15)
+
+
+def _produce(servers: str, topic: str, key: bytes, value: bytes) -> None:
+    """Produce one message with broker acknowledgement from all replicas, idempotently."""
+    delivered: list[object] = []
+    producer = Producer({"bootstrap.servers": servers, "acks": "all", "enable.idempotence": True})
+    producer.produce(topic, key=key, value=value, on_delivery=lambda err, _msg: delivered.append(err))
+    assert producer.flush(15) == 0
+    assert delivered == [None]
+
+
+def _consume_one(servers: str, topic: str) -> tuple[bytes | None, bytes | None]:
+    """Read the first message of topic as a fresh consumer group member."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": f"test-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        for _ in range(30):
+            message = consumer.poll(1.0)
+            if message is not None:
+                assert message.error() is None, message.error()
+                return message.key(), message.value()
+    finally:
+        consumer.close()
+    raise AssertionError(f"no message on {topic} within 30 s")
+
+
+def test_dagster_home_copies_repo_config_once(tmp_path: Path) -> None:
+    from mdpipeline.devservices.stack import _ensure_dagster_home
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\nconcurrency: {}\n")
+    home = _ensure_dagster_home(tmp_path, tmp_path / ".mdpipeline" / "dagster")
+    assert (home / "dagster.yaml").read_text() == (tmp_path / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text("# edited locally\n")
+    _ensure_dagster_home(tmp_path, home)
+    assert (home / "dagster.yaml").read_text() == "# edited locally\n"  # never overwritten
