@@ -14,7 +14,7 @@ from rich.table import Table
 from mdpipeline.devservices import dev_up
 from mdpipeline.distribute.topics import BARS_1D, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
-from mdpipeline.orchestration.runner import materialize_range
+from mdpipeline.orchestration.runner import console_log_level, materialize_range
 from mdpipeline.orchestration.summary import RunSummary, run_summary
 from mdpipeline.settings import Settings
 from mdpipeline.storage.database import connect
@@ -53,9 +53,11 @@ def run_demo(root: Path, start: date, end: date, console: Console) -> bool:
             progress.update(task, description=label)
             if selection is None:
                 result = dg.materialize([a for a in defs.assets if not a.partitions_def],  # type: ignore[union-attr]
-                                        resources=dict(defs.resources or {}), instance=instance)
+                                        resources=dict(defs.resources or {}), instance=instance,
+                                        run_config=console_log_level("ERROR"))
             else:
-                result = materialize_range(defs, start, end, select=selection, instance=instance)
+                result = materialize_range(defs, start, end, select=selection, instance=instance,
+                                           log_level="ERROR")
             summaries.append(run_summary(result))
             progress.advance(task)
             if not result.success:

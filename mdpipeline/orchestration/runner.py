@@ -28,6 +28,11 @@ def session_range(start: date, end: date, calendar_name: str = "XNYS") -> tuple[
     return sessions[0].isoformat(), sessions[-1].isoformat()
 
 
+def console_log_level(level: str) -> dict:
+    """Run config that sets the level of Dagster's console logger for an in-process run."""
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
+
+
 def select_assets(defs: dg.Definitions, providers: Sequence[str] | None, select: str | None) -> dg.AssetSelection:
     """Assets of the given providers (all when None), narrowed by a Dagster selection string."""
     selection: dg.AssetSelection = dg.AssetSelection.all()
@@ -50,6 +55,7 @@ def materialize_range(
     instance: dg.DagsterInstance | None = None,
     raise_on_error: bool = False,
     calendar_name: str = "XNYS",
+    log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
     """Materialize the selected partitioned assets for every session in [start, end], in one run."""
     first, last = session_range(start, end, calendar_name)
@@ -60,7 +66,8 @@ def materialize_range(
     unpartitioned = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and not a.partitions_def]
     resources = dict(defs.resources or {})
     if unpartitioned and not select:
-        dg.materialize(unpartitioned, resources=resources, instance=instance, raise_on_error=True)
+        dg.materialize(unpartitioned, resources=resources, instance=instance, raise_on_error=True,
+                       run_config=console_log_level(log_level))
     return dg.materialize(
         partitioned,
         selection=selection,
@@ -68,4 +75,5 @@ def materialize_range(
         instance=instance,
         tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
         raise_on_error=raise_on_error,
+        run_config=console_log_level(log_level),
     )

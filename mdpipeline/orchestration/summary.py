@@ -48,9 +48,7 @@ def run_summary(result: dg.ExecuteInProcessResult) -> RunSummary:
         checks.setdefault(key, []).append(f"{ev.check_name}:{'ok' if ok else ev.severity.value.lower()}")
     lines = []
     for ev in result.get_asset_materialization_events():
-        mat = ev.asset_materialization
-        if mat is None:
-            continue
+        mat = ev.materialization
         key = mat.asset_key.to_user_string()
         lines.append(AssetLine(asset=key, count=_count(dict(mat.metadata)), checks=" ".join(checks.get(key, []))))
     failures = [

@@ -185,18 +185,27 @@ class _Variable:
         """Write length (-1 for nulls) and bytes of each row's field starting at byte offset pos."""
         lengths = self.lengths
         _at(buf, ">i4")[pos] = lengths if self.valid is None else np.where(self.valid, lengths, -1)
+        if len(lengths) == 0:
+            return
+        src = self.offsets[:-1]
+        shortest, longest = int(lengths.min()), int(lengths.max())
+        if shortest == longest:  # one length (codes, tickers, ids): one item copy per row
+            if longest:
+                item = _void(longest)
+                _at(buf, item)[pos + 4] = _at(self.data, item)[src]
+            return
         # Copy each value as its binary decomposition: a piece of 2**b bytes for every bit b set in its
         # length, largest first. Per bit, one fancy assignment of fixed-size items moves the pieces of
         # all rows; a row costs popcount(length) item copies, whatever the length distribution.
-        top = int(lengths.max()).bit_length() if len(lengths) else 0
-        for bit in range(top - 1, -1, -1):
+        present = int(np.bitwise_or.reduce(lengths))
+        for bit in range(longest.bit_length() - 1, -1, -1):
             size = 1 << bit
-            rows = np.flatnonzero(lengths & size)
-            if len(rows) == 0:
+            if not present & size:
                 continue
+            rows = np.flatnonzero(lengths & size)
             start = lengths[rows] & ~(2 * size - 1)  # bytes taken by the larger pieces before this one
             item = _void(size)
-            _at(buf, item)[pos[rows] + 4 + start] = _at(self.data, item)[self.offsets[rows] + start]
+            _at(buf, item)[pos[rows] + 4 + start] = _at(self.data, item)[src[rows] + start]
 
 
 def _column(s: pl.Series) -> _Fixed | _Variable:
@@ -216,8 +225,14 @@ def _column(s: pl.Series) -> _Fixed | _Variable:
     return _Variable(arr, valid)
 
 
-def _encode(df: pl.DataFrame, prefix: bytes = b"", suffix: bytes = b"") -> np.ndarray:
-    """Encode the rows of df into a new uint8 array, between the given prefix and suffix bytes.
+def _encode(
+    df: pl.DataFrame, prefix: bytes = b"", suffix: bytes = b"", scratch: np.ndarray | None = None
+) -> np.ndarray:
+    """Encode the rows of df between the given prefix and suffix bytes into a uint8 array.
+
+    The result is a view of ``scratch`` when that is large enough, else a new array: reusing one
+    buffer across chunks saves the page faults of a fresh allocation, which cost as much as the
+    encoding itself.
 
     Row i starts at a byte offset known from the cumulative row sizes. Consecutive fields of
     constant size (the field count, non-null fixed-width columns) are assembled into one (n, k)
@@ -230,7 +245,8 @@ def _encode(df: pl.DataFrame, prefix: bytes = b"", suffix: bytes = b"") -> np.nd
         row_sizes += col.sizes
     ends = np.cumsum(row_sizes) + len(prefix)
     body_end = int(ends[-1]) if n else len(prefix)
-    out = np.empty(body_end + len(suffix), dtype=np.uint8)
+    size = body_end + len(suffix)
+    out = scratch[:size] if scratch is not None and len(scratch) >= size else np.empty(size, np.uint8)
     out[: len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
     out[body_end:] = np.frombuffer(suffix, dtype=np.uint8)
     if n == 0:
@@ -279,18 +295,18 @@ def encode_binary_copy(df: pl.DataFrame) -> memoryview:
     return memoryview(_encode(df, HEADER, TRAILER))
 
 
-def iter_encoded_chunks(df: pl.DataFrame, chunk_rows: int = 500_000) -> Iterator[memoryview]:
-    """Yield the binary COPY stream of df in pieces: header, rows in chunk_rows slices, trailer.
+def _encoded_chunks(df: pl.DataFrame, chunk_rows: int) -> Iterator[memoryview]:
+    """The binary COPY stream of df in pieces of chunk_rows rows (header and trailer included).
 
-    Chunking bounds the encoder's temporary memory to a slice of the frame.
+    All pieces share one buffer: a piece is valid only until the next one is requested.
     """
-    _check_encodable(df)
-    if chunk_rows <= 0:
-        raise ValueError("chunk_rows must be positive")
-    yield memoryview(HEADER)
-    for offset in range(0, df.height, chunk_rows):
-        yield memoryview(_encode(df.slice(offset, chunk_rows)))
-    yield memoryview(TRAILER)
+    scratch = None
+    for offset in range(0, max(df.height, 1), chunk_rows):
+        prefix = HEADER if offset == 0 else b""
+        suffix = TRAILER if offset + chunk_rows >= df.height else b""
+        piece = _encode(df.slice(offset, chunk_rows), prefix, suffix, scratch)
+        scratch = piece if piece.base is None else piece.base
+        yield memoryview(piece)
 
 
 def copy_statement(table: str, columns: list[str]) -> sql.Composed:
@@ -313,10 +329,13 @@ def copy_frame(
     and a different column order. Runs inside the cursor's current transaction; the caller commits.
     """
     _check_encodable(df)
+    if chunk_rows <= 0:
+        raise ValueError("chunk_rows must be positive")
     encoding = cursor.connection.info.encoding
     if encoding not in ("utf-8", "utf8"):
         raise ValueError(f"binary COPY sends text as UTF-8, but the client encoding is {encoding!r}")
     with cursor.copy(copy_statement(table, df.columns)) as copy:
-        for piece in iter_encoded_chunks(df, chunk_rows):
+        # Copy.write hands each piece to libpq, which copies it, before the buffer is reused.
+        for piece in _encoded_chunks(df, chunk_rows):
             copy.write(piece)
     return cursor.rowcount if cursor.rowcount >= 0 else df.height
