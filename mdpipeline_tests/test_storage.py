@@ -1,0 +1,91 @@
+"""Storage on a real PostgreSQL: migrations, partitions, range replacement, raw payload dedup, reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import polars as pl
+import psycopg
+import pytest
+
+from mdpipeline.normalize.bars import STORED_BARS_1D
+from mdpipeline.providers.base import RawPayload
+from mdpipeline.storage.bars import read_bars_1d
+from mdpipeline.storage.loader import replace_range
+from mdpipeline.storage.migrations import migrate, storage_layout, timescale_available
+from mdpipeline.storage.partitions import drop_partitions_before, ensure_partitions
+from mdpipeline.storage.raw_store import load_payloads, save_payloads
+
+
+def _bars(days: list[date], provider: str = "synthetic", close: float = 10.0) -> pl.DataFrame:
+    n = len(days)
+    return pl.DataFrame({
+        "instrument_id": [1] * n, "symbol": ["AAPL"] * n, "session_date": days, "provider": [provider] * n,
+        "open": [close] * n, "high": [close + 1] * n, "low": [close - 1] * n, "close": [close] * n,
+        "volume": [1e6] * n, "vwap": [None] * n, "trades": [None] * n, "raw_payload_id": [None] * n,
+        "run_id": ["r1"] * n, "ingested_at": [datetime(2024, 7, 1, 12, 30, 0, 123456, tzinfo=UTC)] * n,
+    }, schema=STORED_BARS_1D)
+
+
+def test_migrate_is_idempotent_and_records_the_layout(conn: psycopg.Connection) -> None:
+    assert migrate(conn) == []  # the template is already migrated
+    expected = "timescaledb" if timescale_available(conn) else "postgres-partitioned"
+    assert storage_layout(conn) == expected
+    tables = {r[0] for r in conn.execute(
+        "select table_schema || '.' || table_name from information_schema.tables "
+        "where table_schema in ('raw', 'ref', 'md', 'quality', 'ops')")}
+    assert {"raw.payloads", "ref.instruments", "ref.symbology", "ref.corporate_actions", "md.bars_1d",
+            "md.bars_1m", "md.ticks", "quality.quarantine", "quality.check_results",
+            "ops.publications", "ops.schema_migrations"} <= tables
+
+
+def test_plain_postgres_partitions_and_retention(conn: psycopg.Connection) -> None:
+    if storage_layout(conn) != "postgres-partitioned":
+        pytest.skip("this server has TimescaleDB: chunks replace native partitions")
+    with conn.transaction():
+        names = ensure_partitions(conn, "md.bars_1m", date(2024, 1, 15), date(2024, 3, 2))
+    assert names == ["md.bars_1m_m202401", "md.bars_1m_m202402", "md.bars_1m_m202403"]
+    kind = conn.execute("select relkind from pg_class where oid = 'md.bars_1m'::regclass").fetchone()
+    assert kind == ("p",)
+    with conn.transaction():
+        dropped = drop_partitions_before(conn, "md.bars_1m", date(2024, 3, 1))
+    assert dropped == ["md.bars_1m_m202401", "md.bars_1m_m202402"]
+
+
+def test_replace_range_swaps_exactly_the_range(conn: psycopg.Connection) -> None:
+    june = [date(2024, 6, d) for d in (3, 4, 5, 6, 7)]
+    replace_range(conn, "md.bars_1d", _bars(june), provider="synthetic", start=june[0], end=june[-1])
+    replace_range(conn, "md.bars_1d", _bars(june, provider="file"), provider="file", start=june[0], end=june[-1])
+    # Re-load the middle of the range with new prices and one day fewer.
+    middle = [date(2024, 6, 4), date(2024, 6, 6)]
+    replace_range(conn, "md.bars_1d", _bars(middle, close=20.0), provider="synthetic",
+                  start=date(2024, 6, 4), end=date(2024, 6, 6))
+    stored = read_bars_1d(conn, start=june[0], end=june[-1], provider="synthetic")
+    assert stored.select("session_date", "close").rows() == [
+        (date(2024, 6, 3), 10.0), (date(2024, 6, 4), 20.0), (date(2024, 6, 6), 20.0), (date(2024, 6, 7), 10.0)]
+    assert read_bars_1d(conn, start=june[0], end=june[-1], provider="file").height == 5  # other provider untouched
+    assert stored["ingested_at"][0] == datetime(2024, 7, 1, 12, 30, 0, 123456, tzinfo=UTC)
+
+
+def test_replace_range_refuses_rows_outside_the_range(conn: psycopg.Connection) -> None:
+    frame = _bars([date(2024, 6, 3), date(2024, 6, 10)])
+    with pytest.raises(ValueError, match="fall outside"):
+        replace_range(conn, "md.bars_1d", frame, provider="synthetic", start=date(2024, 6, 3), end=date(2024, 6, 7))
+    assert read_bars_1d(conn, start=date(2024, 1, 1), end=date(2024, 12, 31)).is_empty()
+
+
+def test_raw_payloads_are_not_stored_twice(conn: psycopg.Connection) -> None:
+    p = RawPayload(provider="synthetic", dataset="bars_1d", session_date=date(2024, 6, 3),
+                   request_key="bars_1d:2024-06-03", endpoint="synthetic://bars_1d",
+                   params={"session": "2024-06-03"}, body=b'{"bars": []}')
+    first, new_first = save_payloads(conn, [p], "run-1")
+    again, new_again = save_payloads(conn, [p], "run-2")
+    assert (new_first, new_again) == (1, 0)
+    assert first[0].payload_id == again[0].payload_id
+    changed, new_changed = save_payloads(conn, [RawPayload(**{**p.__dict__, "body": b'{"bars": [1]}'})], "run-3")
+    assert new_changed == 1
+    latest = load_payloads(conn, "synthetic", "bars_1d", date(2024, 6, 3), date(2024, 6, 3))
+    assert [x.body for x in latest] == [b'{"bars": [1]}']
+    assert latest[0].payload_id == changed[0].payload_id
+    runs = conn.execute("select first_run_id, last_run_id from raw.payloads order by payload_id").fetchall()
+    assert runs == [("run-1", "run-2"), ("run-3", "run-3")]
