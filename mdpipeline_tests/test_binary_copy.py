@@ -49,8 +49,15 @@ def pg_url() -> Iterator[str]:
     as_pg = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
         [
-            *as_pg, f"{PG_BIN}/initdb", "-D", data, "--auth=trust", "-U", "postgres",
-            "--encoding=UTF8", "--locale=C",
+            *as_pg,
+            f"{PG_BIN}/initdb",
+            "-D",
+            data,
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--locale=C",
         ],
         check=True,
         capture_output=True,
@@ -81,8 +88,7 @@ def conn(pg_url: str) -> Iterator[psycopg.Connection]:
 
 def _create_table(cur: psycopg.Cursor, table: str, df: pl.DataFrame) -> None:
     cols = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type(dtype)))
-        for name, dtype in df.schema.items()
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type(dtype))) for name, dtype in df.schema.items()
     )
     cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(*table.split(".")), cols))
 
@@ -110,10 +116,7 @@ def _select(cur: psycopg.Cursor, table: str, schema: pl.Schema) -> pl.DataFrame:
     rows = cur.fetchall()
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
     return pl.DataFrame(
-        [
-            pl.Series(name, list(vals), dtype=dtype)
-            for (name, dtype), vals in zip(schema.items(), columns, strict=True)
-        ]
+        [pl.Series(name, list(vals), dtype=dtype) for (name, dtype), vals in zip(schema.items(), columns, strict=True)]
     )
 
 
@@ -157,7 +160,13 @@ def _edge_frame() -> pl.DataFrame:
             "b": pl.Series([True, False, None, True, False, True, None, False], dtype=pl.Boolean),
             "s": pl.Series(
                 [
-                    "", "plain", None, "Zürich €", "日本語テキスト", "emoji 🙂🚀", "tab\tnew\nline\\",
+                    "",
+                    "plain",
+                    None,
+                    "Zürich €",
+                    "日本語テキスト",
+                    "emoji 🙂🚀",
+                    "tab\tnew\nline\\",
                     "x" * 1000,
                 ],
                 dtype=pl.String,
@@ -177,9 +186,9 @@ def _edge_frame() -> pl.DataFrame:
             ),
             "ts": pl.Series(ts, dtype=pl.Datetime("us")),
             "tstz": pl.Series(ts, dtype=pl.Datetime("us")).dt.replace_time_zone("UTC"),
-            "tsns": pl.Series(
-                [0, -1, -1_500, 1_500, None, 946_684_800_000_000_789, -(2**63) + 1, 2**63 - 1]
-            ).cast(pl.Datetime("ns")),
+            "tsns": pl.Series([0, -1, -1_500, 1_500, None, 946_684_800_000_000_789, -(2**63) + 1, 2**63 - 1]).cast(
+                pl.Datetime("ns")
+            ),
             "tsms_ny": pl.Series(
                 [0, -1, None, 1_700_000_000_123, -2_208_988_800_001, 946_684_800_000, 1, 253_402_200_000_000]
             ).cast(pl.Datetime("ms", "America/New_York")),
@@ -240,9 +249,19 @@ def test_multi_chunk_and_sliced_across_chunks(conn: psycopg.Connection) -> None:
     _round_trip(conn, df.slice(5, 13))
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1_000_000])
+def test_chunk_sizes(conn: psycopg.Connection, chunk_rows: int) -> None:
+    _round_trip(conn, _edge_frame(), chunk_rows=chunk_rows)
+
+
+def test_chunk_rows_must_be_positive(conn: psycopg.Connection) -> None:
+    with conn.cursor() as cur, pytest.raises(ValueError, match="chunk_rows"):
+        copy_frame(cur, "t", _edge_frame(), chunk_rows=0)
+
+
 def test_chunked_copy_of_a_large_random_frame(conn: psycopg.Connection) -> None:
     df = _random_frame(200_000, seed=7)
-    got = _round_trip(conn, df, chunk_rows=65_536)
+    got = _round_trip(conn, df, chunk_rows=70_000)
     assert got.height == 200_000
     assert got.null_count().row(0) == df.null_count().row(0)
 
@@ -280,9 +299,7 @@ def test_frame_columns_map_by_name(conn: psycopg.Connection) -> None:
     ],
     ids=lambda s: str(s.dtype),
 )
-def test_unsupported_dtype_raises_type_error_naming_the_column(
-    conn: psycopg.Connection, series: pl.Series
-) -> None:
+def test_unsupported_dtype_raises_type_error_naming_the_column(conn: psycopg.Connection, series: pl.Series) -> None:
     df = pl.DataFrame({"ok": [1, 2], "bad_col": series})
     with pytest.raises(TypeError, match="bad_col"):
         encode_binary_copy(df)
@@ -351,6 +368,7 @@ def _random_frame(n: int, seed: int) -> pl.DataFrame:
             "tsns": pl.Series(rng.integers(-(2**63) + 1, 2**63 - 1, size=n)).cast(pl.Datetime("ns")),
         }
     )
-    return df.with_columns(
-        pl.when(pl.Series(rng.random(n) < 0.9)).then(pl.col(c)).otherwise(None) for c in df.columns
-    )
+    df = df.with_columns(pl.when(pl.Series(rng.random(n) < 0.9)).then(pl.col(c)).otherwise(None) for c in df.columns)
+    # Text of one byte length and all-empty text, without nulls, take the encoder's uniform path.
+    code = pl.format("é{}", (pl.int_range(n) % 100_000).cast(pl.String).str.zfill(6))
+    return df.with_columns(code=code, empty=pl.lit("", dtype=pl.String))

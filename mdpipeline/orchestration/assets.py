@@ -18,6 +18,7 @@ from mdpipeline.normalize.bars import normalize_bars_1d, stamp
 from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.providers.base import Query
+from mdpipeline.providers.reconcile import prefer_latest_payload, within_sessions
 from mdpipeline.quality.quarantine import split_valid
 from mdpipeline.quality.schemas import NormalizedBars1d, StandardBars1d
 from mdpipeline.storage.bars import read_bars_1d
@@ -88,7 +89,8 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
         source = providers.provider(provider)
         with db.connection() as conn:
             payloads = load_payloads(conn, provider, DATASET, start, end)
-            frame = source.transform(DATASET, payloads)
+            parsed = source.transform(DATASET, payloads)
+            frame = within_sessions(prefer_latest_payload(parsed, payloads, ["symbol", "session_date"]), start, end)
             outcome = split_valid(frame, StandardBars1d, ["symbol", "session_date"])
             replace_quarantine(conn, outcome.quarantined, dataset=DATASET, provider=provider,
                                stage="validate", start=start, end=end, run_id=context.run.run_id)

@@ -81,9 +81,11 @@ class Query:
 class RawPayload:
     """What a provider sent for one request, kept byte for byte.
 
-    `request_key` identifies the request within (provider, dataset, session_date), so a re-fetch of
-    the same request with the same bytes is recognised and not stored twice. `params` never holds
-    secrets. `payload_id` is set once the payload has been stored in `raw.payloads`.
+    A payload covers the sessions [session_date, session_end] (one day unless the provider answers a
+    range in one response, e.g. a full daily history). `request_key` identifies the request within
+    (provider, dataset, session_date), so a re-fetch of the same request with the same bytes is
+    recognised and not stored twice. `params` never holds secrets. `payload_id` is set once the
+    payload has been stored in `raw.payloads`.
     """
 
     provider: str
@@ -97,6 +99,12 @@ class RawPayload:
     status: int = 200
     fetched_at: datetime | None = None
     payload_id: int | None = field(default=None, compare=False)
+    session_end: date | None = None
+
+    @property
+    def last_session(self) -> date:
+        """Last session the payload covers."""
+        return self.session_end or self.session_date
 
     @property
     def sha256(self) -> str:

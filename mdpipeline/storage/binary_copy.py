@@ -1,9 +1,14 @@
 """Vectorized PostgreSQL binary COPY encoder for polars frames.
 
-psycopg's ``Copy.write_row`` formats one Python tuple at a time, which dominates the cost of a bulk
-load. Here a whole frame is encoded into PostgreSQL's binary COPY format with numpy, one column at a
-time: per-field sizes give row sizes, a cumulative sum gives row offsets, and each column is scattered
-into one preallocated ``uint8`` buffer by fancy indexing. No Python code runs per row.
+psycopg's ``Copy.write_row`` formats one Python tuple at a time. Here a whole frame is encoded into
+PostgreSQL's binary COPY format with numpy, one column at a time, with no Python code per row:
+per-field sizes (4 + width, 4 for a null, 4 + byte length for text/bytea from the Arrow offsets) give
+row sizes, a cumulative sum gives row offsets, and each column is scattered into one preallocated
+``uint8`` buffer by fancy indexing. The scatter moves whole values, not bytes: the buffer is viewed
+as overlapping, unaligned items of the field's size (see ``_at``), so placing a column costs one
+numpy assignment of n items; fixed-width columns without nulls are first assembled into one (n, k)
+row block. Text and bytea values are copied as the binary decomposition of their lengths (one
+assignment per power of two present), or as one item each when all have the same length.
 
 Binary COPY format (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4)::
 
@@ -90,13 +95,9 @@ def _arrow(s: pl.Series) -> pa.Array:
     arr = s.to_arrow()
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_string_view(
-        arr.type
-    ):
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
         arr = arr.cast(pa.large_string())
-    elif pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) or pa.types.is_binary_view(
-        arr.type
-    ):
+    elif pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type) or pa.types.is_binary_view(arr.type):
         arr = arr.cast(pa.large_binary())
     return arr
 
@@ -144,6 +145,7 @@ def _at(buf: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
 
 
 def _void(size: int) -> np.dtype:
+    """An opaque item of size bytes, copied as a whole."""
     return np.dtype((np.void, size))
 
 
@@ -320,13 +322,13 @@ def copy_statement(table: str, columns: list[str]) -> sql.Composed:
     )
 
 
-def copy_frame(
-    cursor: psycopg.Cursor, table: str, df: pl.DataFrame, chunk_rows: int = 500_000
-) -> int:
+def copy_frame(cursor: psycopg.Cursor, table: str, df: pl.DataFrame, chunk_rows: int = 65_536) -> int:
     """Bulk-load df into table with binary COPY; returns the number of rows written.
 
     Frame columns map by name to table columns, so the table may have more columns (with defaults)
     and a different column order. Runs inside the cursor's current transaction; the caller commits.
+    Rows are encoded and sent chunk_rows at a time into one reused buffer: small chunks stay in
+    the CPU cache, and the server ingests one chunk while the next one is encoded.
     """
     _check_encodable(df)
     if chunk_rows <= 0:

@@ -48,6 +48,7 @@ create table if not exists raw.payloads (
     provider      text        not null,
     dataset       text        not null,
     session_date  date        not null,
+    session_end   date        not null,
     request_key   text        not null,
     endpoint      text        not null,
     params        jsonb       not null,
@@ -62,7 +63,7 @@ create table if not exists raw.payloads (
     unique (provider, dataset, session_date, request_key, sha256)
 );
 create index if not exists payloads_by_partition
-    on raw.payloads (provider, dataset, session_date, request_key, last_seen_at desc);
+    on raw.payloads (provider, dataset, session_date, session_end);
 
 create table if not exists ref.instruments (
     instrument_id bigint primary key,
