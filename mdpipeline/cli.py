@@ -162,28 +162,34 @@ def demo() -> None:
 
 @app.command()
 def bars(
-    symbol: Annotated[str, typer.Argument(help="Ticker, e.g. AAPL.")],
+    symbol: Annotated[str, typer.Argument(help="Ticker, e.g. AAPL (comma-separated for several).")],
     start: Start,
     end: End,
     interval: Annotated[str, typer.Option("--interval", help="1d (1m: not stored yet).")] = "1d",
-    adjust: Annotated[str, typer.Option("--adjust", help="none | split | total.")] = "none",
+    adjust: Annotated[str, typer.Option("--adjust", help="none | split | total (back-adjusted).")] = "none",
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Only what was known at this time (ISO 8601).")] = None,
     provider: Annotated[str | None, typer.Option("--provider", help="Only this provider.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
 ) -> None:
-    """Print stored bars of SYMBOL."""
-    from mdpipeline.storage.bars import read_bars_1d
+    """Print stored daily bars of SYMBOL, raw or adjusted, optionally as known at a past time."""
+    from mdpipeline.enrich.adjustments import ADJUST_MODES
+    from mdpipeline.read import parse_as_of, read_bars
     from mdpipeline.storage.database import connect
 
     if interval != "1d":
         err_console.print("[red]only --interval 1d is stored so far[/]")
         raise typer.Exit(2)
-    if adjust != "none":
-        err_console.print("[red]adjusted reads (--adjust split|total) are not implemented yet; use --adjust none[/]")
+    if adjust not in ADJUST_MODES:
+        err_console.print(f"[red]--adjust must be one of {', '.join(ADJUST_MODES)}[/]")
         raise typer.Exit(2)
+    try:
+        cutoff = parse_as_of(as_of)
+    except ValueError:
+        err_console.print(f"[red]--as-of {as_of!r} is not an ISO 8601 time[/]")
+        raise typer.Exit(2) from None
     with connect(_settings().database_url) as conn:
-        frame = read_bars_1d(conn, start=_date(start, "--start"), end=_date(end, "--end"),
-                             provider=provider, symbols=[symbol.upper()])
-    frame = frame.drop("raw_payload_id", "run_id")
+        frame = read_bars(conn, symbol.split(","), _date(start, "--start"), _date(end, "--end"),
+                          adjust=adjust, as_of=cutoff, provider=provider)  # type: ignore[arg-type]
     if fmt == "csv":
         sys.stdout.write(frame.write_csv())
     elif fmt == "json":

@@ -42,7 +42,7 @@ def pg_url() -> Iterator[str]:
     """A throwaway PostgreSQL 15 cluster for this module (we run as root, the server as postgres)."""
     if not os.path.exists(f"{PG_BIN}/initdb"):
         pytest.skip("PostgreSQL 15 server binaries are not installed")
-    d = tempfile.mkdtemp(prefix="mdp-pg-")
+    d = tempfile.mkdtemp(prefix="mdp-binary-copy-pg-")
     shutil.chown(d, user="postgres", group="postgres")
     data = os.path.join(d, "data")
     port = _free_port()
@@ -71,7 +71,9 @@ def pg_url() -> Iterator[str]:
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], check=False)
+        subprocess.run(
+            [*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], check=False, capture_output=True
+        )
         shutil.rmtree(d, ignore_errors=True)
 
 

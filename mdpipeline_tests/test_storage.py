@@ -89,3 +89,18 @@ def test_raw_payloads_are_not_stored_twice(conn: psycopg.Connection) -> None:
     assert latest[0].payload_id == changed[0].payload_id
     runs = conn.execute("select first_run_id, last_run_id from raw.payloads order by payload_id").fetchall()
     assert runs == [("run-1", "run-2"), ("run-3", "run-3")]
+
+
+def test_reloading_unchanged_rows_keeps_when_they_were_learnt(conn: psycopg.Connection) -> None:
+    days = [date(2024, 6, 3), date(2024, 6, 4)]
+    replace_range(conn, "md.bars_1d", _bars(days), provider="synthetic", start=days[0], end=days[-1])
+    later = datetime(2024, 8, 1, tzinfo=UTC)
+    again = _bars(days).with_columns(pl.lit(later).alias("ingested_at"), pl.lit("r2").alias("run_id"))
+    corrected = again.with_columns(pl.when(pl.col("session_date") == days[1]).then(pl.lit(10.5))
+                                   .otherwise(pl.col("close")).alias("close"))
+    replace_range(conn, "md.bars_1d", corrected, provider="synthetic", start=days[0], end=days[-1])
+    stored = read_bars_1d(conn, start=days[0], end=days[-1])
+    assert stored.select("session_date", "close", "ingested_at", "run_id").rows() == [
+        (days[0], 10.0, datetime(2024, 7, 1, 12, 30, 0, 123456, tzinfo=UTC), "r2"),  # unchanged: first learnt
+        (days[1], 10.5, later, "r2"),  # corrected: learnt now
+    ]

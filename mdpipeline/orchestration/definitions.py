@@ -7,10 +7,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from mdpipeline.orchestration.adjustment_assets import adjustment_assets
 from mdpipeline.orchestration.assets import bars_1d_assets, reference_data
+from mdpipeline.orchestration.corporate_action_assets import actions_key, corporate_action_assets
 from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.providers.catalog import datasets_of
 from mdpipeline.settings import Settings
 from mdpipeline.universe import load_universe
 
@@ -30,8 +33,14 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     partitions = trading_day_partitions(universe.exchange_calendar)
     enabled = [name for name, setup in universe.providers.items() if setup.enabled]
     assets: list[dg.AssetsDefinition] = [reference_data]
+    action_keys: list[dg.AssetKey] = []
     for provider in enabled:
         assets += bars_1d_assets(provider, partitions)
+        if "corporate_actions" in datasets_of(provider):
+            assets += corporate_action_assets(provider, partitions)
+            action_keys.append(actions_key("ref", provider))
+    bar_keys = [dg.AssetKey(["md", provider, "bars_1d"]) for provider in enabled]
+    assets += adjustment_assets(action_keys, bar_keys)
     jobs = [
         dg.define_asset_job(
             f"bars_1d_{provider}", selection=dg.AssetSelection.groups("raw", "validated", "normalized", "md",

@@ -13,7 +13,8 @@ import polars as pl
 
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
-    """Stores polars frames partitioned by their `session_date` column."""
+    """Stores polars frames partitioned by a date column (`session_date`, or the asset's
+    `partition_column` definition metadata, e.g. `ex_date` for corporate actions)."""
 
     base_dir: str
 
@@ -23,7 +24,8 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         """Write one Parquet file per partition of the run (empty partitions get an empty file)."""
         keys = context.asset_partition_keys if context.has_asset_partitions else ["all"]
-        by_day = obj.with_columns(pl.col("session_date").dt.to_string("%Y-%m-%d").alias("__key"))
+        column = (context.definition_metadata or {}).get("partition_column", "session_date")
+        by_day = obj.with_columns(pl.col(column).dt.to_string("%Y-%m-%d").alias("__key"))
         for key in keys:
             path = self._path(context.asset_key, key)
             path.parent.mkdir(parents=True, exist_ok=True)

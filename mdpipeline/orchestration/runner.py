@@ -34,11 +34,13 @@ def console_log_level(level: str) -> dict:
 
 
 def select_assets(defs: dg.Definitions, providers: Sequence[str] | None, select: str | None) -> dg.AssetSelection:
-    """Assets of the given providers (all when None), narrowed by a Dagster selection string."""
+    """Assets of the given providers (all when None) plus the shared unpartitioned ones (reference data,
+    adjustments), narrowed by a Dagster selection string."""
     selection: dg.AssetSelection = dg.AssetSelection.all()
     if providers:
-        keys = [k for k in defs.resolve_asset_graph().get_all_asset_keys()
-                if len(k.path) == 3 and k.path[1] in providers]
+        graph = defs.resolve_asset_graph()
+        keys = [k for k in graph.get_all_asset_keys()
+                if (len(k.path) == 3 and k.path[1] in providers) or not graph.get(k).is_partitioned]
         selection = dg.AssetSelection.assets(*keys)
     if select:
         selection = selection & dg.AssetSelection.from_string(select)
@@ -57,21 +59,18 @@ def materialize_range(
     calendar_name: str = "XNYS",
     log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the selected partitioned assets for every session in [start, end], in one run."""
+    """Materialize the selected assets for every session in [start, end] in one run.
+
+    Partitioned assets take the whole range at once (single-run backfill); unpartitioned ones
+    (reference data before, adjustments after) run once in the same run, in dependency order.
+    """
     first, last = session_range(start, end, calendar_name)
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-    selection = select_assets(defs, providers, select)
-    partitioned = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and a.partitions_def]
-    unpartitioned = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and not a.partitions_def]
-    resources = dict(defs.resources or {})
-    if unpartitioned and not select:
-        dg.materialize(unpartitioned, resources=resources, instance=instance, raise_on_error=True,
-                       run_config=console_log_level(log_level))
     return dg.materialize(
-        partitioned,
-        selection=selection,
-        resources=resources,
+        list(defs.assets or []),  # type: ignore[arg-type]
+        selection=select_assets(defs, providers, select),
+        resources=dict(defs.resources or {}),
         instance=instance,
         tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
         raise_on_error=raise_on_error,

@@ -62,3 +62,28 @@ class NormalizedBars1d(_Prices):
         strict = True
         coerce = False
         unique = ["instrument_id", "provider", "session_date"]
+
+
+class StandardCorporateActions(pa.DataFrameModel):
+    """Corporate actions as a provider transform returns them."""
+
+    symbol: str = pa.Field(str_length={"min_value": 1})
+    ex_date: dt.date
+    action: str = pa.Field(isin=["split", "cash_dividend"])
+    ratio: float = pa.Field(gt=0, nullable=True)
+    amount: float = pa.Field(gt=0, nullable=True)
+    currency: str = pa.Field(nullable=True)
+    raw_payload_id: int = pa.Field(nullable=True)
+
+    @pa.dataframe_check(name="action_values", error="a split needs ratio > 0; a cash dividend needs amount > 0")
+    @classmethod
+    def action_values(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        """The value an action is about must be there."""
+        return data.lazyframe.select(
+            pl.when(pl.col("action") == "split").then(pl.col("ratio").is_not_null())
+            .otherwise(pl.col("amount").is_not_null())
+        )
+
+    class Config:
+        strict = False
+        coerce = False

@@ -208,9 +208,6 @@ def _initial(conn: psycopg.Connection, timescale: bool) -> None:
             )
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schemas", _initial),)
-
-
 def migrate(conn: psycopg.Connection) -> list[int]:
     """Apply pending migrations in one transaction each; returns the versions applied.
 
@@ -245,3 +242,97 @@ def storage_layout(conn: psycopg.Connection) -> str:
     if row is None:
         raise RuntimeError("the database is not migrated: run `mdpipeline migrate`")
     return str(row[0])
+
+
+def _corporate_actions_and_factors(conn: psycopg.Connection, timescale: bool) -> None:
+    """Point-in-time corporate actions per provider, adjustment factors, and the adjusted view."""
+    conn.execute(
+        """
+        alter table ref.corporate_actions add column if not exists symbol text;
+        alter table ref.corporate_actions add column if not exists run_id text;
+
+        create table if not exists md.adjustment_factors (
+            instrument_id bigint           not null,
+            ex_date       date             not null,
+            action        text             not null,
+            ratio         double precision,
+            amount        double precision,
+            prior_close   double precision,
+            price_factor  double precision not null check (price_factor > 0),
+            volume_factor double precision not null check (volume_factor > 0),
+            learned_at    timestamptz      not null,
+            primary key (instrument_id, ex_date, action)
+        );
+
+        -- Adjusted daily bars for SQL users; the Python read API computes the same (and as-of reads).
+        create or replace view md.bars_1d_adjusted as
+        select b.instrument_id, b.symbol, b.session_date, b.provider,
+               b.open * s.f as split_open, b.high * s.f as split_high, b.low * s.f as split_low,
+               b.close * s.f as split_close, b.volume * s.v as split_volume,
+               b.open * t.f as total_open, b.high * t.f as total_high, b.low * t.f as total_low,
+               b.close * t.f as total_close, b.volume * t.v as total_volume,
+               b.open, b.high, b.low, b.close, b.volume
+        from md.bars_1d b
+        cross join lateral (
+            select coalesce(exp(sum(ln(price_factor))), 1) as f, coalesce(exp(sum(ln(volume_factor))), 1) as v
+            from md.adjustment_factors a
+            where a.instrument_id = b.instrument_id and a.ex_date > b.session_date and a.action = 'split'
+        ) s
+        cross join lateral (
+            select coalesce(exp(sum(ln(price_factor))), 1) as f, coalesce(exp(sum(ln(volume_factor))), 1) as v
+            from md.adjustment_factors a
+            where a.instrument_id = b.instrument_id and a.ex_date > b.session_date
+        ) t;
+        """
+    )
+
+
+# Version 3 (additive only): the transactional outbox, processed stream offsets, stream gaps.
+OUTBOX_AND_STREAMS_DDL = """
+create table if not exists ops.outbox (
+    outbox_id          bigint generated always as identity primary key,
+    topic              text        not null,
+    key                text,
+    event_id           text        not null,
+    value              text        not null,
+    headers            jsonb       not null,
+    provider           text        not null,
+    session_date       date        not null,
+    created_at         timestamptz not null default now(),
+    published_at       timestamptz,
+    dead_letter_reason text
+);
+create unique index if not exists outbox_pending_event on ops.outbox (topic, event_id) where published_at is null;
+create index if not exists outbox_pending_range on ops.outbox (provider, session_date) where published_at is null;
+create index if not exists outbox_published_at on ops.outbox (published_at) where published_at is not null;
+
+create table if not exists ops.stream_offsets (
+    consumer     text        not null,
+    topic        text        not null,
+    partition    integer     not null,
+    next_offset  bigint      not null check (next_offset >= 0),
+    run_id       text,
+    updated_at   timestamptz not null default now(),
+    primary key (consumer, topic, partition)
+);
+
+create table if not exists ops.stream_gaps (
+    gap_id          bigint generated always as identity primary key,
+    provider        text        not null,
+    topic           text        not null,
+    raw_offset      bigint      not null,
+    disconnected_at timestamptz not null,
+    reconnected_at  timestamptz not null,
+    reason          text        not null,
+    recorded_at     timestamptz not null default now(),
+    repaired_at     timestamptz,
+    unique (topic, raw_offset)
+);
+"""
+
+
+# Every schema version, in order. Append new versions; never edit an applied one.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schemas", _initial),
+    Migration(2, "corporate actions and adjustment factors", _corporate_actions_and_factors),
+)

@@ -1,0 +1,32 @@
+"""Canonical corporate actions: instrument ids from the symbology valid on the ex-date."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from mdpipeline.normalize.bars import Normalized, map_instruments
+
+CANONICAL_CORPORATE_ACTIONS: dict[str, pl.DataType] = {
+    "instrument_id": pl.Int64(),
+    "symbol": pl.String(),
+    "ex_date": pl.Date(),
+    "action": pl.String(),
+    "ratio": pl.Float64(),
+    "amount": pl.Float64(),
+    "currency": pl.String(),
+    "provider": pl.String(),
+    "raw_payload_id": pl.Int64(),
+}
+
+
+def normalize_corporate_actions(frame: pl.DataFrame, provider: str, symbology: pl.DataFrame) -> Normalized:
+    """Validated standard corporate actions -> canonical rows of `provider` (splits carry no amount)."""
+    mapped = map_instruments(frame, symbology, "ex_date")
+    actions = mapped.bars.with_columns(
+        pl.lit(provider).alias("provider"),
+        pl.when(pl.col("action") == "split").then(None).otherwise(pl.col("amount")).alias("amount"),
+        pl.when(pl.col("action") == "split").then(pl.col("ratio")).otherwise(None).alias("ratio"),
+    ).select(pl.col(c).cast(t) for c, t in CANONICAL_CORPORATE_ACTIONS.items())
+    unmapped = mapped.unmapped.rename({"ex_date": "session_date"}) if "ex_date" in mapped.unmapped.columns \
+        else mapped.unmapped
+    return Normalized(bars=actions.sort("ex_date", "instrument_id"), unmapped=unmapped)

@@ -1,0 +1,93 @@
+"""Adjustment assets: consolidated corporate actions -> adjustment factors -> adjusted daily bars.
+
+They are not partitioned: a corporate action learnt today changes the adjusted history of every
+earlier session, so the factors are rebuilt whole from `ref` and the stored raw closes, without any
+provider call, and the adjusted view follows.
+"""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+
+from mdpipeline.enrich.adjustments import adjustment_factors, apply_adjustments
+from mdpipeline.enrich.corporate_actions import consolidate_actions
+from mdpipeline.orchestration.resources import DatabaseResource
+from mdpipeline.storage.bars import read_bars_1d
+from mdpipeline.storage.corporate_actions import prior_closes, read_actions, read_factors, replace_factors
+
+FACTORS_KEY = dg.AssetKey(["md", "adjustment_factors"])
+ADJUSTED_KEY = dg.AssetKey(["md", "bars_1d_adjusted"])
+MAX_EX_DATE_LOG_RETURN = 0.2  # |ln(close_D / close_D-1)| after total adjustment; a split left in is far beyond
+
+
+def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.AssetKey]) -> list:
+    """The factor table and the adjusted view, downstream of every provider's actions and stored bars."""
+
+    @dg.asset(key=FACTORS_KEY, group_name="adjusted", deps=[*action_keys, *bar_keys], kinds={"postgres", "polars"},
+              metadata={"table": "md.adjustment_factors"},
+              description="Back-adjustment factors per corporate action (split 1/r, dividend 1 - d/prior close), "
+                          "rebuilt from ref.corporate_actions and raw closes; no provider call.")
+    def adjustment_factors_asset(db: DatabaseResource) -> dg.MaterializeResult:
+        with db.connection() as conn:
+            actions, disagreements = consolidate_actions(read_actions(conn))
+            factors, unusable = adjustment_factors(actions, prior_closes(conn, actions))
+            replace_factors(conn, factors)
+        return dg.MaterializeResult(metadata={
+            "factors": factors.height, "splits": factors.filter(pl.col("action") == "split").height,
+            "dividends": factors.filter(pl.col("action") == "cash_dividend").height,
+            "unusable_actions": unusable.height,
+            "unusable": dg.MetadataValue.md(_table(unusable, ["instrument_id", "ex_date", "action", "reason"])),
+            "provider_disagreements": disagreements.height,
+        })
+
+    @dg.asset(key=ADJUSTED_KEY, group_name="adjusted", deps=[FACTORS_KEY, *bar_keys], kinds={"postgres"},
+              metadata={"view": "md.bars_1d_adjusted"},
+              description="Daily bars split-adjusted and total-return-adjusted (view over md.bars_1d and the "
+                          "factor table); the Python API and `mdpipeline bars --adjust` compute the same.",
+              check_specs=[dg.AssetCheckSpec("no_ex_date_jump", asset=ADJUSTED_KEY,
+                                             description="After total adjustment no ex-date shows an artificial "
+                                                         "jump.")])
+    def bars_1d_adjusted(db: DatabaseResource):
+        with db.connection() as conn:
+            rows = conn.execute("select count(*) from md.bars_1d_adjusted").fetchone()
+            jumps = ex_date_jumps(conn)
+        yield dg.MaterializeResult(metadata={"rows": rows[0] if rows else 0,
+                                             "checked_at": datetime.now(UTC).isoformat()})
+        bad = jumps.filter(pl.col("log_return").abs() > MAX_EX_DATE_LOG_RETURN)
+        yield dg.AssetCheckResult(
+            check_name="no_ex_date_jump", passed=bad.is_empty(),
+            metadata={"ex_dates_checked": jumps.height, "jumps": bad.height,
+                      "max_abs_log_return": float(jumps["log_return"].abs().max() or 0.0),
+                      "detail": dg.MetadataValue.md(_table(bad, ["symbol", "provider", "session_date", "log_return"]))},
+        )
+
+    return [adjustment_factors_asset, bars_1d_adjusted]
+
+
+def ex_date_jumps(conn) -> pl.DataFrame:
+    """Total-adjusted log return from the session before each ex-date to the ex-date, per provider."""
+    factors = read_factors(conn)
+    if factors.is_empty():
+        return pl.DataFrame(schema={"symbol": pl.String, "provider": pl.String, "session_date": pl.Date,
+                                    "log_return": pl.Float64})
+    lo, hi = factors["ex_date"].min(), factors["ex_date"].max()
+    bars = read_bars_1d(conn, start=lo.replace(year=lo.year - 1), end=hi)  # type: ignore[union-attr]
+    adjusted = apply_adjustments(bars, factors, "total").sort("instrument_id", "provider", "session_date")
+    with_ret = adjusted.with_columns(
+        (pl.col("close") / pl.col("close").shift(1)).log().over("instrument_id", "provider").alias("log_return")
+    )
+    ex_dates = factors.select("instrument_id", pl.col("ex_date").alias("session_date")).unique()
+    return with_ret.join(ex_dates, on=["instrument_id", "session_date"], how="inner").filter(
+        pl.col("log_return").is_not_null()
+    ).select("symbol", "provider", "session_date", "log_return")
+
+
+def _table(frame: pl.DataFrame, cols: list[str]) -> str:
+    if frame.is_empty():
+        return "none"
+    present = [c for c in cols if c in frame.columns]
+    lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.select(present).iter_rows()]
+    return "\n".join(lines)

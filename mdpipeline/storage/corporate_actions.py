@@ -1,0 +1,117 @@
+"""`ref.corporate_actions` per provider with the time the pipeline learnt each action, and the factor table."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+import psycopg
+
+from mdpipeline.enrich.adjustments import FACTOR_COLUMNS
+from mdpipeline.storage.binary_copy import copy_frame
+from mdpipeline.storage.reader import read_frame
+
+STORED_ACTIONS: dict[str, pl.DataType] = {
+    "instrument_id": pl.Int64(),
+    "symbol": pl.String(),
+    "ex_date": pl.Date(),
+    "action": pl.String(),
+    "ratio": pl.Float64(),
+    "amount": pl.Float64(),
+    "currency": pl.String(),
+    "provider": pl.String(),
+    "raw_payload_id": pl.Int64(),
+    "learned_at": pl.Datetime("us", "UTC"),
+}
+_KEY = "instrument_id, ex_date, action, provider"
+
+
+def replace_provider_actions(
+    conn: psycopg.Connection, frame: pl.DataFrame, *, provider: str, start: date, end: date, run_id: str
+) -> dict[str, int]:
+    """Make `provider`'s actions with ex_date in [start, end] equal to `frame`, in one transaction.
+
+    An action whose values did not change keeps the time it was first learnt; a new or changed one
+    is stamped now. That time is what as-of reads filter on.
+    """
+    cols = [c for c in STORED_ACTIONS if c != "learned_at"]
+    with conn.transaction():
+        conn.execute(
+            "create temporary table _actions (instrument_id bigint, symbol text, ex_date date, action text,"
+            " ratio double precision, amount double precision, currency text, provider text,"
+            " raw_payload_id bigint) on commit drop"
+        )
+        with conn.cursor() as cur:
+            copy_frame(cur, "_actions", frame.select(cols))
+        removed = conn.execute(
+            f"delete from ref.corporate_actions c where provider = %s and ex_date between %s and %s"
+            f" and not exists (select 1 from _actions n where ({_KEY}) = (c.instrument_id, c.ex_date, c.action,"
+            " c.provider))",
+            (provider, start, end),
+        ).rowcount
+        upserted = conn.execute(
+            f"""
+            insert into ref.corporate_actions ({", ".join(cols)}, run_id, learned_at)
+            select {", ".join(cols)}, %s, now() from _actions
+            on conflict ({_KEY}) do update set
+                symbol = excluded.symbol, ratio = excluded.ratio, amount = excluded.amount,
+                currency = excluded.currency, raw_payload_id = excluded.raw_payload_id, run_id = excluded.run_id,
+                learned_at = case
+                    when (ref.corporate_actions.ratio, ref.corporate_actions.amount, ref.corporate_actions.currency)
+                         is not distinct from (excluded.ratio, excluded.amount, excluded.currency)
+                    then ref.corporate_actions.learned_at else excluded.learned_at end
+            """,
+            (run_id,),
+        ).rowcount
+    return {"actions": upserted, "removed": removed}
+
+
+def read_actions(conn: psycopg.Connection) -> pl.DataFrame:
+    """Every stored corporate action of every provider."""
+    return read_frame(
+        conn, f"select {', '.join(STORED_ACTIONS)} from ref.corporate_actions order by instrument_id, ex_date",
+        None, STORED_ACTIONS,
+    )
+
+
+def prior_closes(conn: psycopg.Connection, actions: pl.DataFrame) -> pl.DataFrame:
+    """Raw close of the last stored session before each (instrument_id, ex_date), any provider.
+
+    When several providers have that session, the median close is taken so one bad feed cannot move it.
+    """
+    schema = {"instrument_id": pl.Int64(), "ex_date": pl.Date(), "prior_close": pl.Float64()}
+    keys = actions.select("instrument_id", "ex_date").unique()
+    if keys.is_empty():
+        return pl.DataFrame(schema=schema)
+    with conn.transaction():
+        conn.execute("create temporary table _ex (instrument_id bigint, ex_date date) on commit drop")
+        with conn.cursor() as cur:
+            copy_frame(cur, "_ex", keys)
+        return read_frame(
+            conn,
+            """
+            select e.instrument_id, e.ex_date, p.prior_close
+            from _ex e
+            cross join lateral (
+                select percentile_cont(0.5) within group (order by b.close) as prior_close
+                from md.bars_1d b
+                where b.instrument_id = e.instrument_id
+                  and b.session_date = (select max(session_date) from md.bars_1d x
+                                        where x.instrument_id = e.instrument_id and x.session_date < e.ex_date)
+            ) p
+            """,
+            None, schema,
+        )
+
+
+def replace_factors(conn: psycopg.Connection, factors: pl.DataFrame) -> int:
+    """Swap the whole factor table in one transaction (it is derived data, rebuilt each time)."""
+    with conn.transaction():
+        conn.execute("delete from md.adjustment_factors")
+        with conn.cursor() as cur:
+            return copy_frame(cur, "md.adjustment_factors", factors.select(list(FACTOR_COLUMNS)))
+
+
+def read_factors(conn: psycopg.Connection) -> pl.DataFrame:
+    """The current adjustment factors."""
+    return read_frame(conn, f"select {', '.join(FACTOR_COLUMNS)} from md.adjustment_factors", None, FACTOR_COLUMNS)
