@@ -165,7 +165,7 @@ def bars(
     symbol: Annotated[str, typer.Argument(help="Ticker, e.g. AAPL (comma-separated for several).")],
     start: Start,
     end: End,
-    interval: Annotated[str, typer.Option("--interval", help="1d (1m: not stored yet).")] = "1d",
+    interval: Annotated[str, typer.Option("--interval", help="1d | 1m.")] = "1d",
     adjust: Annotated[str, typer.Option("--adjust", help="none | split | total (back-adjusted).")] = "none",
     as_of: Annotated[str | None, typer.Option("--as-of", help="Only what was known at this time (ISO 8601).")] = None,
     provider: Annotated[str | None, typer.Option("--provider", help="Only this provider.")] = None,
@@ -176,8 +176,8 @@ def bars(
     from mdpipeline.read import parse_as_of, read_bars
     from mdpipeline.storage.database import connect
 
-    if interval != "1d":
-        err_console.print("[red]only --interval 1d is stored so far[/]")
+    if interval not in ("1d", "1m"):
+        err_console.print("[red]--interval must be 1d or 1m[/]")
         raise typer.Exit(2)
     if adjust not in ADJUST_MODES:
         err_console.print(f"[red]--adjust must be one of {', '.join(ADJUST_MODES)}[/]")
@@ -189,7 +189,7 @@ def bars(
         raise typer.Exit(2) from None
     with connect(_settings().database_url) as conn:
         frame = read_bars(conn, symbol.split(","), _date(start, "--start"), _date(end, "--end"),
-                          adjust=adjust, as_of=cutoff, provider=provider)  # type: ignore[arg-type]
+                          adjust=adjust, as_of=cutoff, provider=provider, interval=interval)  # type: ignore[arg-type]
     if fmt == "csv":
         sys.stdout.write(frame.write_csv())
     elif fmt == "json":

@@ -19,9 +19,11 @@ import psycopg
 
 from mdpipeline.enrich.adjustments import ADJUST_MODES, AdjustMode, apply_adjustments, known_at
 from mdpipeline.settings import Settings
-from mdpipeline.storage.bars import read_bars_1d
+from mdpipeline.storage.bars import instruments_for_symbols, read_bars_1d, read_bars_1m
 from mdpipeline.storage.corporate_actions import read_factors
 from mdpipeline.storage.database import connect
+
+READERS = {"1d": read_bars_1d, "1m": read_bars_1m}
 
 
 def _as_date(value: date | str) -> date:
@@ -45,14 +47,18 @@ def read_bars(
     adjust: AdjustMode = "none",
     as_of: datetime | str | None = None,
     provider: str | None = None,
+    interval: str = "1d",
 ) -> pl.DataFrame:
-    """Daily bars of `symbols` in [start, end] on an open connection (see `bars`)."""
+    """Bars of `symbols` in [start, end] on an open connection (see `bars`)."""
     if adjust not in ADJUST_MODES:
         raise ValueError(f"adjust must be one of {', '.join(ADJUST_MODES)}, not {adjust!r}")
-    wanted = [symbols] if isinstance(symbols, str) else list(symbols)
+    if interval not in READERS:
+        raise ValueError(f"interval must be one of {', '.join(READERS)}, not {interval!r}")
+    wanted = [s.upper() for s in ([symbols] if isinstance(symbols, str) else symbols)]
     cutoff = parse_as_of(as_of)
-    frame = read_bars_1d(conn, start=_as_date(start), end=_as_date(end), provider=provider,
-                         symbols=[s.upper() for s in wanted])
+    ids = instruments_for_symbols(conn, wanted)
+    frame = READERS[interval](conn, start=_as_date(start), end=_as_date(end), provider=provider,
+                              **({"instrument_ids": ids} if ids else {"symbols": wanted}))
     if cutoff is not None:
         frame = frame.filter(pl.col("ingested_at") <= cutoff)
     factors = known_at(read_factors(conn), cutoff) if adjust != "none" else None
@@ -66,17 +72,21 @@ def bars(
     start: date | str,
     end: date | str,
     *,
+    interval: str = "1d",
     adjust: AdjustMode = "none",
     as_of: datetime | str | None = None,
     provider: str | None = None,
     database_url: str | None = None,
 ) -> pl.DataFrame:
-    """Daily bars of `symbols` in [start, end] (inclusive), one row per provider and session.
+    """Bars of `symbols` for the sessions [start, end] (inclusive), one row per provider and bar.
 
-    `adjust`: "none" (raw), "split" or "total" (splits and cash dividends), back-adjusted so the
-    latest price is unchanged. `as_of`: ignore bars and corporate actions learnt after that time.
-    The columns `price_factor` and `volume_factor` say what was applied.
+    A symbol means every instrument that ever held it, over its whole history (asking for META
+    also returns the FB-era bars of the same company). `interval`: "1d" or "1m". `adjust`: "none"
+    (raw), "split" or "total" (splits and cash dividends), back-adjusted so the latest price is
+    unchanged. `as_of`: ignore bars and corporate actions learnt after that time. The columns
+    `price_factor` and `volume_factor` say what was applied.
     """
     url = database_url or Settings.from_env().database_url
     with connect(url) as conn:
-        return read_bars(conn, symbols, start, end, adjust=adjust, as_of=as_of, provider=provider)
+        return read_bars(conn, symbols, start, end, adjust=adjust, as_of=as_of, provider=provider,
+                         interval=interval)

@@ -44,7 +44,8 @@ def test_range_runs_every_step_and_publishes(database_url: str, kafka_bootstrap:
 
     with connect(database_url) as conn:
         bars = read_bars_1d(conn, start=START, end=END)
-        raw_synthetic = _count(conn, "select count(*) from raw.payloads where provider = 'synthetic' and dataset = 'bars_1d'")
+        raw_synthetic = _count(
+            conn, "select count(*) from raw.payloads where provider = 'synthetic' and dataset = 'bars_1d'")
         quarantined = _count(conn, "select count(*) from quality.quarantine")
         published = _count(conn, "select sum(messages) from ops.publications")
     per_provider = dict(bars.group_by("provider").len().iter_rows())

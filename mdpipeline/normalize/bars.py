@@ -49,6 +49,7 @@ def map_instruments(frame: pl.DataFrame, symbology: pl.DataFrame, date_column: s
     reasons = unmapped.with_columns(
         pl.lit("symbology").alias("check_name"),
         pl.format("no instrument holds symbol {} on {}", pl.col("symbol"), pl.col(date_column)).alias("reason"),
+        pl.struct(frame.columns).struct.json_encode().alias("row_data"),  # the row itself is never lost
     )
     return Normalized(bars=matched.sort("__row").drop("__row"), unmapped=reasons)
 

@@ -9,6 +9,7 @@ import dagster as dg
 
 from mdpipeline.orchestration.adjustment_assets import adjustment_assets
 from mdpipeline.orchestration.assets import bars_1d_assets, reference_data
+from mdpipeline.orchestration.bars_1m_assets import bars_1m_assets
 from mdpipeline.orchestration.corporate_action_assets import actions_key, corporate_action_assets
 from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
 from mdpipeline.orchestration.partitions import trading_day_partitions
@@ -36,6 +37,8 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     action_keys: list[dg.AssetKey] = []
     for provider in enabled:
         assets += bars_1d_assets(provider, partitions)
+        if "bars_1m" in datasets_of(provider):
+            assets += bars_1m_assets(provider, partitions, universe.exchange_calendar)
         if "corporate_actions" in datasets_of(provider):
             assets += corporate_action_assets(provider, partitions)
             action_keys.append(actions_key("ref", provider))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -47,12 +48,17 @@ class Validated:
 
 def validate_from_raw(provider: str, dataset: str, schema: type[pa.DataFrameModel], key: list[str],
                       date_column: str, start: date, end: date, run_id: str, asset_key: dg.AssetKey,
-                      db: DatabaseResource, providers: ProvidersResource) -> Validated:
-    """Parse the stored payloads of [start, end], validate, and quarantine what fails (replacing the range)."""
+                      db: DatabaseResource, providers: ProvidersResource,
+                      prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None) -> Validated:
+    """Parse the stored payloads of [start, end], validate, and quarantine what fails (replacing the range).
+
+    `prepare` runs on the parsed frame first (e.g. to derive the session date of minute bars).
+    """
     source = providers.provider(provider)
     with db.connection() as conn:
         payloads = load_payloads(conn, provider, dataset, start, end)
         parsed = source.transform(dataset, payloads)
+        parsed = prepare(parsed) if prepare else parsed
         frame = within_sessions(prefer_latest_payload(parsed, payloads, key), start, end, date_column)
         outcome = split_valid(frame, schema, key)
         quarantined = outcome.quarantined

@@ -10,6 +10,7 @@ import datetime as dt
 
 import pandera.polars as pa
 import polars as pl
+from pandera.engines.polars_engine import DateTime
 
 OHLC_RULE = "low <= min(open, close) <= max(open, close) <= high"
 
@@ -87,3 +88,31 @@ class StandardCorporateActions(pa.DataFrameModel):
     class Config:
         strict = False
         coerce = False
+
+
+class StandardBars1m(_Prices):
+    """One-minute bars as a provider transform returns them (ts = bar start, UTC)."""
+
+    symbol: str = pa.Field(str_length={"min_value": 1})
+    ts: DateTime = pa.Field(dtype_kwargs={"time_unit": "us", "time_zone": "UTC"})
+    raw_payload_id: int = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
+        coerce = False
+
+
+class NormalizedBars1m(_Prices):
+    """Canonical one-minute bars, as stored in `md.bars_1m`."""
+
+    instrument_id: int = pa.Field(gt=0)
+    symbol: str = pa.Field(str_length={"min_value": 1})
+    session_date: dt.date
+    ts: DateTime = pa.Field(dtype_kwargs={"time_unit": "us", "time_zone": "UTC"})
+    provider: str
+    raw_payload_id: int = pa.Field(nullable=True)
+
+    class Config:
+        strict = True
+        coerce = False
+        unique = ["instrument_id", "provider", "ts"]

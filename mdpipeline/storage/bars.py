@@ -8,6 +8,7 @@ import polars as pl
 import psycopg
 
 from mdpipeline.normalize.bars import STORED_BARS_1D
+from mdpipeline.normalize.minute_bars import STORED_BARS_1M
 from mdpipeline.storage.reader import read_frame
 
 
@@ -18,18 +19,41 @@ def read_bars_1d(
     end: date,
     provider: str | None = None,
     symbols: list[str] | None = None,
+    instrument_ids: list[int] | None = None,
 ) -> pl.DataFrame:
-    """Stored daily bars in [start, end], optionally for one provider and some symbols."""
+    """Stored daily bars in [start, end], optionally for one provider and some symbols or instruments."""
+    return _read("md.bars_1d", STORED_BARS_1D, "session_date, instrument_id, provider",
+                 conn, start, end, provider, symbols, instrument_ids)
+
+
+def read_bars_1m(
+    conn: psycopg.Connection,
+    *,
+    start: date,
+    end: date,
+    provider: str | None = None,
+    symbols: list[str] | None = None,
+    instrument_ids: list[int] | None = None,
+) -> pl.DataFrame:
+    """Stored one-minute bars of the sessions [start, end]."""
+    return _read("md.bars_1m", STORED_BARS_1M, "ts, instrument_id, provider",
+                 conn, start, end, provider, symbols, instrument_ids)
+
+
+def _read(table: str, schema: dict[str, pl.DataType], order: str, conn: psycopg.Connection, start: date,
+          end: date, provider: str | None, symbols: list[str] | None,
+          instrument_ids: list[int] | None) -> pl.DataFrame:
     where = ["session_date between %s and %s"]
     params: list[object] = [start, end]
-    if provider:
-        where.append("provider = %s")
-        params.append(provider)
-    if symbols:
-        where.append("symbol = any(%s)")
-        params.append(symbols)
-    query = (
-        f"select {', '.join(STORED_BARS_1D)} from md.bars_1d where {' and '.join(where)} "
-        "order by session_date, instrument_id, provider"
-    )
-    return read_frame(conn, query, tuple(params), STORED_BARS_1D)
+    for column, value in (("provider", provider), ("symbol", symbols), ("instrument_id", instrument_ids)):
+        if value:
+            where.append(f"{column} = any(%s)" if isinstance(value, list) else f"{column} = %s")
+            params.append(value)
+    query = f"select {', '.join(schema)} from {table} where {' and '.join(where)} order by {order}"
+    return read_frame(conn, query, tuple(params), schema)
+
+
+def instruments_for_symbols(conn: psycopg.Connection, symbols: list[str]) -> list[int]:
+    """Instruments that ever held any of `symbols`: history survives ticker changes (FB -> META)."""
+    rows = conn.execute("select distinct instrument_id from ref.symbology where symbol = any(%s)", (symbols,))
+    return sorted(r[0] for r in rows)

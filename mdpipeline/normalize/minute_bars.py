@@ -1,0 +1,39 @@
+"""Canonical one-minute bars: UTC bar-start timestamps, the exchange session date, instrument ids.
+
+Providers deliver minute bars in all sorts of clocks (Alpha Vantage in US/Eastern, others in UTC
+epoch); the transform steps convert them to UTC, so here `ts` is already an absolute instant and
+the session date is its date on the exchange's local calendar, which is right across DST changes.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from mdpipeline.normalize.bars import CANONICAL_BARS_1D, Normalized, map_instruments
+
+CANONICAL_BARS_1M: dict[str, pl.DataType] = {
+    **{k: v for k, v in CANONICAL_BARS_1D.items() if k != "raw_payload_id"},
+    "ts": pl.Datetime("us", "UTC"),
+    "raw_payload_id": pl.Int64(),
+}
+STORED_BARS_1M: dict[str, pl.DataType] = {
+    **CANONICAL_BARS_1M,
+    "run_id": pl.String(),
+    "ingested_at": pl.Datetime("us", "UTC"),
+}
+EXCHANGE_TIME_ZONES = {"XNYS": "America/New_York", "XNAS": "America/New_York", "XLON": "Europe/London"}
+
+
+def with_session_date(frame: pl.DataFrame, exchange_tz: str) -> pl.DataFrame:
+    """Add `session_date`: the bar's date on the exchange's local clock."""
+    return frame.with_columns(pl.col("ts").dt.convert_time_zone(exchange_tz).dt.date().alias("session_date"))
+
+
+def normalize_bars_1m(frame: pl.DataFrame, provider: str, symbology: pl.DataFrame,
+                      exchange_tz: str = "America/New_York") -> Normalized:
+    """Validated standard minute bars -> canonical minute bars of `provider`."""
+    mapped = map_instruments(with_session_date(frame, exchange_tz), symbology, "session_date")
+    bars = mapped.bars.with_columns(pl.lit(provider).alias("provider")).select(
+        pl.col(name).cast(dtype) for name, dtype in CANONICAL_BARS_1M.items()
+    )
+    return Normalized(bars=bars.sort("ts", "instrument_id"), unmapped=mapped.unmapped)
