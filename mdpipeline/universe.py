@@ -22,6 +22,8 @@ class Instrument:
     mic: str
     currency: str
     asset_class: str
+    figi: str | None = None
+    isin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Universe:
         return pl.DataFrame(
             [vars(i) for i in self.instruments],
             schema={"id": pl.Int64, "name": pl.String, "mic": pl.String, "currency": pl.String,
-                    "asset_class": pl.String},
+                    "asset_class": pl.String, "figi": pl.String, "isin": pl.String},
         )
 
 
@@ -82,6 +84,7 @@ def load_universe(path: Path) -> Universe:
         inst = Instrument(
             id=int(entry["id"]), name=str(entry["name"]), mic=str(entry["mic"]),
             currency=str(entry.get("currency", "USD")), asset_class=str(entry.get("asset_class", "equity")),
+            figi=entry.get("figi"), isin=entry.get("isin"),
         )
         instruments.append(inst)
         for sym in entry.get("symbols", []):

@@ -21,10 +21,11 @@ def sync_reference(conn: psycopg.Connection, universe: Universe) -> dict[str, in
             copy_frame(cur, "_instruments", instruments)
         conn.execute(
             """
-            insert into ref.instruments (instrument_id, name, mic, currency, asset_class)
-            select instrument_id, name, mic, currency, asset_class from _instruments
+            insert into ref.instruments (instrument_id, name, mic, currency, asset_class, figi, isin)
+            select instrument_id, name, mic, currency, asset_class, figi, isin from _instruments
             on conflict (instrument_id) do update set name = excluded.name, mic = excluded.mic,
-                currency = excluded.currency, asset_class = excluded.asset_class, updated_at = now()
+                currency = excluded.currency, asset_class = excluded.asset_class, figi = excluded.figi,
+                isin = excluded.isin, updated_at = now()
             """
         )
         conn.execute("delete from ref.symbology")

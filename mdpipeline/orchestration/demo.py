@@ -14,20 +14,22 @@ from rich.table import Table
 from mdpipeline.devservices import dev_up
 from mdpipeline.distribute.topics import BARS_1D, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
-from mdpipeline.orchestration.runner import console_log_level, materialize_range
+from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.orchestration.summary import RunSummary, run_summary
 from mdpipeline.settings import Settings
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.migrations import migrate
 
-# The six steps, each a Dagster asset group, run in order over the demo range.
+# The six steps as Dagster asset groups, run in dependency order over the demo range. Enrichment
+# has two halves: reference data and corporate actions before storing, adjustment factors after.
 STEPS = (
-    ("1 ingest", "group:raw"),
-    ("2 validate", "group:validated"),
-    ("3 normalize", "group:normalized"),
-    ("4 enrich (reference data)", None),
-    ("5 store", "group:md"),
-    ("6 distribute", "group:published"),
+    ("ingest", "group:raw"),
+    ("validate", "group:validated"),
+    ("normalize", "group:normalized"),
+    ("enrich: reference data, corporate actions", "group:reference"),
+    ("store", "group:md"),
+    ("enrich: adjustment factors, adjusted bars", "group:adjusted"),
+    ("distribute", "group:published"),
 )
 
 
@@ -51,13 +53,7 @@ def run_demo(root: Path, start: date, end: date, console: Console) -> bool:
         task = progress.add_task("starting", total=len(STEPS))
         for label, selection in STEPS:
             progress.update(task, description=label)
-            if selection is None:
-                result = dg.materialize([a for a in defs.assets if not a.partitions_def],  # type: ignore[union-attr]
-                                        resources=dict(defs.resources or {}), instance=instance,
-                                        run_config=console_log_level("ERROR"))
-            else:
-                result = materialize_range(defs, start, end, select=selection, instance=instance,
-                                           log_level="ERROR")
+            result = materialize_range(defs, start, end, select=selection, instance=instance, log_level="ERROR")
             summaries.append(run_summary(result))
             progress.advance(task)
             if not result.success:
@@ -76,6 +72,10 @@ def _print_summary(console: Console, settings: Settings, summaries: list[RunSumm
             ).fetchone(),
             "md.bars_1d rows": conn.execute(
                 "select count(*) from md.bars_1d where session_date between %s and %s", (start, end)).fetchone(),
+            "md.bars_1m rows": conn.execute(
+                "select count(*) from md.bars_1m where session_date between %s and %s", (start, end)).fetchone(),
+            "corporate actions (ref)": conn.execute("select count(*) from ref.corporate_actions").fetchone(),
+            "adjustment factors": conn.execute("select count(*) from md.adjustment_factors").fetchone(),
             f"messages published to {BARS_1D.name}": conn.execute(
                 "select coalesce(sum(messages), 0) from ops.publications where run_id = any(%s)",
                 ([s.run_id for s in summaries],)).fetchone(),
@@ -95,4 +95,4 @@ def _print_summary(console: Console, settings: Settings, summaries: list[RunSumm
     console.print("[green]demo succeeded[/]" if ok else "[red]demo failed[/]")
     console.print("Next: `dagster dev -w workspace.yaml` to see the assets and runs, "
                   f"`mdpipeline tail {BARS_1D.name} --from-beginning --limit 5`, "
-                  "`mdpipeline bars NVDA --start 2024-06-03 --end 2024-06-21`.")
+                  "`mdpipeline bars NVDA --start 2024-06-03 --end 2024-06-21 --adjust split`.")
