@@ -151,15 +151,18 @@ def test_cli_prints_the_same_adjusted_prices(history, database_url: str) -> None
     _, _, run_all = history
     run_all()
     env = {**os.environ, "MDP_DATABASE_URL": database_url}
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "mdpipeline"), "bars", "AAPL", "--start", "2020-08-01",
-         "--end", "2020-08-31", "--adjust", "total", "--format", "json"],
-        env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    rows = {r["session_date"]: r for r in json.loads(out.stdout)}
-    assert rows["2020-08-06"]["close"] == pytest.approx((455.61 - 0.82) / 4, rel=REL)
-    assert rows["2020-08-28"]["close"] == pytest.approx(499.23 / 4, rel=REL)
-    assert rows["2020-08-31"]["close"] == 129.04
+    raw = {(s, d): c for s, d, c, _ in CLOSES}
+    for mode in ("none", "split", "total"):
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "mdpipeline"), "bars", "AAPL,TSLA,NVDA,GE", "--start", "2020-01-01",
+             "--end", "2024-12-31", "--adjust", mode, "--format", "json"],
+            env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        rows = {(r["symbol"], r["session_date"]): r["close"] for r in json.loads(out.stdout)}
+        assert len(rows) == len(CLOSES)
+        for (symbol, day), (want_split, want_total) in EXPECTED.items():
+            want = {"none": raw[(symbol, day.isoformat())], "split": want_split, "total": want_total}[mode]
+            assert rows[(symbol, day.isoformat())] == pytest.approx(want, rel=REL), (mode, symbol, day)
 
 
 def test_new_action_corrects_history_without_a_provider_call(history, database_url: str) -> None:

@@ -143,9 +143,13 @@ def test_bad_rows_are_quarantined_and_reported(database_url: str, kafka_bootstra
     with connect(database_url) as conn:
         rows = conn.execute(
             "select symbol, session_date, check_name, reason, row_data from quality.quarantine "
+            "where dataset = 'bars_1d' order by session_date").fetchall()
+        minute_rows = conn.execute(  # the synthetic anomalies also break that session's first minute bar
+            "select symbol, session_date from quality.quarantine where dataset = 'bars_1m' "
             "order by session_date").fetchall()
         bars = read_bars_1d(conn, start=START, end=END)
     assert [(r[0], r[1]) for r in rows] == [("AAPL", date(2024, 6, 5)), ("MSFT", date(2024, 6, 6))]
+    assert minute_rows == [("AAPL", date(2024, 6, 5)), ("MSFT", date(2024, 6, 6))]
     assert "ohlc_consistency" in rows[0][2]
     assert "low <= min(open, close)" in rows[0][3]
     assert "close: greater_than(0)" in rows[1][3]

@@ -279,8 +279,8 @@ def test_registry_builds_the_implemented_providers(tmp_path: Path) -> None:
 
 def test_registry_errors() -> None:
     universe = load_universe(DEFAULT_UNIVERSE)
-    with pytest.raises(ProviderError, match="provider polygon is not implemented yet"):
-        build_provider("polygon", universe, settings())
+    with pytest.raises(ProviderError, match="'polygon' is not configured in the universe file"):
+        build_provider("polygon", universe, settings())  # implemented, but this universe does not set it up
     with pytest.raises(ProviderError, match="unknown provider 'bloomberg'"):
         build_provider("bloomberg", universe, settings())
     disabled = dataclasses.replace(universe, providers={

@@ -1,0 +1,306 @@
+"""Alpaca market data v2: daily and 1-minute bars (many symbols per request) and corporate actions.
+
+Endpoints (base URL `https://data.alpaca.markets`, override with `MDP_ALPACA_BASE_URL`):
+- `GET /v2/stocks/bars?symbols=A,B&timeframe=1Day|1Min&start&end&adjustment=raw&feed&limit=10000&sort=asc`
+  answers `{"bars": {"A": [{t,o,h,l,c,v,n,vw}, ...]}, "next_page_token": ...}`. Bars are sorted by symbol,
+  then time, and `limit` counts bars over all symbols, so one symbol may continue on the next page.
+- `GET /v1/corporate-actions?symbols&types=forward_split,reverse_split,cash_dividend&start&end&limit&sort`
+  answers `{"corporate_actions": {"forward_splits": [...], "reverse_splits": [...], "cash_dividends": [...]},
+  "next_page_token": ...}`. Its `start`/`end` filter the *process* date, which for cash dividends is the
+  payable date, weeks after the ex-date the pipeline partitions by: the request window is extended by
+  `corporate_actions_lag_days` (default 90) so every action whose ex-date is in range is fetched.
+
+Auth: headers `APCA-API-KEY-ID` / `APCA-API-SECRET-KEY` from `ALPACA_API_KEY_ID` / `ALPACA_API_SECRET_KEY`,
+read only when fetching (replaying stored payloads needs no credentials).
+
+Quirks: daily bars are stamped at midnight New York time (`2024-06-03T04:00:00Z`); minute bars include
+pre- and post-market, which transform drops unless the `extended_hours` option is true (the pipeline's
+minute bars are regular-session bars, as IBKR's `outsideRth=false` and the synthetic provider give);
+HTTP 429 carries `X-RateLimit-Reset` (epoch seconds) rather than Retry-After; 403 means bad keys or a
+plan that may not query the feed (e.g. recent SIP data) and is an entitlement error. By default Alpaca
+maps a symbol to the company holding it *today* (parameter `asof`); set the `asof` option to change it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import polars as pl
+import requests
+
+from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.errors import MalformedPayloadError, RateLimitError
+from mdpipeline.providers.files import cast_to_standard, parse_utc_timestamp
+from mdpipeline.providers.http import REDACTED, HttpClient, HttpPolicy, HttpResult, breaker_state, json_body
+from mdpipeline.sessions import calendar, session_bounds, session_dates
+from mdpipeline.settings import Settings
+from mdpipeline.universe import ProviderSetup
+
+DEFAULT_BASE_URL = "https://data.alpaca.markets"
+KEY_ENV, SECRET_ENV = "ALPACA_API_KEY_ID", "ALPACA_API_SECRET_KEY"
+BARS_PATH = "/v2/stocks/bars"
+ACTIONS_PATH = "/v1/corporate-actions"
+TIMEFRAMES = {"bars_1d": "1Day", "bars_1m": "1Min"}
+BARS_PAGE_LIMIT = 10_000  # the documented maximum
+ACTIONS_PAGE_LIMIT = 1_000
+ACTION_TYPES = "forward_split,reverse_split,cash_dividend"
+# Basic plan: 200 requests per minute.
+DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 200 / 60, "burst": 10, "timeout": 30.0}
+OPTIONS = frozenset({"feed", "asof", "extended_hours", "symbols_per_request", "max_pages",
+                     "corporate_actions_lag_days", "corporate_actions_path", "http"})
+
+_BAR_FIELDS = ("t", "o", "h", "l", "c", "v", "n", "vw")
+_BAR_RENAMES = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "n": "trades", "vw": "vwap"}
+_SPLIT_FIELDS = ("symbol", "new_rate", "old_rate", "ex_date")
+_DIVIDEND_FIELDS = ("symbol", "rate", "ex_date")
+
+
+def _as_text(fields: Sequence[str]) -> pl.Struct:
+    return pl.Struct(dict.fromkeys(fields, pl.String))
+
+
+_ACTIONS_SCHEMA = {"corporate_actions": pl.Struct({
+    "forward_splits": pl.List(_as_text(_SPLIT_FIELDS)),
+    "reverse_splits": pl.List(_as_text(_SPLIT_FIELDS)),
+    "cash_dividends": pl.List(_as_text(_DIVIDEND_FIELDS)),
+})}
+
+
+class AlpacaProvider:
+    """Alpaca market data v2 (stocks): bars_1d, bars_1m and corporate_actions."""
+
+    name = "alpaca"
+    datasets: tuple[str, ...] = DATASETS
+
+    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """`sleep` waits between attempts (injectable so tests can record Retry-After waits)."""
+        opts = setup.options
+        unknown = sorted(set(opts) - OPTIONS)
+        if unknown:
+            raise ProviderError(f"alpaca: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(OPTIONS))})")
+        self.setup = setup
+        self.calendar_name = calendar_name
+        self.base_url = settings.base_urls.get(self.name) or DEFAULT_BASE_URL
+        self.feed = str(opts.get("feed", "sip"))
+        self.asof = None if opts.get("asof") is None else str(opts["asof"])
+        self.extended_hours = bool(opts.get("extended_hours", False))
+        self.symbols_per_request = max(1, int(opts.get("symbols_per_request", 100)))
+        self.max_pages = max(1, int(opts.get("max_pages", 10_000)))
+        self.lag_days = max(0, int(opts.get("corporate_actions_lag_days", 90)))
+        self.actions_path = str(opts.get("corporate_actions_path", ACTIONS_PATH))
+        self.policy = HttpPolicy.from_options(opts, **DEFAULT_POLICY)
+        self._sleep = sleep
+        self._client: HttpClient | None = None
+
+    # -- extract ------------------------------------------------------------------------------------
+
+    def extract(self, query: Query) -> list[RawPayload]:
+        """Every page of every request for the query's sessions, one payload per page, bytes as sent."""
+        _check_dataset(query.dataset)
+        sessions = session_dates(query.start, query.end, self.calendar_name)
+        symbols = list(query.symbols or self.setup.symbols)
+        if not sessions or not symbols:
+            return []
+        first, last = sessions[0], sessions[-1]
+        payloads: list[RawPayload] = []
+        for i in range(0, len(symbols), self.symbols_per_request):
+            batch = ",".join(symbols[i:i + self.symbols_per_request])
+            if query.dataset == "corporate_actions":
+                path, params = self.actions_path, self._actions_params(batch, first, last)
+            else:
+                path, params = BARS_PATH, self._bars_params(query.dataset, batch, first, last)
+            key = f"{batch}:{first.isoformat()}:{last.isoformat()}"
+            payloads += self._pages(path, params, query.dataset, key, first, last)
+        return payloads
+
+    def _bars_params(self, dataset: str, symbols: str, first: date, last: date) -> dict[str, Any]:
+        """Start at local midnight of the first session, end just before local midnight after the last."""
+        tz = calendar(self.calendar_name).tz
+        start = datetime.combine(first, datetime.min.time(), tz)
+        end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tz) - timedelta(seconds=1)
+        return {"symbols": symbols, "timeframe": TIMEFRAMES[dataset], "start": _rfc3339(start), "end": _rfc3339(end),
+                "adjustment": "raw", "feed": self.feed, "limit": BARS_PAGE_LIMIT, "sort": "asc", "asof": self.asof}
+
+    def _actions_params(self, symbols: str, first: date, last: date) -> dict[str, Any]:
+        end = last + timedelta(days=self.lag_days)
+        return {"symbols": symbols, "types": ACTION_TYPES, "start": first.isoformat(), "end": end.isoformat(),
+                "limit": ACTIONS_PAGE_LIMIT, "sort": "asc"}
+
+    def _pages(self, path: str, params: dict[str, Any], dataset: str, key: str, first: date,
+               last: date) -> list[RawPayload]:
+        """Follow `next_page_token` to the end; a token seen before is a pagination loop."""
+        client = self._http()
+        payloads: list[RawPayload] = []
+        seen: set[str] = set()
+        token: str | None = None
+        for page in range(self.max_pages):
+            result = client.get_json(path, {**params, "page_token": token})
+            payloads.append(payload_from(self.name, dataset, result, f"{key}:p{page}", first, last))
+            token = _next_token(result, "bars" if dataset != "corporate_actions" else "corporate_actions")
+            if token is None:
+                return payloads
+            if token in seen:
+                raise MalformedPayloadError(
+                    f"alpaca: next_page_token {token!r} returned again after page {page} of {path} ({key}): "
+                    "pagination loop, stopped")
+            seen.add(token)
+        raise ProviderError(f"alpaca: {path} ({key}) has more than {self.max_pages} pages (option max_pages)")
+
+    def fetch_stats(self) -> dict[str, object]:
+        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
+        stats = self._client.stats.as_dict() if self._client else {}
+        return {**stats, "breaker_state": breaker_state(self.name)}
+
+    def _http(self) -> HttpClient:
+        """The HTTP client, built on first use so that replaying stored payloads needs no credentials."""
+        if self._client is None:
+            key_id, secret = _credential(KEY_ENV), _credential(SECRET_ENV)
+            self._client = HttpClient(
+                self.name, self.base_url, self.policy, secrets=(key_id, secret),
+                default_headers={"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret},
+                classify=_classify, sleep=self._sleep)
+        return self._client
+
+    # -- transform ----------------------------------------------------------------------------------
+
+    def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
+        """Parse stored pages (every value read as text, then cast leniently) into the standard frame."""
+        _check_dataset(dataset)
+        frames = [empty_standard_frame(dataset)]
+        for payload in payloads:
+            if dataset == "corporate_actions":
+                frames.append(_actions_frame(payload))
+            else:
+                frames.append(self._bars_frame(dataset, payload))
+        return pl.concat(frames, how="vertical")
+
+    def _bars_frame(self, dataset: str, payload: RawPayload) -> pl.DataFrame:
+        symbols = [s for s in str(payload.params.get("symbols", "")).split(",") if s]
+        if not symbols:
+            raise MalformedPayloadError(f"alpaca: payload {payload.request_key} has no symbols in its params")
+        schema = {"bars": pl.Struct({s: pl.List(_as_text(_BAR_FIELDS)) for s in symbols})}
+        doc = _read_json(payload, schema)
+        rows = (doc.unnest("bars").unpivot(index=[], variable_name="symbol", value_name="bar")
+                .explode("bar").filter(pl.col("bar").is_not_null()).unnest("bar").rename(_BAR_RENAMES))
+        ts = parse_utc_timestamp(pl.col("t"))
+        if dataset == "bars_1d":
+            tz = str(calendar(self.calendar_name).tz)
+            typed = rows.select(session_date=ts.dt.convert_time_zone(tz).dt.date())
+        else:
+            typed = rows.select(ts=ts)
+        frame = cast_to_standard(rows.drop("t"), dataset, payload.payload_id).with_columns(typed.to_series())
+        if dataset == "bars_1m" and not self.extended_hours:
+            frame = regular_hours(frame, self.calendar_name)
+        return frame
+
+
+def regular_hours(frame: pl.DataFrame, calendar_name: str) -> pl.DataFrame:
+    """Minute bars that start inside a regular session (half days included); rows without ts are kept."""
+    if frame.is_empty():
+        return frame
+    tz = str(calendar(calendar_name).tz)
+    local_day = pl.col("ts").dt.convert_time_zone(tz).dt.date()
+    days = frame.select(local_day.min().alias("lo"), local_day.max().alias("hi")).row(0)
+    if days[0] is None:
+        return frame
+    bounds = session_bounds(days[0], days[1], calendar_name).rename(
+        {"session_date": "__day", "open": "__open", "close": "__close"})
+    joined = frame.with_columns(local_day.alias("__day")).join(bounds, on="__day", how="left", maintain_order="left")
+    inside = pl.col("ts").is_null() | ((pl.col("ts") >= pl.col("__open")) & (pl.col("ts") < pl.col("__close")))
+    return joined.filter(inside.fill_null(False)).select(frame.columns)
+
+
+def _actions_frame(payload: RawPayload) -> pl.DataFrame:
+    """Forward and reverse splits (ratio = new_rate / old_rate) and cash dividends (amount = rate, USD)."""
+    doc = _read_json(payload, _ACTIONS_SCHEMA).unnest("corporate_actions")
+
+    def rows(column: str) -> pl.DataFrame:
+        return doc.select(pl.col(column).explode()).filter(pl.col(column).is_not_null()).unnest(column)
+
+    splits = pl.concat([rows("forward_splits"), rows("reverse_splits")], how="vertical")
+    new, old = (pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in ("new_rate", "old_rate"))
+    split_frame = splits.select(
+        "symbol", "ex_date", action=pl.lit("split"),
+        ratio=pl.when((new > 0) & (old > 0)).then(new / old).cast(pl.String))
+    dividends = rows("cash_dividends").select(
+        "symbol", "ex_date", action=pl.lit("cash_dividend"), amount="rate", currency=pl.lit("USD"))
+    both = pl.concat([split_frame, dividends], how="diagonal_relaxed")
+    return cast_to_standard(both, "corporate_actions", payload.payload_id)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ProviderError(f"alpaca provider has no dataset {dataset!r} (known: {', '.join(DATASETS)})")
+
+
+def _credential(variable: str) -> str:
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise ProviderError(f"alpaca: set {variable} (and {KEY_ENV}/{SECRET_ENV}) to fetch from Alpaca")
+    return value
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _next_token(result: HttpResult, list_key: str) -> str | None:
+    """The page cursor of a response, after checking it is the documented object."""
+    doc = result.json()
+    if not isinstance(doc, dict) or list_key not in doc:
+        raise MalformedPayloadError(f"alpaca: GET {result.url}: expected an object with {list_key!r}, "
+                                    f"got {str(doc)[:120]!r}")
+    token = doc.get("next_page_token")
+    if token is not None and not isinstance(token, str):
+        raise MalformedPayloadError(f"alpaca: GET {result.url}: next_page_token is not a string: {token!r}")
+    return token or None
+
+
+def payload_from(provider: str, dataset: str, result: HttpResult, request_key: str, first: date,
+             last: date) -> RawPayload:
+    """One response as a raw payload: body untouched, query params as sent with secrets removed."""
+    return RawPayload(
+        provider=provider, dataset=dataset, session_date=first, session_end=last, request_key=request_key,
+        endpoint=result.endpoint, params=query_params(result), body=result.body,
+        content_type=result.content_type or "application/json", status=result.status,
+        fetched_at=result.fetched_at)
+
+
+def query_params(result: HttpResult) -> dict[str, Any]:
+    """The query parameters actually sent (from the redacted URL); redacted values are dropped."""
+    sent = dict(parse_qsl(urlsplit(result.url).query, keep_blank_values=True))
+    return {k: v for k, v in sent.items() if REDACTED not in v}
+
+
+def _read_json(payload: RawPayload, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    try:
+        return pl.read_json(io.BytesIO(payload.body), schema=dict(schema))
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise MalformedPayloadError(
+            f"alpaca: payload {payload.request_key} is not the documented JSON: {str(exc)[:200]}") from None
+
+
+def _classify(resp: requests.Response) -> None:
+    """429 without Retry-After: wait until `X-RateLimit-Reset` (epoch seconds)."""
+    if resp.status_code != 429 or resp.headers.get("Retry-After"):
+        return
+    body = json_body(resp)
+    message = body.get("message") if isinstance(body, dict) else None
+    reset = resp.headers.get("X-RateLimit-Reset")
+    try:
+        retry_after = max(0.0, float(reset) - time.time()) if reset else None
+    except ValueError:
+        retry_after = None
+    raise RateLimitError(f"HTTP 429: {message or 'too many requests'}", retry_after=retry_after)
+
+__all__ = ["AlpacaProvider", "payload_from", "query_params", "regular_hours"]

@@ -1,0 +1,217 @@
+"""IEX Cloud's chart API, for IEX-compatible endpoints: the hosted service was retired on 2024-08-31.
+
+There is no default base URL: set `MDP_IEXCLOUD_BASE_URL` to a server speaking the IEX Cloud API
+(including its version prefix, e.g. `https://iex.example.com/stable`), or switch the provider off in the
+universe file (`enabled: false`). Token from `IEX_CLOUD_TOKEN`, sent as the `token` parameter and
+redacted everywhere; both are read only when fetching, so replaying stored payloads needs neither.
+
+Requests, one per symbol and session (holidays are never asked for):
+- bars_1d: `/stock/{symbol}/chart/date/{YYYYMMDD}?chartByDay=true` -> `[{date, uOpen, uHigh, uLow, uClose,
+  uVolume, open, ...}]`. The unadjusted `u*` fields are used; a compatible server without them is read
+  from `open`/`high`/`low`/`close`/`volume` (which IEX Cloud split-adjusts).
+- bars_1m: `/stock/{symbol}/chart/date/{YYYYMMDD}` -> `[{date, minute: "09:30", label, open, high, low,
+  close, average, volume, numberOfTrades}]`; `minute` is the bar *start* in New York time (09:30 covers
+  09:30-09:31). Minutes without IEX trades have null prices: the rows are kept, and validation
+  quarantines them with a reason. `average` becomes vwap and `numberOfTrades` trades.
+- corporate_actions (one request each per symbol, the smallest IEX range reaching back to the start):
+  `/stock/{symbol}/splits/{range}` (ratio = toFactor / fromFactor: IEX's own `ratio` is the inverse)
+  and `/stock/{symbol}/dividends/{range}` (`exDate`, `amount`, `currency`; a non-cash `flag` is kept as
+  action `dividend:<flag>`, which validation quarantines).
+
+Errors: 402 (message quota or plan) and 401/403 -> EntitlementError, 404 (unknown symbol) and other 4xx
+-> BadRequestError, 429 -> RateLimitError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import quote, unquote
+
+import polars as pl
+import requests
+
+from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.errors import EntitlementError, MalformedPayloadError
+from mdpipeline.providers.files import cast_to_standard
+from mdpipeline.providers.http import HttpClient, HttpPolicy, HttpResult, breaker_state, parse_json
+from mdpipeline.sessions import calendar, session_dates
+from mdpipeline.settings import Settings
+from mdpipeline.universe import ProviderSetup
+
+log = logging.getLogger("mdpipeline.providers")
+
+NAME = "iexcloud"
+TOKEN_ENV = "IEX_CLOUD_TOKEN"
+BASE_URL_ENV = "MDP_IEXCLOUD_BASE_URL"
+RETIRED = ("the hosted IEX Cloud service (cloud.iexapis.com) was retired on 2024-08-31; set "
+           f"{BASE_URL_ENV} to an IEX-compatible endpoint, or set enabled: false for iexcloud in the universe file")
+DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 10.0, "burst": 10, "timeout": 30.0}
+# IEX ranges for splits/dividends, with how many days back each reaches.
+RANGES = (("1m", 28), ("3m", 89), ("6m", 180), ("1y", 365), ("2y", 730), ("5y", 1826))
+_PRICES = ("open", "high", "low", "close", "volume")
+
+
+def classify(resp: requests.Response) -> None:
+    """402 Payment Required (message quota exhausted or endpoint not in the plan) is an entitlement error."""
+    if resp.status_code == 402:
+        text = " ".join(resp.text.split())[:200] or "Payment Required"
+        raise EntitlementError(f"HTTP 402: {text}")
+
+
+class IexCloudProvider:
+    """IEX Cloud chart API on an IEX-compatible server (see the module docstring)."""
+
+    name = NAME
+    datasets: tuple[str, ...] = DATASETS
+
+    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.setup = setup
+        self.calendar_name = calendar_name
+        self.base_url = settings.base_urls.get(NAME)
+        self.policy = HttpPolicy.from_options(setup.options, **DEFAULT_POLICY)
+        self._sleep = sleep
+        self._client: HttpClient | None = None
+
+    @property
+    def http(self) -> HttpClient:
+        """The HTTP client, made on first use: it needs the base URL and the token."""
+        if self._client is None:
+            if not self.base_url:
+                raise ProviderError(f"{NAME}: {RETIRED}")
+            token = os.environ.get(TOKEN_ENV, "").strip()
+            if not token:
+                raise ProviderError(f"{NAME}: no API token: set {TOKEN_ENV}")
+            self._client = HttpClient(NAME, self.base_url, self.policy, secrets=[token],
+                                      default_params={"token": token}, classify=classify, sleep=self._sleep)
+        return self._client
+
+    def fetch_stats(self) -> dict[str, object]:
+        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
+        stats = self._client.stats.as_dict() if self._client else {}
+        return {**stats, "breaker_state": breaker_state(NAME)}
+
+    # -- extract ---------------------------------------------------------------------------------
+
+    def extract(self, query: Query) -> list[RawPayload]:
+        """One payload per response: per symbol and session (bars), per symbol and kind (actions)."""
+        _check_dataset(query.dataset)
+        sessions = session_dates(query.start, query.end, self.calendar_name)
+        if not sessions:
+            return []
+        symbols = tuple(query.symbols or self.setup.symbols)
+        if query.dataset == "corporate_actions":
+            span = _range_for(sessions[0])
+            return [self._get(query.dataset, f"/stock/{quote(s, safe='')}/{kind}/{span}", {},
+                              f"{kind}:{s}:{span}@{sessions[-1]}", sessions[0], sessions[-1])
+                    for s in symbols for kind in ("splits", "dividends")]
+        by_day = {"chartByDay": "true"} if query.dataset == "bars_1d" else {}
+        suffix = ":byday" if by_day else ""
+        return [self._get(query.dataset, f"/stock/{quote(s, safe='')}/chart/date/{d:%Y%m%d}", by_day,
+                          f"chart:{s}:{d:%Y%m%d}{suffix}", d, d) for s in symbols for d in sessions]
+
+    def _get(self, dataset: str, path: str, params: dict[str, str], key: str, first: date, last: date) -> RawPayload:
+        result = self.http.get_json(path, params)
+        _check_list(result)
+        return result.to_payload(NAME, dataset, key, first, last)
+
+    # -- transform -------------------------------------------------------------------------------
+
+    def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
+        """Parse stored bodies into the standard frame of `dataset` (values that do not parse -> null)."""
+        _check_dataset(dataset)
+        parse = {"bars_1d": _daily_frame, "bars_1m": self._minute_frame, "corporate_actions": _actions_frame}[dataset]
+        return pl.concat([empty_standard_frame(dataset), *(parse(p) for p in payloads)], how="vertical")
+
+    def _minute_frame(self, payload: RawPayload) -> pl.DataFrame:
+        """Minute rows: `date` + `minute` (New York bar start) -> UTC `ts`."""
+        rows = _rows(payload)
+        if rows is None:
+            return empty_standard_frame("bars_1m")
+        frame = rows.select(*(_text(rows, c) for c in _PRICES), vwap=_text(rows, "average"),
+                            trades=_text(rows, "numberOfTrades"), symbol=pl.lit(_symbol(payload)))
+        local = pl.concat_str(_text(rows, "date").str.replace_all("-", ""), pl.lit(" "), _text(rows, "minute"))
+        zone = str(calendar(self.calendar_name).tz)
+        ts = rows.select(local.str.to_datetime("%Y%m%d %H:%M", time_unit="us", strict=False)
+                         .dt.replace_time_zone(zone, ambiguous="null", non_existent="null")
+                         .dt.convert_time_zone("UTC").alias("ts")).to_series()
+        return cast_to_standard(frame, "bars_1m", payload.payload_id).with_columns(ts)
+
+
+def _daily_frame(payload: RawPayload) -> pl.DataFrame:
+    """chartByDay rows: unadjusted `u*` prices where present, else the plain fields."""
+    rows = _rows(payload)
+    if rows is None:
+        return empty_standard_frame("bars_1d")
+    unadjusted = {c: pl.coalesce(_text(rows, "u" + c[0].upper() + c[1:]), _text(rows, c)) for c in _PRICES}
+    frame = rows.select(**unadjusted, session_date=_text(rows, "date"), symbol=pl.lit(_symbol(payload)))
+    return cast_to_standard(frame, "bars_1d", payload.payload_id)
+
+
+def _actions_frame(payload: RawPayload) -> pl.DataFrame:
+    """Splits (ratio = toFactor / fromFactor, else 1 / IEX ratio) or dividends (flag Cash -> cash_dividend)."""
+    rows = _rows(payload)
+    if rows is None:
+        return empty_standard_frame("corporate_actions")
+    symbol = pl.coalesce(_text(rows, "symbol"), pl.lit(_symbol(payload)))
+    if "/splits/" in payload.endpoint:
+        to, fr, iex = (_text(rows, c).cast(pl.Float64, strict=False) for c in ("toFactor", "fromFactor", "ratio"))
+        ratio = pl.when((to > 0) & (fr > 0)).then(to / fr).when(iex > 0).then(1.0 / iex)
+        frame = rows.select(symbol=symbol, ex_date=_text(rows, "exDate"), action=pl.lit("split"), ratio=ratio)
+    else:
+        flag = _text(rows, "flag")
+        action = pl.when(flag.is_null() | (flag.str.to_lowercase() == "cash")).then(pl.lit("cash_dividend")).otherwise(
+            pl.lit("dividend:") + flag)
+        frame = rows.select(symbol=symbol, ex_date=_text(rows, "exDate"), action=action,
+                            amount=_text(rows, "amount"), currency=_text(rows, "currency"))
+    return cast_to_standard(frame, "corporate_actions", payload.payload_id)
+
+
+def _rows(payload: RawPayload) -> pl.DataFrame | None:
+    """The JSON list of a stored payload as a frame (None when empty)."""
+    doc = parse_json(payload.body, f"{NAME}: payload {payload.request_key}")
+    if not isinstance(doc, list):
+        raise MalformedPayloadError(f"{NAME}: payload {payload.request_key} is not a JSON list")
+    if not doc:
+        return None
+    try:
+        return pl.from_dicts(doc, infer_schema_length=None)
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+        raise MalformedPayloadError(f"{NAME}: payload {payload.request_key}: rows unusable: {str(exc)[:160]}") from None
+
+
+def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
+    """Column `name` as text (nulls when absent)."""
+    return pl.col(name).cast(pl.String) if name in frame.columns else pl.lit(None, pl.String)
+
+
+def _symbol(payload: RawPayload) -> str:
+    """The symbol of the request: the path segment after `stock`."""
+    parts = payload.endpoint.split("/")
+    return unquote(parts[parts.index("stock") + 1]) if "stock" in parts[:-1] else ""
+
+
+def _range_for(first: date) -> str:
+    """The smallest IEX range that reaches back to `first` (5y at most)."""
+    days = (datetime.now(UTC).date() - first).days
+    for span, reach in RANGES:
+        if days <= reach:
+            return span
+    log.warning("%s: corporate actions before the last 5 years are not available (asked from %s)", NAME, first)
+    return RANGES[-1][0]
+
+
+def _check_list(result: HttpResult) -> None:
+    doc = result.json()
+    if not isinstance(doc, list):
+        raise MalformedPayloadError(f"{NAME}: GET {result.url}: expected a JSON list, got {type(doc).__name__}")
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ProviderError(f"{NAME}: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")

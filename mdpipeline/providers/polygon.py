@@ -1,0 +1,282 @@
+"""Polygon.io REST: daily and 1-minute aggregates, splits and dividends, following `next_url` to the end.
+
+Endpoints (base URL `https://api.polygon.io`, override with `MDP_POLYGON_BASE_URL`):
+- `GET /v2/aggs/ticker/{T}/range/1/day|minute/{from}/{to}?adjusted=false&sort=asc&limit=50000` answers
+  `{"ticker", "status": "OK"|"DELAYED", "resultsCount", "results": [{t,o,h,l,c,v,vw,n}], "next_url"?}`;
+  `t` is the bar start in epoch milliseconds (daily bars: midnight New York time). A range without
+  trading (holiday, weekend) has `resultsCount: 0` and no `results`: an empty, valid answer.
+- `GET /v3/reference/splits?ticker&execution_date.gte&execution_date.lte` -> `results: [{execution_date,
+  split_from, split_to, ticker}]`; ratio = split_to / split_from (new shares per old share).
+- `GET /v3/reference/dividends?ticker&ex_dividend_date.gte&ex_dividend_date.lte` -> `results:
+  [{cash_amount, currency, ex_dividend_date, dividend_type, ticker}]` (every cash type is kept).
+
+Auth: `POLYGON_API_KEY`, sent as `Authorization: Bearer` (so the key is never part of a URL, a
+`next_url` or a stored param), read only when fetching. Errors arrive as bodies with `status: "ERROR"`
+(e.g. "Unknown API Key", "exceeded the maximum requests per minute") or `"NOT_AUTHORIZED"` (plan does
+not cover the data): they become typed errors, never "no data". `next_url` is followed on the
+configured base URL (a proxy or test server keeps serving the next pages); a `next_url` seen twice is
+a pagination loop and fails the fetch. Minute aggregates include extended hours; transform keeps the
+regular session unless the `extended_hours` option is true.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import polars as pl
+import requests
+
+from mdpipeline.providers.alpaca import payload_from, regular_hours
+from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.errors import (
+    BadRequestError,
+    EntitlementError,
+    MalformedPayloadError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from mdpipeline.providers.files import cast_to_standard
+from mdpipeline.providers.http import HttpClient, HttpPolicy, HttpResult, breaker_state, json_body, parse_retry_after
+from mdpipeline.sessions import calendar, session_dates
+from mdpipeline.settings import Settings
+from mdpipeline.universe import ProviderSetup
+
+DEFAULT_BASE_URL = "https://api.polygon.io"
+KEY_ENV = "POLYGON_API_KEY"
+TIMESPANS = {"bars_1d": "day", "bars_1m": "minute"}
+AGGS_LIMIT = 50_000  # the documented maximum
+REFERENCE_LIMIT = 1_000
+SPLITS_PATH, DIVIDENDS_PATH = "/v3/reference/splits", "/v3/reference/dividends"
+# Free plan: 5 requests per minute (paid plans: set `http: {rate_per_second: ...}` in the universe file).
+DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 5 / 60, "burst": 5, "timeout": 30.0}
+OPTIONS = frozenset({"extended_hours", "max_pages", "http"})
+
+_AGG_FIELDS = ("t", "o", "h", "l", "c", "v", "vw", "n")
+_AGG_RENAMES = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "vw": "vwap", "n": "trades"}
+_SPLIT_FIELDS = ("ticker", "execution_date", "split_from", "split_to")
+_DIVIDEND_FIELDS = ("ticker", "ex_dividend_date", "cash_amount", "currency")
+
+
+def _results_schema(fields: Sequence[str]) -> dict[str, pl.DataType]:
+    return {"ticker": pl.String(), "results": pl.List(pl.Struct(dict.fromkeys(fields, pl.String)))}
+
+
+class PolygonProvider:
+    """Polygon.io stocks: bars_1d, bars_1m (aggregates) and corporate_actions (splits, dividends)."""
+
+    name = "polygon"
+    datasets: tuple[str, ...] = DATASETS
+
+    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        """`sleep` waits between attempts (injectable so tests can record Retry-After waits)."""
+        opts = setup.options
+        unknown = sorted(set(opts) - OPTIONS)
+        if unknown:
+            known = ", ".join(sorted(OPTIONS))
+            raise ProviderError(f"polygon: unknown option(s) {', '.join(unknown)} (known: {known})")
+        self.setup = setup
+        self.calendar_name = calendar_name
+        self.base_url = settings.base_urls.get(self.name) or DEFAULT_BASE_URL
+        self.extended_hours = bool(opts.get("extended_hours", False))
+        self.max_pages = max(1, int(opts.get("max_pages", 10_000)))
+        self.policy = HttpPolicy.from_options(opts, **DEFAULT_POLICY)
+        self._sleep = sleep
+        self._client: HttpClient | None = None
+
+    # -- extract ------------------------------------------------------------------------------------
+
+    def extract(self, query: Query) -> list[RawPayload]:
+        """Every page of every request for the query's sessions, one payload per page, bytes as sent."""
+        _check_dataset(query.dataset)
+        sessions = session_dates(query.start, query.end, self.calendar_name)
+        symbols = list(query.symbols or self.setup.symbols)
+        if not sessions or not symbols:
+            return []
+        first, last = sessions[0], sessions[-1]
+        span = f"{first.isoformat()}:{last.isoformat()}"
+        payloads: list[RawPayload] = []
+        for symbol in symbols:
+            for kind, path, params in _requests(query.dataset, symbol, first, last):
+                payloads += self._pages(path, params, query.dataset, f"{kind}:{symbol}:{span}", first, last)
+        return payloads
+
+    def _pages(self, path: str, params: dict[str, Any], dataset: str, key: str, first: date,
+               last: date) -> list[RawPayload]:
+        """Follow `next_url` to the end; a `next_url` seen before is a pagination loop."""
+        client = self._http()
+        result = client.get_json(path, params)
+        payloads = [payload_from(self.name, dataset, result, f"{key}:p0", first, last)]
+        seen: set[str] = set()
+        while (next_url := _next_url(result)) is not None:
+            if next_url in seen:
+                raise MalformedPayloadError(
+                    f"polygon: next_url {client.redact(next_url)!r} returned again after page {len(payloads) - 1} "
+                    f"of {key}: pagination loop, stopped")
+            if len(payloads) >= self.max_pages:
+                raise ProviderError(f"polygon: {path} ({key}) has more than {self.max_pages} pages (option max_pages)")
+            seen.add(next_url)
+            result = client.get_json(self._on_base(next_url))
+            payloads.append(payload_from(self.name, dataset, result, f"{key}:p{len(payloads)}", first, last))
+        return payloads
+
+    def _on_base(self, next_url: str) -> str:
+        """`next_url` as is when it is on the base URL's origin, else its path and query on the base URL."""
+        parts, base = urlsplit(next_url), urlsplit(self.base_url)
+        if (parts.scheme, parts.netloc) == (base.scheme, base.netloc) or not parts.scheme:
+            return next_url
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+    def fetch_stats(self) -> dict[str, object]:
+        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
+        stats = self._client.stats.as_dict() if self._client else {}
+        return {**stats, "breaker_state": breaker_state(self.name)}
+
+    def _http(self) -> HttpClient:
+        """The HTTP client, built on first use so that replaying stored payloads needs no credentials."""
+        if self._client is None:
+            key = os.environ.get(KEY_ENV, "").strip()
+            if not key:
+                raise ProviderError(f"polygon: set {KEY_ENV} to fetch from Polygon")
+            self._client = HttpClient(self.name, self.base_url, self.policy, secrets=(key,),
+                                      default_headers={"Authorization": f"Bearer {key}"}, classify=_classify,
+                                      sleep=self._sleep)
+        return self._client
+
+    # -- transform ----------------------------------------------------------------------------------
+
+    def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
+        """Parse stored pages (every value read as text, then cast leniently) into the standard frame."""
+        _check_dataset(dataset)
+        frames = [empty_standard_frame(dataset)]
+        for payload in payloads:
+            if dataset != "corporate_actions":
+                frames.append(self._bars_frame(dataset, payload))
+            elif payload.endpoint.endswith(SPLITS_PATH):
+                frames.append(_splits_frame(payload))
+            elif payload.endpoint.endswith(DIVIDENDS_PATH):
+                frames.append(_dividends_frame(payload))
+            else:
+                raise MalformedPayloadError(f"polygon: payload {payload.request_key} is from an unknown endpoint "
+                                            f"{payload.endpoint!r}")
+        return pl.concat(frames, how="vertical")
+
+    def _bars_frame(self, dataset: str, payload: RawPayload) -> pl.DataFrame:
+        doc = _read_json(payload, _results_schema(_AGG_FIELDS))
+        rows = (doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null())
+                .unnest("results").rename(_AGG_RENAMES))
+        symbol = _path_ticker(payload.endpoint) or doc["ticker"][0]
+        ms = pl.col("t").str.strip_chars().cast(pl.Int64, strict=False)
+        ts = pl.from_epoch(ms, time_unit="ms").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        if dataset == "bars_1d":
+            tz = str(calendar(self.calendar_name).tz)
+            typed = rows.select(session_date=ts.dt.convert_time_zone(tz).dt.date())
+        else:
+            typed = rows.select(ts=ts)
+        frame = cast_to_standard(rows.drop("t").with_columns(symbol=pl.lit(symbol, pl.String)), dataset,
+                                 payload.payload_id).with_columns(typed.to_series())
+        if dataset == "bars_1m" and not self.extended_hours:
+            frame = regular_hours(frame, self.calendar_name)
+        return frame
+
+
+def _splits_frame(payload: RawPayload) -> pl.DataFrame:
+    doc = _read_json(payload, _results_schema(_SPLIT_FIELDS))
+    rows = doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null()).unnest("results")
+    to, frm = (pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in ("split_to", "split_from"))
+    frame = rows.select(symbol="ticker", ex_date="execution_date", action=pl.lit("split"),
+                        ratio=pl.when((to > 0) & (frm > 0)).then(to / frm).cast(pl.String))
+    return cast_to_standard(frame, "corporate_actions", payload.payload_id)
+
+
+def _dividends_frame(payload: RawPayload) -> pl.DataFrame:
+    doc = _read_json(payload, _results_schema(_DIVIDEND_FIELDS))
+    rows = doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null()).unnest("results")
+    frame = rows.select(symbol="ticker", ex_date="ex_dividend_date", action=pl.lit("cash_dividend"),
+                        amount="cash_amount", currency=pl.col("currency").str.to_uppercase())
+    return cast_to_standard(frame, "corporate_actions", payload.payload_id)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ProviderError(f"polygon provider has no dataset {dataset!r} (known: {', '.join(DATASETS)})")
+
+
+def _requests(dataset: str, symbol: str, first: date, last: date) -> list[tuple[str, str, dict[str, Any]]]:
+    """(kind, path, params) of the request chains answering `dataset` for one symbol."""
+    lo, hi = first.isoformat(), last.isoformat()
+    if dataset != "corporate_actions":
+        timespan = TIMESPANS[dataset]
+        path = f"/v2/aggs/ticker/{quote(symbol, safe='')}/range/1/{timespan}/{lo}/{hi}"
+        return [(timespan, path, {"adjusted": "false", "sort": "asc", "limit": AGGS_LIMIT})]
+    common = {"ticker": symbol, "limit": REFERENCE_LIMIT, "order": "asc"}
+    return [
+        ("splits", SPLITS_PATH, {**common, "sort": "execution_date", "execution_date.gte": lo,
+                                 "execution_date.lte": hi}),
+        ("dividends", DIVIDENDS_PATH, {**common, "sort": "ex_dividend_date", "ex_dividend_date.gte": lo,
+                                       "ex_dividend_date.lte": hi}),
+    ]
+
+
+def _path_ticker(endpoint: str) -> str | None:
+    """The ticker of an aggregates endpoint path (`.../v2/aggs/ticker/{T}/range/...`)."""
+    parts = endpoint.split("/")
+    if "ticker" in parts and "range" in parts:
+        i = parts.index("ticker")
+        if i + 1 < len(parts) and parts[i + 2:i + 3] == ["range"]:
+            return unquote(parts[i + 1])
+    return None
+
+
+def _next_url(result: HttpResult) -> str | None:
+    """The `next_url` of a response, after checking it is the documented object."""
+    doc = result.json()
+    if not isinstance(doc, dict) or str(doc.get("status", "OK")).upper() not in ("OK", "DELAYED"):
+        raise MalformedPayloadError(f"polygon: GET {result.url}: expected an object with status OK, "
+                                    f"got {str(doc)[:120]!r}")
+    results = doc.get("results")
+    if results is not None and not isinstance(results, list):
+        raise MalformedPayloadError(f"polygon: GET {result.url}: results is not a list")
+    next_url = doc.get("next_url")
+    if next_url is not None and not isinstance(next_url, str):
+        raise MalformedPayloadError(f"polygon: GET {result.url}: next_url is not a string: {next_url!r}")
+    return next_url or None
+
+
+def _read_json(payload: RawPayload, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    try:
+        return pl.read_json(io.BytesIO(payload.body), schema=dict(schema))
+    except (pl.exceptions.PolarsError, ValueError) as exc:
+        raise MalformedPayloadError(
+            f"polygon: payload {payload.request_key} is not the documented JSON: {str(exc)[:200]}") from None
+
+
+def _classify(resp: requests.Response) -> None:
+    """Polygon's error bodies (`status: ERROR | NOT_AUTHORIZED`) -> typed errors, whatever the HTTP status."""
+    body = json_body(resp)
+    if not isinstance(body, dict):
+        return
+    status = str(body.get("status", "")).upper()
+    if status not in ("ERROR", "NOT_AUTHORIZED"):
+        return
+    message = str(body.get("error") or body.get("message") or status)
+    code = resp.status_code
+    if status == "NOT_AUTHORIZED" or code in (401, 403):
+        raise EntitlementError(f"HTTP {code} {status}: {message}")
+    if code == 429 or "maximum requests" in message.lower():
+        raise RateLimitError(f"HTTP {code}: {message}", retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+    if code >= 500:
+        raise ProviderUnavailableError(f"HTTP {code}: {message}")
+    raise BadRequestError(f"HTTP {code}: {message}")
+
+
+__all__ = ["PolygonProvider"]
