@@ -194,3 +194,14 @@ def test_as_of_before_the_bars_were_stored_returns_nothing(history, database_url
     run_all()
     assert bars("AAPL", "2020-08-01", "2020-08-31", as_of=before, database_url=database_url).is_empty()
     assert bars("AAPL", "2020-08-01", "2020-08-31", database_url=database_url).height == 6
+
+
+def test_regular_and_special_dividend_on_one_ex_date_add_up(history, database_url: str) -> None:
+    _, files, run_all = history
+    _write_vendor_files(files, [*ACTIONS, ("TSLA", "2022-08-25", "cash_dividend", None, 1.0),
+                                ("TSLA", "2022-08-25", "cash_dividend", None, 0.5)])
+    run_all()
+    total = bars("TSLA", "2022-08-23", "2022-08-25", adjust="total", database_url=database_url)
+    assert _close(total, "TSLA", date(2022, 8, 24)) == pytest.approx(891.29 / 3 * (1 - 1.5 / 891.29), rel=REL)
+    with connect(database_url) as conn:
+        assert conn.execute("select count(*) from quality.quarantine").fetchone() == (0,)

@@ -20,9 +20,17 @@ CANONICAL_CORPORATE_ACTIONS: dict[str, pl.DataType] = {
 
 
 def normalize_corporate_actions(frame: pl.DataFrame, provider: str, symbology: pl.DataFrame) -> Normalized:
-    """Validated standard corporate actions -> canonical rows of `provider` (splits carry no amount)."""
+    """Validated standard corporate actions -> canonical rows of `provider` (splits carry no amount).
+
+    Several cash dividends on one ex-date (a regular and a special one) are one price adjustment:
+    their amounts are summed, as the adjustment rule takes the total paid per share.
+    """
     mapped = map_instruments(frame, symbology, "ex_date")
-    actions = mapped.bars.with_columns(
+    summed = mapped.bars.group_by("instrument_id", "symbol", "ex_date", "action", maintain_order=True).agg(
+        pl.col("ratio").first(), pl.col("amount").sum().alias("amount"), pl.col("currency").first(),
+        pl.col("raw_payload_id").max(),
+    )
+    actions = summed.with_columns(
         pl.lit(provider).alias("provider"),
         pl.when(pl.col("action") == "split").then(None).otherwise(pl.col("amount")).alias("amount"),
         pl.when(pl.col("action") == "split").then(pl.col("ratio")).otherwise(None).alias("ratio"),

@@ -17,7 +17,8 @@ from mdpipeline.storage.corporate_actions import replace_provider_actions
 from mdpipeline.storage.quarantine_store import replace_quarantine
 
 DATASET = "corporate_actions"
-KEY = ["symbol", "ex_date", "action"]
+# Two rows differing only in amount are two dividends (regular + special), not a conflict.
+KEY = ["symbol", "ex_date", "action", "ratio", "amount"]
 
 
 def actions_key(layer: str, provider: str) -> dg.AssetKey:
@@ -46,7 +47,8 @@ def corporate_action_assets(provider: str, partitions: dg.PartitionsDefinition) 
     def validated(context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource):
         start, end = partition_dates(context)
         result = validate_from_raw(provider, DATASET, StandardCorporateActions, KEY, "ex_date", start, end,
-                                   context.run.run_id, validated_key, db, providers)
+                                   context.run.run_id, validated_key, db, providers,
+                                   latest_key=["symbol", "ex_date", "action"])
         yield dg.Output(result.outcome.valid, metadata={"rows": result.outcome.valid.height})
         yield from validation_check_results(result)
 

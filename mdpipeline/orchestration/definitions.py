@@ -13,6 +13,7 @@ from mdpipeline.orchestration.bars_1m_assets import bars_1m_assets
 from mdpipeline.orchestration.corporate_action_assets import actions_key, corporate_action_assets
 from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
 from mdpipeline.orchestration.partitions import trading_day_partitions
+from mdpipeline.orchestration.realtime import raw_stream_sensor, realtime_ticks_job
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.providers.catalog import datasets_of
 from mdpipeline.settings import Settings
@@ -57,14 +58,16 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     ]
     return dg.Definitions(
         assets=assets,
-        jobs=jobs,
+        jobs=[*jobs, realtime_ticks_job],
+        sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor()],
         resources={
             "db": DatabaseResource(url=settings.database_url or dg.EnvVar("MDP_DATABASE_URL")),
             "kafka": KafkaResource(
                 bootstrap_servers=settings.kafka_bootstrap_servers or dg.EnvVar("MDP_KAFKA_BOOTSTRAP_SERVERS")
             ),
             "providers": ProvidersResource(universe_path=str(settings.universe_path),
-                                           files_dir=str(settings.files_dir), symbols=list(symbols or [])),
+                                           files_dir=str(settings.files_dir), symbols=list(symbols or []),
+                                           base_urls=dict(settings.base_urls)),
             "frames": PartitionedParquetIOManager(base_dir=str(frames_dir())),
         },
     )

@@ -43,6 +43,7 @@ class ProvidersResource(dg.ConfigurableResource):
     universe_path: str = str(DEFAULT_UNIVERSE)
     files_dir: str = str(DEFAULT_FILES_DIR)
     symbols: list[str] = []
+    base_urls: dict[str, str] = {}  # provider -> base URL; overrides MDP_<PROVIDER>_BASE_URL
 
     def symbols_for(self, name: str) -> tuple[str, ...]:
         """Symbols `name` is asked for: the override when given (kept to those it serves), else its universe list."""
@@ -63,6 +64,6 @@ class ProvidersResource(dg.ConfigurableResource):
             kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
             universe_path=Path(self.universe_path),
             files_dir=Path(self.files_dir),
-            base_urls=settings.base_urls,
+            base_urls={**settings.base_urls, **self.base_urls},
         )
         return build_provider(name, self.universe(), settings)

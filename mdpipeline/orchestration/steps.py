@@ -49,17 +49,20 @@ class Validated:
 def validate_from_raw(provider: str, dataset: str, schema: type[pa.DataFrameModel], key: list[str],
                       date_column: str, start: date, end: date, run_id: str, asset_key: dg.AssetKey,
                       db: DatabaseResource, providers: ProvidersResource,
-                      prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None) -> Validated:
+                      prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+                      latest_key: list[str] | None = None) -> Validated:
     """Parse the stored payloads of [start, end], validate, and quarantine what fails (replacing the range).
 
     `prepare` runs on the parsed frame first (e.g. to derive the session date of minute bars).
+    `latest_key` identifies a row across payloads (a later fetch replaces it); `key` identifies it
+    within one fetch (rows sharing it must be equal). Both default to `key`.
     """
     source = providers.provider(provider)
     with db.connection() as conn:
         payloads = load_payloads(conn, provider, dataset, start, end)
         parsed = source.transform(dataset, payloads)
         parsed = prepare(parsed) if prepare else parsed
-        frame = within_sessions(prefer_latest_payload(parsed, payloads, key), start, end, date_column)
+        frame = within_sessions(prefer_latest_payload(parsed, payloads, latest_key or key), start, end, date_column)
         outcome = split_valid(frame, schema, key)
         quarantined = outcome.quarantined
         if date_column != "session_date" and date_column in quarantined.columns:
