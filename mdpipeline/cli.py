@@ -220,7 +220,127 @@ def tail(
         sys.stdout.flush()
 
 
+@app.command()
+def stream(
+    provider: Annotated[str, typer.Option("--provider", help="alpaca | finnhub | synthetic.")],
+    symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated (default: universe).")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Websocket URL (default from MDP_<P>_STREAM_URL).")] = None,
+    quotes: Annotated[bool, typer.Option("--quotes", help="Alpaca: also subscribe to quotes.")] = False,
+    minute_bars: Annotated[bool, typer.Option("--bars", help="Alpaca: also subscribe to minute bars.")] = False,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Stop after N data frames.")] = None,
+    rate: Annotated[float, typer.Option("--rate", help="Synthetic: frames per second.")] = 50.0,
+) -> None:
+    """Collect a real-time feed and land raw frames on raw.stream.<provider>.v1 (Ctrl-C stops)."""
+    import asyncio
+
+    from mdpipeline.distribute.topics import ensure_topics, raw_stream_topic
+    from mdpipeline.stream.collector import collect
+    from mdpipeline.stream.feeds import AlpacaFeed, FeedError, FinnhubFeed
+    from mdpipeline.stream.landing import RawLanding
+    from mdpipeline.stream.synthetic import run_synthetic
+    from mdpipeline.universe import load_universe
+
+    settings = Settings.from_env()
+    if not settings.kafka_bootstrap_servers:
+        err_console.print("[red]MDP_KAFKA_BOOTSTRAP_SERVERS is not set[/]")
+        raise typer.Exit(2)
+    if provider not in ("alpaca", "finnhub", "synthetic"):
+        raise typer.BadParameter("one of alpaca, finnhub, synthetic", param_hint="--provider")
+    universe = load_universe(settings.universe_path)
+    wanted = ([s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols
+              else sorted(universe.symbology["symbol"].unique().to_list()))
+    topic = raw_stream_topic(provider)
+    ensure_topics(settings.kafka_bootstrap_servers, (topic,))
+    landing = RawLanding(settings.kafka_bootstrap_servers, topic.name, provider)
+    console.print(f"landing {provider} frames for {', '.join(wanted)} on {topic.name}")
+    try:
+        if provider == "synthetic":
+            landed = asyncio.run(run_synthetic(landing, wanted, frames=max_frames or 10**9, rate=rate))
+        else:
+            feed = (AlpacaFeed.from_env(wanted, quotes=quotes, bars=minute_bars, url=url) if provider == "alpaca"
+                    else FinnhubFeed.from_env(wanted, url=url))
+            landed = asyncio.run(collect(feed, landing, max_frames=max_frames)).frames
+    except FeedError as err:
+        err_console.print(f"[red]{err}[/]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        landing.flush()
+        landed = landing.landed
+    console.print(f"landed {landed} frames ({len(landing.failed)} failed deliveries)")
+    if landing.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+) -> None:
+    """HTTP read API: /v1/bars/1d and /v1/quality as JSON, Arrow IPC or Parquet (see docs/events.md)."""
+    from mdpipeline.serve.server import make_server
+
+    server = make_server(_settings().database_url, host, port)
+    console.print(f"serving on http://{server.server_address[0]}:{server.server_address[1]}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def main() -> None:
     """Entry point of the `mdpipeline` script."""
     load_env()
     app()
+
+
+
+@app.command()
+def lineage(
+    symbol: Annotated[str, typer.Argument(help="Ticker, e.g. NVDA (or any ticker the instrument held that day).")],
+    ts: Annotated[str, typer.Argument(help="Session date, YYYY-MM-DD (a timestamp is read as its session date).")],
+    provider: Annotated[str | None, typer.Option("--provider", help="Only this provider.")] = None,
+    scan_topic: Annotated[bool, typer.Option("--scan-topic", help="Also find the messages on the topic "
+                                             "(reads it from the beginning).")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="text | json.")] = "text",
+) -> None:
+    """Walk from a stored bar to its raw payload, the run that stored it, quarantine entries and its events."""
+    from datetime import datetime
+
+    from mdpipeline.lineage import bar_lineage, deliveries, describe
+    from mdpipeline.storage.database import connect
+
+    try:
+        session = date.fromisoformat(ts)
+    except ValueError:
+        try:
+            session = datetime.fromisoformat(ts).date()
+        except ValueError:
+            raise typer.BadParameter(f"{ts!r} is not a date or timestamp", param_hint="TS") from None
+    settings = _settings()
+    with connect(settings.database_url) as conn:
+        found = bar_lineage(conn, symbol, session, provider)
+    if not found:
+        err_console.print(f"[red]no stored or quarantined bar of {symbol.upper()} on {session}[/]")
+        raise typer.Exit(1)
+    on_topic: dict[str, list] = {}
+    if scan_topic:
+        if not settings.kafka_bootstrap_servers:
+            err_console.print("[red]MDP_KAFKA_BOOTSTRAP_SERVERS is not set[/]")
+            raise typer.Exit(2)
+        for d in deliveries(settings.kafka_bootstrap_servers, [x.event for x in found if x.event]):
+            on_topic.setdefault(d.event_id, []).append(d)
+    if fmt == "json":
+        docs = [x.to_json() for x in found]
+        if scan_topic:
+            for doc in docs:
+                event_id = (doc["event"] or {}).get("event_id")
+                doc["deliveries"] = [vars(d) for d in on_topic.get(event_id, [])]
+        sys.stdout.write(json.dumps(docs, indent=2) + "\n")
+        return
+    for x in found:
+        console.rule(f"{x.symbol} {x.session_date} · provider {x.provider}")
+        for line in describe(x, on_topic.get(x.event.event_id, []) if x.event else []):
+            console.print(line, markup=False, highlight=False)
+

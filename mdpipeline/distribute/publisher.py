@@ -1,12 +1,19 @@
-"""Broker-confirmed publishing: a message counts as published only once the broker acknowledged it."""
+"""Broker-confirmed publishing: a message counts as published only once the broker acknowledged it.
+
+`send` reports per message (delivered or why not) and never raises for a message's failure, so a
+caller can record exactly what the broker confirmed; `publish` is the all-or-error form.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+import numpy as np
 import polars as pl
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
@@ -16,6 +23,15 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "batch.num.messages": 10000,
     "message.timeout.ms": 60000,
 }
+
+Headers = list[tuple[str, bytes]]
+
+# Errors raised by produce() itself that no retry can fix: the message must go to the dead-letter topic.
+PERMANENT_PRODUCE_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_RECORD,
+})
 
 
 class PublishError(RuntimeError):
@@ -31,6 +47,86 @@ class PublishReport:
     partitions: dict[int, int]
 
 
+@dataclass
+class Delivery:
+    """Per-message outcome of one `send`: index i refers to the i-th message given."""
+
+    topic: str
+    delivered: np.ndarray  # bool per message: acknowledged by the broker
+    failed: dict[int, str] = field(default_factory=dict)  # delivery failed or never reported (retry later)
+    rejected: dict[int, str] = field(default_factory=dict)  # refused before sending: cannot ever be sent
+    partitions: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def confirmed(self) -> int:
+        """Number of broker-acknowledged messages."""
+        return int(self.delivered.sum())
+
+    def summary(self) -> str:
+        """One line naming counts and the first failures."""
+        first = list(self.failed.values())[:3] + list(self.rejected.values())[:3]
+        return (f"{self.topic}: {self.confirmed}/{len(self.delivered)} confirmed, {len(self.failed)} failed, "
+                f"{len(self.rejected)} rejected (first: {first})")
+
+
+def make_producer(bootstrap_servers: str, producer_config: dict[str, Any] | None = None) -> Producer:
+    """An idempotent, acks=all producer with the project's defaults."""
+    return Producer({"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **(producer_config or {})})
+
+
+def send(
+    bootstrap_servers: str,
+    topic: str,
+    keys: Sequence[str | None],
+    values: Sequence[str],
+    headers: Headers | Sequence[Headers],
+    *,
+    flush_timeout: float = 120.0,
+    producer_config: dict[str, Any] | None = None,
+) -> Delivery:
+    """Send values (UTF-8) with keys to `topic` and wait for every delivery report.
+
+    `headers` is one list for all messages or one list per message. Never raises for a message's
+    failure: the returned Delivery says which messages the broker confirmed, which failed (a re-send
+    may succeed) and which produce() refused outright (e.g. larger than the broker accepts).
+    """
+    n = len(values)
+    per_message = bool(n) and len(headers) == n and (not headers or isinstance(headers[0], list))
+    producer = make_producer(bootstrap_servers, producer_config)
+    result = Delivery(topic=topic, delivered=np.zeros(n, dtype=bool))
+
+    def on_delivery(i: int, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            result.failed[i] = str(err)
+            return
+        result.delivered[i] = True
+        result.partitions[msg.partition()] = result.partitions.get(msg.partition(), 0) + 1
+
+    common = None if per_message else headers
+    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+        while True:
+            try:
+                producer.produce(
+                    topic, value=value.encode(), key=key.encode() if key is not None else None,
+                    headers=headers[i] if common is None else common, on_delivery=partial(on_delivery, i),
+                )
+                break
+            except BufferError:
+                producer.poll(0.5)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is not None and error.code() in PERMANENT_PRODUCE_ERRORS:
+                    result.rejected[i] = f"{error.name()}: {error.str()}"
+                    break
+                raise
+        producer.poll(0)
+    producer.flush(flush_timeout)
+    for i in np.flatnonzero(~result.delivered):
+        if int(i) not in result.rejected:
+            result.failed.setdefault(int(i), "no delivery report before the flush timeout")
+    return result
+
+
 def publish(
     bootstrap_servers: str,
     topic: str,
@@ -44,33 +140,9 @@ def publish(
 
     Raises PublishError naming the first failures when any message is not confirmed.
     """
-    producer = Producer({"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **(producer_config or {})})
-    confirmed = 0
-    partitions: dict[int, int] = {}
-    failures: list[str] = []
-
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        nonlocal confirmed
-        if err is not None:
-            failures.append(f"key {msg.key()!r}: {err}")
-            return
-        confirmed += 1
-        partitions[msg.partition()] = partitions.get(msg.partition(), 0) + 1
-
     header_list = [(k, v.encode()) for k, v in headers.items()]
-    for key, value in zip(events["key"], events["value"], strict=True):
-        while True:
-            try:
-                producer.produce(topic, value=value.encode(), key=key.encode(), headers=header_list,
-                                 on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.5)  # local queue full: let deliveries drain
-        producer.poll(0)
-    remaining = producer.flush(flush_timeout)
-    if failures or remaining or confirmed != events.height:
-        raise PublishError(
-            f"{topic}: {confirmed}/{events.height} messages confirmed, {remaining} still queued, "
-            f"{len(failures)} failed (first: {failures[:3]})"
-        )
-    return PublishReport(topic=topic, confirmed=confirmed, partitions=partitions)
+    delivery = send(bootstrap_servers, topic, events["key"].to_list(), events["value"].to_list(), header_list,
+                    flush_timeout=flush_timeout, producer_config=producer_config)
+    if delivery.confirmed != events.height:
+        raise PublishError(delivery.summary())
+    return PublishReport(topic=topic, confirmed=delivery.confirmed, partitions=delivery.partitions)

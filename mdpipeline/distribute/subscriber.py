@@ -20,6 +20,7 @@ class Event:
     key: str | None
     value: str
     headers: dict[str, str]
+    timestamp: int | None = None  # Kafka message timestamp (ms since the epoch), when the broker gives one
 
 
 def consume(
@@ -65,6 +66,7 @@ def consume(
                 key=msg.key().decode() if msg.key() is not None else None,
                 value=msg.value().decode(),
                 headers={k: (v or b"").decode() for k, v in (msg.headers() or [])},
+                timestamp=msg.timestamp()[1] if msg.timestamp()[0] else None,
             )
             consumer.commit(message=msg, asynchronous=False)
     finally:

@@ -22,7 +22,18 @@ BARS_1M = TopicSpec("md.bars.1m.v1", partitions=12, config={"cleanup.policy": "d
 TICKS = TopicSpec("md.ticks.v1", partitions=12, config={"cleanup.policy": "delete"})
 CORPORATE_ACTIONS = TopicSpec("md.corporate_actions.v1", partitions=3, config={"retention.ms": "-1"})
 QUALITY = TopicSpec("md.quality.v1", partitions=3)
-ALL_TOPICS = (BARS_1D, BARS_1M, TICKS, CORPORATE_ACTIONS, QUALITY)
+# Messages that could not be serialized or sent, with the reason (docs/events.md).
+DEAD_LETTER = TopicSpec("md.dead_letter.v1", partitions=1, config={"retention.ms": "-1"})
+ALL_TOPICS = (BARS_1D, BARS_1M, TICKS, CORPORATE_ACTIONS, QUALITY, DEAD_LETTER)
+
+
+def raw_stream_topic(provider: str) -> TopicSpec:
+    """The topic a real-time collector lands `provider`'s raw websocket frames on.
+
+    One partition: frames stay in arrival order (a correction follows the trade it corrects) and one
+    offset range per run covers everything new.
+    """
+    return TopicSpec(f"raw.stream.{provider}.v1", partitions=1, config={"cleanup.policy": "delete"})
 
 
 def ensure_topics(

@@ -13,7 +13,10 @@ from mdpipeline.orchestration.bars_1m_assets import bars_1m_assets
 from mdpipeline.orchestration.corporate_action_assets import actions_key, corporate_action_assets
 from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
 from mdpipeline.orchestration.partitions import trading_day_partitions
+from mdpipeline.orchestration.realtime import raw_stream_sensor, realtime_ticks_job
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.orchestration.schedules import session_schedules
+from mdpipeline.orchestration.sensors import freshness_sensors
 from mdpipeline.providers.catalog import datasets_of
 from mdpipeline.settings import Settings
 from mdpipeline.universe import load_universe
@@ -57,7 +60,9 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     ]
     return dg.Definitions(
         assets=assets,
-        jobs=jobs,
+        jobs=[*jobs, realtime_ticks_job],
+        schedules=session_schedules(jobs, universe.exchange_calendar),
+        sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor()],
         resources={
             "db": DatabaseResource(url=settings.database_url or dg.EnvVar("MDP_DATABASE_URL")),
             "kafka": KafkaResource(

@@ -15,7 +15,12 @@ DATE_FORMAT = "%Y-%m-%d"
 def trading_day_partitions(
     calendar_name: str = "XNYS", start: date = PARTITIONS_START
 ) -> dg.TimeWindowPartitionsDefinition:
-    """One partition per session of `calendar_name`, keyed by the session date (YYYY-MM-DD)."""
+    """One partition per session of `calendar_name`, keyed by the session date (YYYY-MM-DD).
+
+    `end_offset=1` makes the current session's partition exist from its first minute: a window
+    ends when the next session's starts (Friday's on Monday), so without it the session a daily
+    schedule requests after the close would not be a partition yet.
+    """
     horizon = date.today() + timedelta(days=400)
     holidays = [datetime.combine(d, datetime.min.time()) for d in non_session_weekdays(start, horizon, calendar_name)]
     return dg.TimeWindowPartitionsDefinition(
@@ -24,6 +29,7 @@ def trading_day_partitions(
         cron_schedule="0 0 * * 1-5",
         timezone="America/New_York",
         exclusions=holidays,
+        end_offset=1,
     )
 
 

@@ -19,14 +19,16 @@ from mdpipeline.storage.raw_store import load_payloads, save_payloads
 
 
 def fetch_raw(provider: str, dataset: str, start: date, end: date, run_id: str, db: DatabaseResource,
-              providers: ProvidersResource) -> dict[str, int]:
-    """Extract from the provider and store the payloads untouched; returns counts for metadata."""
+              providers: ProvidersResource) -> dict[str, object]:
+    """Extract from the provider and store the payloads untouched; returns counts for metadata,
+    with the HTTP counters and circuit-breaker state of network providers."""
     source = providers.provider(provider)
     payloads = source.extract(Query(dataset, start, end, providers.symbols_for(provider)))
     with db.connection() as conn:
         stored, new = save_payloads(conn, payloads, run_id)
+    stats = source.fetch_stats() if hasattr(source, "fetch_stats") else {}
     return {"payloads": len(stored), "new_payloads": new, "bytes": sum(len(p.body) for p in stored),
-            "sessions": len({p.session_date for p in stored})}
+            "sessions": len({p.session_date for p in stored}), **{f"http_{k}": v for k, v in stats.items()}}
 
 
 @dataclass(frozen=True)

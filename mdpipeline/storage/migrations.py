@@ -304,7 +304,6 @@ create table if not exists ops.outbox (
 );
 create unique index if not exists outbox_pending_event on ops.outbox (topic, event_id) where published_at is null;
 create index if not exists outbox_pending_range on ops.outbox (provider, session_date) where published_at is null;
-create index if not exists outbox_published_at on ops.outbox (published_at) where published_at is not null;
 
 create table if not exists ops.stream_offsets (
     consumer     text        not null,
@@ -331,8 +330,14 @@ create table if not exists ops.stream_gaps (
 """
 
 
+def _outbox_and_streams(conn: psycopg.Connection, timescale: bool) -> None:
+    """Transactional outbox, processed stream offsets and stream gaps."""
+    conn.execute(OUTBOX_AND_STREAMS_DDL)
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
     Migration(2, "corporate actions and adjustment factors", _corporate_actions_and_factors),
+    Migration(3, "outbox, stream offsets and gaps", _outbox_and_streams),
 )

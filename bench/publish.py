@@ -1,0 +1,188 @@
+"""Benchmark publishing: the project's path against a raw producer, and real-time end-to-end latency.
+
+    python bench/publish.py [--messages 200000] [--ticks 200]
+
+Uses MDP_KAFKA_BOOTSTRAP_SERVERS / MDP_DATABASE_URL when set, otherwise starts a throwaway tansu
+broker and PostgreSQL cluster here (stopped at the end). In the same run it measures:
+
+- raw producer:   produce() of keys/values encoded before the timer starts, same producer settings
+                  (idempotent, acks=all, lz4), one flush: the client's and broker's limit;
+- project path:   bar_events (columnar JSON + event ids) + publish (per-message delivery reports,
+                  raises unless every message is confirmed);
+- outbox path:    outbox rows + COPY into ops.outbox + relay (send, confirm, mark published), i.e.
+                  what the store and publish steps add up to;
+- latency:        per tick, from the raw frame's Kafka timestamp (when the collector produced it) to
+                  the md.ticks.v1 message's timestamp, processing each landed frame at once with the
+                  real-time job's core (`process_range`); the sensor's interval and Dagster's run
+                  launch come on top in a deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mdpipeline.devservices import LocalBroker, LocalPostgres
+from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events
+from mdpipeline.distribute.outbox import outbox_rows, write_outbox
+from mdpipeline.distribute.publisher import make_producer, publish
+from mdpipeline.distribute.relay import drain
+from mdpipeline.distribute.subscriber import consume
+from mdpipeline.distribute.topics import BARS_1D, TICKS, TopicSpec, ensure_topics
+from mdpipeline.settings import DEFAULT_UNIVERSE
+from mdpipeline.storage.database import connect
+from mdpipeline.storage.migrations import migrate
+from mdpipeline.stream.landing import RawLanding
+from mdpipeline.stream.offsets import read_messages
+from mdpipeline.stream.process import process_range
+from mdpipeline.stream.synthetic import synthetic_frames
+from mdpipeline.universe import load_universe
+
+
+@contextlib.contextmanager
+def services() -> Iterator[tuple[str, str]]:
+    """(bootstrap servers, database url): from the environment or started here."""
+    with contextlib.ExitStack() as stack:
+        bootstrap = os.environ.get("MDP_KAFKA_BOOTSTRAP_SERVERS", "")
+        if not bootstrap:
+            broker = LocalBroker(log_file=Path(tempfile.mkdtemp(prefix="bench-tansu-")) / "tansu.log")
+            bootstrap = broker.start()
+            stack.callback(broker.stop)
+        url = os.environ.get("MDP_DATABASE_URL", "")
+        if not url:
+            root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+            root.chmod(0o755)
+            pg = LocalPostgres(root / "data", log_file=root / "postgres.log", fast=True)
+            url = pg.start()
+            stack.callback(pg.stop)
+        yield bootstrap, url
+
+
+def bars(n: int) -> pl.DataFrame:
+    """n daily bars over 500 instruments (realistic widths and values)."""
+    rng = np.random.default_rng(1)
+    instrument = rng.integers(1, 501, n)
+    close = rng.uniform(5, 900, n).round(4)
+    return pl.DataFrame({
+        "instrument_id": instrument, "symbol": [f"SYM{i}" for i in instrument],
+        "session_date": pl.date_range(date(2000, 1, 3), date(2000, 1, 3), eager=True).extend_constant(
+            date(2000, 1, 3), n - 1),
+        "provider": ["bench"] * n, "open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
+        "volume": rng.uniform(1e4, 1e7, n).round(), "vwap": close, "trades": rng.integers(1, 10_000, n),
+    })
+
+
+def raw_producer(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> float:
+    """Seconds to produce pre-serialized messages and flush (same producer settings, no per-message callback)."""
+    producer = make_producer(bootstrap)
+    headers = [("mdp-run-id", b"bench")]
+    started = time.perf_counter()
+    for key, value in zip(keys, values, strict=True):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.5)
+        producer.poll(0)
+    if producer.flush(120) != 0:
+        raise RuntimeError("raw producer: messages left unconfirmed")
+    return time.perf_counter() - started
+
+
+def throughput(bootstrap: str, url: str, n: int) -> None:
+    frame = bars(n)
+    topic = TopicSpec(f"bench.publish.{uuid.uuid4().hex[:6]}", partitions=6)
+    ensure_topics(bootstrap, (topic,))
+    pre = bar_events(frame, BARS_1D.name)  # encoded as md.bars.1d.v1 events, sent to a throwaway topic
+    keys, values = [k.encode() for k in pre["key"]], [v.encode() for v in pre["value"]]
+    raw_producer(bootstrap, topic.name, keys[:1000], values[:1000])  # warm-up: metadata, connections
+
+    raw_s = raw_producer(bootstrap, topic.name, keys, values)
+    started = time.perf_counter()
+    events = bar_events(frame, BARS_1D.name)
+    encoded_s = time.perf_counter() - started
+    publish(bootstrap, topic.name, events, {"mdp-run-id": "bench"})
+    project_s = time.perf_counter() - started
+
+    with connect(url) as conn:
+        migrate(conn)
+        started = time.perf_counter()
+        rows = outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": "bench"}).with_columns(
+            pl.lit(topic.name).alias("topic"))
+        with conn.transaction():
+            write_outbox(conn, rows)
+        queued_s = time.perf_counter() - started
+        report = drain(conn, bootstrap, topics=(topic.name,))
+        outbox_s = time.perf_counter() - started
+        assert report.total == n
+    print(f"publish throughput, {n} daily-bar messages ({np.mean([len(v) for v in values]):.0f} B values), "
+          f"topic with {topic.partitions} partitions")
+    print(f"  raw producer, pre-serialized bytes  {n / raw_s:12,.0f} msgs/s  ({raw_s:.2f} s)")
+    print(f"  project: bar_events + publish       {n / project_s:12,.0f} msgs/s  ({project_s:.2f} s; "
+          f"encoding {encoded_s:.2f} s)  ratio {raw_s / project_s:.2f} of raw")
+    print(f"  outbox: rows + COPY + relay + mark  {n / outbox_s:12,.0f} msgs/s  ({outbox_s:.2f} s; "
+          f"outbox write {queued_s:.2f} s)  ratio {raw_s / outbox_s:.2f} of raw")
+
+
+def latency(bootstrap: str, url: str, ticks: int) -> None:
+    raw_topic = TopicSpec(f"raw.stream.bench-{uuid.uuid4().hex[:6]}.v1", partitions=1)
+    ensure_topics(bootstrap, (raw_topic, TICKS))
+    landing = RawLanding(bootstrap, raw_topic.name, "synthetic")
+    symbology = load_universe(DEFAULT_UNIVERSE).symbology
+    frames = list(synthetic_frames(["AAPL", "MSFT", "NVDA"], start=datetime.now(UTC), frames=ticks, per_frame=1,
+                                   correction_every=0))
+    with connect(url) as conn:
+        migrate(conn)
+        for offset, frame in enumerate(frames):
+            landing.land(frame)
+            landing.flush()
+            process_range(conn, bootstrap, topic=raw_topic.name, partition=0, first=offset, last=offset,
+                          symbology=symbology, run_id="bench")
+    raw = read_messages(bootstrap, raw_topic.name, 0, 0, idle=2.0)
+    landed = dict(zip(raw["offset"].to_list(), raw["landed_at"].to_list(), strict=True))
+    delays = []
+    for event in consume(bootstrap, TICKS.name, idle_timeout=3.0):
+        if event.headers.get("mdp-raw-topic") != raw_topic.name:
+            continue
+        offset = int(event.headers["mdp-raw-offsets"].split(":")[1].split("-")[0])
+        value = json.loads(event.value)
+        delays.append((event_time(event) - landed[offset]).total_seconds() * 1000)
+        assert value["data"]["provider"] == "synthetic"
+    p50, p99 = np.percentile(delays, [50, 99])
+    print(f"end-to-end latency, raw tick landed -> normalized md.ticks.v1 message, {len(delays)} ticks "
+          f"(one range per tick, process_range called directly):")
+    print(f"  p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   max {max(delays):8.1f} ms")
+
+
+def event_time(event: object) -> datetime:
+    """The md.ticks.v1 message's Kafka timestamp (kept by consume() in `timestamp`)."""
+    return datetime.fromtimestamp(event.timestamp / 1000, UTC)  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--ticks", type=int, default=200)
+    args = parser.parse_args()
+    with services() as (bootstrap, url):
+        throughput(bootstrap, url, args.messages)
+        latency(bootstrap, url, args.ticks)
+
+
+if __name__ == "__main__":
+    main()

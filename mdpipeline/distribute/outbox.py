@@ -1,0 +1,169 @@
+"""The transactional outbox (`ops.outbox`): events written in the same transaction as the data they announce.
+
+A store step writes one row per event (topic, key, event_id, value, headers) next to its data; the
+relay (`mdpipeline.distribute.relay`) sends pending rows and marks exactly the broker-confirmed ones
+published. A crash between the database commit and the send loses nothing: the rows stay pending.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+
+import polars as pl
+import psycopg
+
+from mdpipeline.distribute.dead_letter import dead_letter_events, text_payload, unserializable_reason
+from mdpipeline.distribute.events import json_events
+from mdpipeline.distribute.topics import DEAD_LETTER
+from mdpipeline.storage.binary_copy import copy_frame
+from mdpipeline.storage.reader import read_frame
+
+OUTBOX_TABLE = "ops.outbox"
+# Columns written by `write_outbox` (the rest have defaults).
+OUTBOX_COLUMNS: dict[str, pl.DataType] = {
+    "topic": pl.String(), "key": pl.String(), "event_id": pl.String(), "value": pl.String(),
+    "headers": pl.String(), "provider": pl.String(), "session_date": pl.Date(), "dead_letter_reason": pl.String(),
+}
+PENDING_SCHEMA: dict[str, pl.DataType] = {
+    "outbox_id": pl.Int64(), "topic": pl.String(), "key": pl.String(), "event_id": pl.String(),
+    "value": pl.String(), "headers": pl.String(), "session_date": pl.Date(),
+}
+_JSONB_BINARY_VERSION = "\x01"  # jsonb's binary COPY format: a version byte, then the JSON text
+
+
+def outbox_rows(
+    frame: pl.DataFrame,
+    topic: str,
+    fields: tuple[str, ...],
+    headers: dict[str, str],
+) -> pl.DataFrame:
+    """Outbox rows announcing each row of `frame` (needs instrument_id, provider, session_date and `fields`).
+
+    Rows that cannot be serialized faithfully become dead-letter rows (topic `md.dead_letter.v1`,
+    `dead_letter_reason` set) instead of events on `topic`. Columnar: no Python per row except hashing.
+    """
+    reasons = frame.select(unserializable_reason(frame, fields).alias("reason")).to_series()
+    bad = reasons.is_not_null()
+    header_json = json.dumps(headers, separators=(",", ":"), sort_keys=True)
+    parts = []
+    good = frame.filter(~bad)
+    if good.height:
+        events = json_events(good, topic, fields)
+        parts.append(events.with_columns(
+            pl.lit(topic).alias("topic"), good["provider"], good["session_date"],
+            pl.lit(None, dtype=pl.String).alias("dead_letter_reason"),
+        ))
+    if bad.any():
+        rejected = frame.filter(bad)
+        meant = json_events(rejected, topic, fields)
+        letters = dead_letter_events(topic, meant["key"], meant["event_id"], reasons.filter(bad),
+                                     text_payload(rejected, fields))
+        parts.append(letters.with_columns(
+            pl.lit(DEAD_LETTER.name).alias("topic"), rejected["provider"], rejected["session_date"],
+            reasons.filter(bad).alias("dead_letter_reason"),
+        ))
+    if not parts:
+        return pl.DataFrame(schema=OUTBOX_COLUMNS)
+    return pl.concat(parts).with_columns(pl.lit(header_json).alias("headers")).select(
+        pl.col(c).cast(t) for c, t in OUTBOX_COLUMNS.items()
+    )
+
+
+def write_outbox(conn: psycopg.Connection, rows: pl.DataFrame) -> int:
+    """Append outbox rows with binary COPY inside the caller's transaction; returns the rows written."""
+    if not rows.height:
+        return 0
+    encoded = rows.with_columns(pl.concat_str(pl.lit(_JSONB_BINARY_VERSION), pl.col("headers")).alias("headers"))
+    with conn.cursor() as cur:
+        return copy_frame(cur, OUTBOX_TABLE, encoded)
+
+
+def append_outbox(conn: psycopg.Connection, rows: pl.DataFrame) -> int:
+    """Append rows, skipping events already pending (same topic and event_id); returns the rows added."""
+    if not rows.height:
+        return 0
+    conn.execute("create temporary table _outbox (like ops.outbox including identity including defaults)"
+                 " on commit drop")
+    encoded = rows.with_columns(pl.concat_str(pl.lit(_JSONB_BINARY_VERSION), pl.col("headers")).alias("headers"))
+    with conn.cursor() as cur:
+        copy_frame(cur, "_outbox", encoded)
+    columns = ", ".join(OUTBOX_COLUMNS)
+    added = conn.execute(
+        f"insert into ops.outbox ({columns}) select {columns} from _outbox order by outbox_id"
+        " on conflict (topic, event_id) where published_at is null do nothing").rowcount
+    conn.execute("drop table _outbox")
+    return added
+
+
+def replace_pending(
+    conn: psycopg.Connection,
+    rows: pl.DataFrame,
+    *,
+    provider: str,
+    start: date,
+    end: date,
+    topics: tuple[str, ...],
+) -> int:
+    """Swap the unpublished rows of (provider, topics, session dates in [start, end]) for `rows`.
+
+    Runs in the caller's transaction (a savepoint when one is open), so data and outbox commit
+    together. Published rows are history and stay.
+    """
+    with conn.transaction():
+        conn.execute(
+            "delete from ops.outbox where published_at is null and provider = %s"
+            " and session_date between %s and %s and topic = any(%s)",
+            (provider, start, end, list(topics)),
+        )
+        return write_outbox(conn, rows)
+
+
+def pending(
+    conn: psycopg.Connection,
+    *,
+    provider: str | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    topics: tuple[str, ...] | None = None,
+    after_id: int = 0,
+    limit: int | None = None,
+) -> pl.DataFrame:
+    """Unpublished rows in outbox order, optionally of one provider, session range and some topics."""
+    where = ["published_at is null", "outbox_id > %s"]
+    params: list[object] = [after_id]
+    if topics is not None:
+        where.append("topic = any(%s)")
+        params.append(list(topics))
+    if provider is not None:
+        where.append("provider = %s")
+        params.append(provider)
+    if start is not None and end is not None:
+        where.append("session_date between %s and %s")
+        params += [start, end]
+    query = (
+        "select outbox_id, topic, key, event_id, value, headers::text as headers, session_date from ops.outbox"
+        f" where {' and '.join(where)} order by outbox_id" + (f" limit {int(limit)}" if limit else "")
+    )
+    return read_frame(conn, query, tuple(params), PENDING_SCHEMA)
+
+
+def mark_published(
+    conn: psycopg.Connection, topic: str, event_ids: list[str], *, dead_letter_reason: str | None = None
+) -> int:
+    """Mark pending rows of `topic` with these event ids published (now); returns the rows marked."""
+    if not event_ids:
+        return 0
+    cur = conn.execute(
+        "update ops.outbox o set published_at = now(), dead_letter_reason = coalesce(%s, o.dead_letter_reason)"
+        " from unnest(%s::text[]) as confirmed(event_id)"
+        " where o.topic = %s and o.event_id = confirmed.event_id and o.published_at is null",
+        (dead_letter_reason, event_ids, topic),
+    )
+    return cur.rowcount
+
+
+def purge_published(conn: psycopg.Connection, before: datetime) -> int:
+    """Delete rows published before `before` (outbox retention); returns the rows deleted."""
+    cur = conn.execute("delete from ops.outbox where published_at < %s", (before,))
+    return cur.rowcount

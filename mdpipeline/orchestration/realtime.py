@@ -1,0 +1,99 @@
+"""The real-time feed in Dagster: a sensor over the raw stream topics and the job that processes a range.
+
+The sensor reads each raw topic partition forward from the offset stored in `ops.stream_offsets`
+(never from broker watermarks) and requests a `realtime_ticks` run for the explicit range it found,
+with run_key = `topic:partition:first-last` so a range is requested once. While a run of a partition
+is in flight no new range is requested for it; a failed range is requested again (new run_key suffix).
+"""
+
+import dagster as dg
+from confluent_kafka.admin import AdminClient
+
+from mdpipeline.distribute.topics import raw_stream_topic
+from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.stream.offsets import next_range, stored_offset
+from mdpipeline.stream.process import process_range
+
+STREAM_PROVIDERS = ("alpaca", "finnhub", "synthetic")
+JOB_NAME = "realtime_ticks"
+TOPIC_TAG, PARTITION_TAG, RANGE_TAG = "mdp/raw-topic", "mdp/raw-partition", "mdp/raw-range"
+MAX_MESSAGES_PER_RUN = 50_000
+_UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+class RawRangeConfig(dg.Config):
+    """One explicit raw offset range, inclusive."""
+
+    topic: str
+    partition: int = 0
+    first: int
+    last: int
+
+
+@dg.op(description="Parse, validate and normalize one raw offset range into md.ticks and md.ticks.v1.")
+def process_raw_range(
+    context: dg.OpExecutionContext, config: RawRangeConfig, db: DatabaseResource, kafka: KafkaResource,
+    providers: ProvidersResource,
+) -> dg.Output[int]:
+    universe = providers.universe()
+    with db.connection() as conn:
+        report = process_range(conn, kafka.bootstrap_servers, topic=config.topic, partition=config.partition,
+                               first=config.first, last=config.last, symbology=universe.symbology,
+                               run_id=context.run.run_id, calendar_name=universe.exchange_calendar)
+    if not report.applied:
+        context.log.info(f"{config.topic}[{config.partition}] {config.first}-{config.last} was applied before")
+    return dg.Output(report.trades, metadata={
+        "applied": report.applied, "frames": report.frames, "trades": report.trades, "cancels": report.cancels,
+        "quarantined": report.quarantined, "gaps": report.gaps, "published": report.published,
+    })
+
+
+@dg.job(name=JOB_NAME, description="Real-time ticks: one explicit raw offset range per run (launched by the sensor).")
+def realtime_ticks_job() -> None:
+    process_raw_range()
+
+
+def range_run_request(context: dg.SensorEvaluationContext, topic: str, partition: int, first: int,
+                      last: int) -> dg.RunRequest:
+    """The run request of a range; retried ranges get a `#retryN` run_key suffix."""
+    span = f"{topic}:{partition}:{first}-{last}"
+    failed = context.instance.get_runs_count(dg.RunsFilter(tags={RANGE_TAG: span},
+                                                           statuses=[dg.DagsterRunStatus.FAILURE]))
+    return dg.RunRequest(
+        run_key=span if not failed else f"{span}#retry{failed}",
+        run_config=dg.RunConfig(ops={"process_raw_range": RawRangeConfig(topic=topic, partition=partition,
+                                                                          first=first, last=last)}),
+        tags={TOPIC_TAG: topic, PARTITION_TAG: str(partition), RANGE_TAG: span},
+    )
+
+
+def raw_stream_sensor(
+    topics: tuple[str, ...] | None = None, *, name: str = "raw_stream_sensor", interval: int = 5,
+    max_messages: int = MAX_MESSAGES_PER_RUN,
+) -> dg.SensorDefinition:
+    """A sensor over raw stream topics (one partition each; default: every stream provider's)."""
+    watched = topics or tuple(raw_stream_topic(p).name for p in STREAM_PROVIDERS)
+
+    @dg.sensor(name=name, job_name=JOB_NAME, minimum_interval_seconds=interval,
+               description="Requests a realtime_ticks run per new raw offset range (run_key = the range).")
+    def _sensor(context: dg.SensorEvaluationContext, db: DatabaseResource,
+                kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
+        requests: list[dg.RunRequest] = []
+        existing = set(AdminClient({"bootstrap.servers": kafka.bootstrap_servers}).list_topics(timeout=10).topics)
+        with db.connection() as conn:
+            for topic in (t for t in watched if t in existing):
+                partition = 0
+                busy = context.instance.get_runs_count(dg.RunsFilter(
+                    tags={TOPIC_TAG: topic, PARTITION_TAG: str(partition)}, statuses=_UNFINISHED))
+                if busy:
+                    continue
+                found = next_range(kafka.bootstrap_servers, topic, partition, stored_offset(conn, topic, partition),
+                                   max_messages=max_messages, idle=0.5)
+                if found is not None:
+                    requests.append(range_run_request(context, topic, partition, *found))
+        if not requests:
+            return dg.SkipReason("no new raw messages")
+        return dg.SensorResult(run_requests=requests)
+
+    return _sensor

@@ -1,0 +1,223 @@
+"""The transactional outbox and its relay against the real database and broker, including faults.
+
+Faults are real: an unreachable broker, a database that refuses the publication mark after the
+broker confirmed, a broker stopped in the middle of a drain and restarted (tansu keeps topics in
+memory: after a restart `ensure_topics` creates them again), a value the broker refuses, a NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import psycopg
+import pytest
+
+from mdpipeline.devservices import LocalBroker
+from mdpipeline.devservices.postgres import free_port
+from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events, lineage_headers
+from mdpipeline.distribute.outbox import outbox_rows, pending, replace_pending
+from mdpipeline.distribute.publisher import PublishError
+from mdpipeline.distribute.relay import DrainReport, drain
+from mdpipeline.distribute.subscriber import consume
+from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, TopicSpec, ensure_topics
+from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.runner import materialize_range
+from mdpipeline.storage.bars import read_bars_1d
+from mdpipeline.storage.database import connect
+from mdpipeline_tests.pipeline_helpers import event_values, events_of_run, settings_for
+
+START, END = date(2024, 6, 3), date(2024, 6, 14)
+BARS = 6 * 10  # synthetic: 6 symbols x 10 sessions
+
+
+@pytest.fixture(autouse=True)
+def _frames_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MDP_FRAMES_DIR", str(tmp_path / "frames"))
+
+
+def _run(defs: dg.Definitions, select: str | None = None) -> dg.ExecuteInProcessResult:
+    return materialize_range(defs, START, END, providers=["synthetic"], select=select,
+                             instance=dg.DagsterInstance.ephemeral())
+
+
+def _pending(conn: psycopg.Connection) -> int:
+    row = conn.execute("select count(*) from ops.outbox where published_at is null").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _expected_ids(database_url: str) -> set[str]:
+    with connect(database_url) as conn:
+        bars = read_bars_1d(conn, start=START, end=END, provider="synthetic")
+    return set(bar_events(bars, BARS_1D.name)["event_id"])
+
+
+def _bars(n: int, *, provider: str = "synthetic") -> pl.DataFrame:
+    """n canonical daily bars over n instruments of one session."""
+    rng = np.random.default_rng(n)
+    close = rng.uniform(10, 500, n)
+    return pl.DataFrame({
+        "instrument_id": np.arange(1, n + 1, dtype=np.int64), "symbol": [f"S{i}" for i in range(n)],
+        "session_date": [START] * n, "provider": [provider] * n,
+        "open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
+        "volume": rng.uniform(1e5, 1e6, n), "vwap": close, "trades": np.full(n, 100, dtype=np.int64),
+    })
+
+
+def test_store_writes_the_outbox_in_the_data_transaction(database_url: str, kafka_bootstrap: str) -> None:
+    defs = build_definitions(settings_for(database_url, kafka_bootstrap))
+    stored = _run(defs, select="not group:published")
+    assert stored.success
+    with connect(database_url) as conn:
+        rows = pending(conn, provider="synthetic")
+        headers = json.loads(rows["headers"][0])
+    assert rows.height == BARS
+    assert set(rows["event_id"]) == _expected_ids(database_url)
+    assert set(rows["topic"]) == {BARS_1D.name}
+    assert headers == lineage_headers(stored.run_id, START, END, "synthetic")
+
+    # A store that fails half-way leaves both the old bars and the old pending announcements.
+    with connect(database_url) as conn:
+        conn.execute("""
+            create function reject_0612() returns trigger language plpgsql as $$
+            begin
+              if new.session_date = date '2024-06-12' then raise exception 'disk full (simulated)'; end if;
+              return new;
+            end $$;
+            create trigger reject_0612 before insert on md.bars_1d for each row execute function reject_0612();
+        """)
+    assert not _run(defs, select="not group:published").success
+    with connect(database_url) as conn:
+        after = pending(conn, provider="synthetic")
+    assert after["outbox_id"].to_list() == rows["outbox_id"].to_list()
+
+
+def test_crash_after_commit_before_send_loses_nothing(database_url: str, kafka_bootstrap: str) -> None:
+    # The broker is unreachable when the publish step runs: the store committed, nothing was sent.
+    unreachable = f"127.0.0.1:{free_port()}"
+    crashed = _run(build_definitions(settings_for(database_url, unreachable)))
+    assert not crashed.success
+    failed_steps = {e.step_key for e in crashed.all_events if e.is_step_failure}
+    assert any("published" in (k or "") for k in failed_steps)
+    with connect(database_url) as conn:
+        assert _pending(conn) == BARS
+
+    rerun = _run(build_definitions(settings_for(database_url, kafka_bootstrap)), select="group:published")
+    assert rerun.success
+    again = _run(build_definitions(settings_for(database_url, kafka_bootstrap)), select="group:published")
+    assert again.success  # nothing left to send: the second drain sends nothing
+
+    events = events_of_run(kafka_bootstrap, BARS_1D.name, crashed.run_id)  # lineage: the run that stored
+    ids = [v["event_id"] for v in event_values(events)]
+    assert len(ids) == BARS  # not even a duplicate to deduplicate
+    assert set(ids) == _expected_ids(database_url)
+    assert all(e.headers["mdp-event-id"] == v["event_id"] for e, v in zip(events, event_values(events),
+                                                                           strict=True))
+    with connect(database_url) as conn:
+        assert _pending(conn) == 0
+
+
+def test_mark_refused_after_confirmation_resends_only_duplicates(database_url: str, kafka_bootstrap: str) -> None:
+    defs = build_definitions(settings_for(database_url, kafka_bootstrap))
+    assert _run(defs, select="not group:published").success
+    with connect(database_url) as conn:  # the database refuses to record the publication
+        conn.execute("""
+            create function refuse_mark() returns trigger language plpgsql as $$
+            begin raise exception 'connection lost (simulated)'; end $$;
+            create trigger refuse_mark before update on ops.outbox for each row execute function refuse_mark();
+        """)
+    crashed = _run(defs, select="group:published")
+    assert not crashed.success
+    with connect(database_url) as conn:
+        assert _pending(conn) == BARS  # the broker has the messages, the outbox still has them pending
+        conn.execute("drop trigger refuse_mark on ops.outbox")
+        stored_run = conn.execute("select distinct run_id from md.bars_1d").fetchone()
+    assert stored_run is not None
+    assert _run(defs, select="group:published").success
+
+    values = event_values(events_of_run(kafka_bootstrap, BARS_1D.name, stored_run[0]))
+    ids = [v["event_id"] for v in values]
+    assert len(ids) == 2 * BARS  # every message twice: once per attempt
+    assert set(ids) == _expected_ids(database_url)  # after dedup by event_id: 0 lost, 0 duplicated
+    with connect(database_url) as conn:
+        assert _pending(conn) == 0
+
+
+def test_broker_stopped_during_drain_then_restarted(conn: psycopg.Connection) -> None:
+    root = Path(tempfile.mkdtemp(prefix="mdp-broker-restart-"))
+    port = free_port()
+    broker = LocalBroker(port=port, log_file=root / "tansu.log")
+    servers = broker.start()
+    topic = TopicSpec(f"test.outbox.restart.{uuid.uuid4().hex[:8]}", partitions=3)
+    try:
+        ensure_topics(servers, (topic,))
+        frame = _bars(300)
+        rows = outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": "r1"}).with_columns(
+            pl.lit(topic.name).alias("topic"))
+        with conn.transaction():
+            replace_pending(conn, rows, provider="synthetic", start=START, end=START, topics=(topic.name,))
+        before_stop: list[str] = []
+
+        def stop_after_first_batch(report: DrainReport) -> None:
+            if report.batches == 1:
+                before_stop.extend(json.loads(e.value)["event_id"]
+                                   for e in consume(servers, topic.name, limit=100, idle_timeout=5.0))
+                broker.stop()
+
+        fast_fail = {"message.timeout.ms": 3000}
+        with pytest.raises(PublishError, match="0/100 confirmed"):
+            drain(conn, servers, batch_size=100, producer_config=fast_fail, on_batch=stop_after_first_batch)
+        assert _pending(conn) == 200  # exactly the confirmed batch was marked
+
+        assert broker.start() == servers  # same address; tansu lost every topic and message
+        ensure_topics(servers, (topic,))
+        report = drain(conn, servers, batch_size=100)
+        assert report.total == 200
+        after_restart = [json.loads(e.value)["event_id"] for e in consume(servers, topic.name, idle_timeout=3.0)]
+    finally:
+        broker.stop()
+    assert len(before_stop) == 100
+    assert len(after_restart) == 200
+    assert set(before_stop).isdisjoint(after_restart)  # nothing sent twice
+    assert set(before_stop) | set(after_restart) == set(rows["event_id"])  # nothing lost
+    assert _pending(conn) == 0
+
+
+def test_unserializable_and_refused_messages_go_to_the_dead_letter_topic(
+    conn: psycopg.Connection, kafka_bootstrap: str
+) -> None:
+    run_id = uuid.uuid4().hex
+    frame = _bars(5).with_columns(
+        pl.when(pl.col("instrument_id") == 2).then(float("nan")).otherwise(pl.col("vwap")).alias("vwap"))
+    rows = outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": run_id})
+    assert rows.group_by("topic").len().sort("topic").rows() == [(BARS_1D.name, 4), (DEAD_LETTER.name, 1)]
+    huge = rows.filter(pl.col("key") == "3").with_columns(
+        pl.lit("x" * 20_000).alias("value"), pl.lit("too-big").alias("event_id"), pl.lit("big").alias("provider"))
+    with conn.transaction():
+        replace_pending(conn, rows, provider="synthetic", start=START, end=START,
+                        topics=(BARS_1D.name, DEAD_LETTER.name))
+        replace_pending(conn, huge, provider="big", start=START, end=START, topics=(BARS_1D.name,))
+    ensure_topics(kafka_bootstrap, (BARS_1D, DEAD_LETTER))
+    report = drain(conn, kafka_bootstrap, producer_config={"message.max.bytes": 10_000})
+    assert report.confirmed == {BARS_1D.name: 4, DEAD_LETTER.name: 2}
+    assert report.dead_lettered == 1
+
+    letters = event_values(events_of_run(kafka_bootstrap, DEAD_LETTER.name, run_id))
+    by_reason = {v["data"]["original_event_id"]: v["data"] for v in letters}
+    nan_letter = next(d for d in by_reason.values() if "NaN" in d["reason"])
+    assert nan_letter["reason"].startswith("vwap is NaN")
+    assert json.loads(nan_letter["payload"])["vwap"] == "NaN"
+    assert nan_letter["original_topic"] == BARS_1D.name
+    assert nan_letter["key"] == "2"
+    assert "MSG_SIZE_TOO_LARGE" in by_reason["too-big"]["reason"]
+    stored = conn.execute("select event_id, dead_letter_reason from ops.outbox where dead_letter_reason is not null"
+                          " order by event_id").fetchall()
+    assert len(stored) == 2
+    assert _pending(conn) == 0
