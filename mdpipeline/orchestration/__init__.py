@@ -4,5 +4,7 @@ import warnings
 
 import dagster as dg
 
-# BackfillPolicy and selection-string parameters are marked beta in Dagster 1.13; we use them on purpose.
+# BackfillPolicy and selection-string parameters are beta, partitioned asset checks a preview, in
+# Dagster 1.13; we use them on purpose.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)

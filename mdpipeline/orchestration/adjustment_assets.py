@@ -14,6 +14,7 @@ import polars as pl
 from mdpipeline.enrich.adjustments import adjustment_factors, apply_adjustments
 from mdpipeline.enrich.corporate_actions import consolidate_actions
 from mdpipeline.orchestration.resources import DatabaseResource
+from mdpipeline.orchestration.steps import markdown
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.corporate_actions import prior_closes, read_actions, read_factors, replace_factors
 
@@ -38,7 +39,7 @@ def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.
             "factors": factors.height, "splits": factors.filter(pl.col("action") == "split").height,
             "dividends": factors.filter(pl.col("action") == "cash_dividend").height,
             "unusable_actions": unusable.height,
-            "unusable": dg.MetadataValue.md(_table(unusable, ["instrument_id", "ex_date", "action", "reason"])),
+            "unusable": dg.MetadataValue.md(markdown(unusable, ("instrument_id", "ex_date", "action", "reason"))),
             "provider_disagreements": disagreements.height,
         })
 
@@ -60,7 +61,8 @@ def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.
             check_name="no_ex_date_jump", passed=bad.is_empty(),
             metadata={"ex_dates_checked": jumps.height, "jumps": bad.height,
                       "max_abs_log_return": float(jumps["log_return"].abs().max() or 0.0),
-                      "detail": dg.MetadataValue.md(_table(bad, ["symbol", "provider", "session_date", "log_return"]))},
+                      "detail": dg.MetadataValue.md(
+                          markdown(bad, ("symbol", "provider", "session_date", "log_return")))},
         )
 
     return [adjustment_factors_asset, bars_1d_adjusted]
@@ -82,12 +84,3 @@ def ex_date_jumps(conn) -> pl.DataFrame:
     return with_ret.join(ex_dates, on=["instrument_id", "session_date"], how="inner").filter(
         pl.col("log_return").is_not_null()
     ).select("symbol", "provider", "session_date", "log_return")
-
-
-def _table(frame: pl.DataFrame, cols: list[str]) -> str:
-    if frame.is_empty():
-        return "none"
-    present = [c for c in cols if c in frame.columns]
-    lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.select(present).iter_rows()]
-    return "\n".join(lines)

@@ -19,13 +19,16 @@ from mdpipeline.lineage import BAR_COLUMNS
 from mdpipeline.normalize.bars import normalize_bars_1d, stamp
 from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
-from mdpipeline.providers.base import Query
-from mdpipeline.providers.reconcile import prefer_latest_payload, within_sessions
-from mdpipeline.quality.quarantine import split_valid
+from mdpipeline.orchestration.steps import (
+    conforms,
+    fetch_raw,
+    validate_from_raw,
+    validation_check_results,
+    validation_check_specs,
+)
 from mdpipeline.quality.schemas import NormalizedBars1d, StandardBars1d
 from mdpipeline.storage.loader import replace_range
-from mdpipeline.storage.quarantine_store import record_check, replace_quarantine
-from mdpipeline.storage.raw_store import load_payloads, save_payloads
+from mdpipeline.storage.quarantine_store import replace_quarantine
 
 DATASET = "bars_1d"
 SINGLE_RUN = dg.BackfillPolicy.single_run()
@@ -67,53 +70,23 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
         context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource
     ) -> dg.MaterializeResult:
         start, end = partition_dates(context)
-        source = providers.provider(provider)
-        payloads = source.extract(Query(DATASET, start, end, providers.symbols_for(provider)))
-        with db.connection() as conn:
-            stored, new = save_payloads(conn, payloads, context.run.run_id)
-        return dg.MaterializeResult(metadata={
-            "payloads": len(stored), "new_payloads": new,
-            "bytes": sum(len(p.body) for p in stored),
-            "sessions": len({p.session_date for p in stored}),
-        })
+        return dg.MaterializeResult(metadata=fetch_raw(provider, DATASET, start, end, context.run.run_id, db,
+                                                       providers))
 
     @dg.asset(
         key=validated_key, group_name="validated", deps=[raw_key], io_manager_key="frames",
         kinds={"polars", "pandera"},
         description=f"{provider} daily bars parsed from raw payloads; rows failing StandardBars1d are quarantined.",
         owners=OWNERS, metadata=_table_metadata("validated", provider),
-        check_specs=[
-            dg.AssetCheckSpec("schema", asset=validated_key, blocking=True,
-                              description="Output conforms to StandardBars1d (blocking)."),
-            dg.AssetCheckSpec("quarantine", asset=validated_key,
-                              description="Rows quarantined by validation (warns when any)."),
-        ],
+        check_specs=validation_check_specs(validated_key, "StandardBars1d"),
         **common,
     )
     def validated(context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource):
         start, end = partition_dates(context)
-        source = providers.provider(provider)
-        with db.connection() as conn:
-            payloads = load_payloads(conn, provider, DATASET, start, end)
-            parsed = source.transform(DATASET, payloads)
-            frame = within_sessions(prefer_latest_payload(parsed, payloads, ["symbol", "session_date"]), start, end)
-            outcome = split_valid(frame, StandardBars1d, ["symbol", "session_date"])
-            replace_quarantine(conn, outcome.quarantined, dataset=DATASET, provider=provider,
-                               stage="validate", start=start, end=end, run_id=context.run.run_id)
-            schema_ok, schema_error = _conforms(outcome.valid, StandardBars1d)
-            meta = {"rows_in": frame.height, "rows_valid": outcome.valid.height,
-                    "rows_quarantined": outcome.quarantined.height,
-                    "exact_duplicates_dropped": outcome.exact_duplicates,
-                    "quarantined_by_check": outcome.reasons}
-            record_check(conn, asset_key=validated_key.to_user_string(), check_name="quarantine", start=start,
-                         end=end, passed=outcome.quarantined.height == 0, severity="WARN", metadata=meta,
-                         run_id=context.run.run_id)
-        yield dg.Output(outcome.valid, metadata={"rows": outcome.valid.height})
-        yield dg.AssetCheckResult(check_name="schema", passed=schema_ok, metadata={"error": schema_error or "none"})
-        yield dg.AssetCheckResult(
-            check_name="quarantine", passed=outcome.quarantined.height == 0, severity=dg.AssetCheckSeverity.WARN,
-            metadata={**meta, "sample": dg.MetadataValue.md(_markdown(outcome.quarantined.head(10)))},
-        )
+        result = validate_from_raw(provider, DATASET, StandardBars1d, ["symbol", "session_date"], "session_date",
+                                   start, end, context.run.run_id, validated_key, db, providers)
+        yield dg.Output(result.outcome.valid, metadata={"rows": result.outcome.valid.height})
+        yield from validation_check_results(result)
 
     @dg.asset(
         key=normalized_key, group_name="normalized", io_manager_key="frames", kinds={"polars"},
@@ -131,7 +104,7 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
         with db.connection() as conn:
             replace_quarantine(conn, result.unmapped, dataset=DATASET, provider=provider, stage="normalize",
                                start=start, end=end, run_id=context.run.run_id)
-        ok, error = _conforms(result.bars, NormalizedBars1d)
+        ok, error = conforms(result.bars, NormalizedBars1d)
         yield dg.Output(result.bars, metadata={"rows": result.bars.height, "unmapped": result.unmapped.height})
         yield dg.AssetCheckResult(check_name="canonical_schema", passed=ok,
                                   metadata={"error": error or "none", "unmapped_rows": result.unmapped.height})
@@ -183,25 +156,6 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
                                               "partitions": {str(k): v for k, v in partitions.items()}})
 
     return [raw, validated, normalized, stored, published]
-
-
-def _conforms(frame: pl.DataFrame, schema: type) -> tuple[bool, str | None]:
-    """Whole-frame validation for blocking checks: (passed, error message)."""
-    try:
-        schema.validate(frame, lazy=True)  # type: ignore[attr-defined]
-    except Exception as err:
-        return False, str(err)[:2000]
-    return True, None
-
-
-def _markdown(frame: pl.DataFrame) -> str:
-    """A small markdown table for the Dagster UI."""
-    if not frame.height:
-        return "no rows"
-    cols = [c for c in ("symbol", "session_date", "check_name", "reason") if c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.select(cols).iter_rows()]
-    return "\n".join(lines)
 
 
 def _table_metadata(layer: str, provider: str) -> dict[str, object]:

@@ -13,6 +13,7 @@ from mdpipeline.orchestration.bars_1m_assets import bars_1m_assets
 from mdpipeline.orchestration.corporate_action_assets import actions_key, corporate_action_assets
 from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
 from mdpipeline.orchestration.partitions import trading_day_partitions
+from mdpipeline.orchestration.quality_checks import quality_checks
 from mdpipeline.orchestration.realtime import raw_stream_sensor, realtime_ticks_job
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.schedules import session_schedules
@@ -47,6 +48,8 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
             action_keys.append(actions_key("ref", provider))
     bar_keys = [dg.AssetKey(["md", provider, "bars_1d"]) for provider in enabled]
     assets += adjustment_assets(action_keys, bar_keys)
+    for provider in enabled:  # soft data-quality checks (warn): completeness, staleness, outliers, divergence
+        assets += quality_checks(provider, partitions, other_providers=enabled, after=action_keys)
     jobs = [
         dg.define_asset_job(
             f"bars_1d_{provider}", selection=dg.AssetSelection.groups("raw", "validated", "normalized", "md",

@@ -111,11 +111,12 @@ def conforms(frame: pl.DataFrame, schema: type[pa.DataFrameModel]) -> tuple[bool
     return True, None
 
 
-def markdown(frame: pl.DataFrame) -> str:
-    """A small markdown table for the Dagster UI."""
+def markdown(frame: pl.DataFrame,
+             columns: tuple[str, ...] = ("symbol", "session_date", "ex_date", "check_name", "reason")) -> str:
+    """A small markdown table of `columns` (those present) for the Dagster UI."""
     if not frame.height:
         return "no rows"
-    cols = [c for c in ("symbol", "session_date", "ex_date", "check_name", "reason") if c in frame.columns]
+    cols = [c for c in columns if c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.select(cols).iter_rows()]
     return "\n".join(lines)

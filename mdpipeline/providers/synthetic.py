@@ -16,6 +16,11 @@ Optional anomalies (`anomalies` option: kind, symbol, date, optionally `dataset`
 `ts`, default the session's first minute) corrupt the emitted rows so data-quality checks have
 something to catch: broken_ohlc (high below low), negative_price (close < 0), missing (bar dropped),
 duplicate (bar emitted twice, the copy with another close), spike (close and high times 3).
+Kinds for the quality detectors, with optional `length` and `magnitude`: gap (`length` sessions of
+the symbol missing, every minute of them for bars_1m; default 1), stale (`length` bars from the
+date, or from `ts` for bars_1m, frozen at the first one's close with zero volume; default 5),
+divergence (open, high, low, close and vwap moved by `magnitude` basis points, default 100: what a
+second vendor disagreeing looks like), volume_spike (volume and trades times `magnitude`, default 50).
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ from mdpipeline.sessions import session_bounds, session_dates
 from mdpipeline.universe import ProviderSetup
 
 ORIGIN = date(2000, 1, 3)
-ANOMALY_KINDS = ("broken_ohlc", "negative_price", "missing", "duplicate", "spike")
+ANOMALY_KINDS = ("broken_ohlc", "negative_price", "missing", "duplicate", "spike",
+                 "gap", "stale", "divergence", "volume_spike")
+_DEFAULT_LENGTH = {"gap": 1, "stale": 5}
+_DEFAULT_MAGNITUDE = {"divergence": 100.0, "volume_spike": 50.0}
 _PRICES = ("open", "high", "low", "close")
 # Vendor field names per dataset (all read back as text, then cast).
 _FIELDS = {
@@ -70,6 +78,8 @@ class Anomaly:
     day: date
     dataset: str | None = None  # None: both bar datasets
     ts: datetime | None = None  # bars_1m: the minute to corrupt (default: the session's first)
+    length: int | None = None  # gap: sessions, stale: bars (default per kind)
+    magnitude: float | None = None  # divergence: basis points, volume_spike: factor (default per kind)
 
 
 def _symbol_key(symbol: str) -> int:
@@ -122,6 +132,9 @@ def _parse_anomalies(entries: list[dict[str, Any]]) -> tuple[Anomaly, ...]:
             kind=str(e["kind"]), symbol=str(e["symbol"]), day=_as_date(e.get("date"), f"anomaly {e} date"),
             dataset=e.get("dataset"),
             ts=ts,
+            length=int(e["length"]) if e.get("length") is not None else _DEFAULT_LENGTH.get(str(e["kind"])),
+            magnitude=(float(e["magnitude"]) if e.get("magnitude") is not None
+                       else _DEFAULT_MAGNITUDE.get(str(e["kind"]))),
         ))
     return tuple(out)
 
@@ -340,6 +353,9 @@ class SyntheticProvider:
         for a in self.anomalies:
             if a.dataset not in (None, dataset):
                 continue
+            if a.kind in ("gap", "stale", "divergence", "volume_spike"):
+                bars = self._apply_quality_anomaly(bars, dataset, a)
+                continue
             hit = (pl.col("symbol") == a.symbol) & (pl.col("session_date") == a.day)
             if dataset == "bars_1m":
                 first_minute = pl.col("ts").filter(hit).min()
@@ -348,9 +364,12 @@ class SyntheticProvider:
             hit = hit.fill_null(False)
             if a.kind == "missing":
                 bars = bars.filter(~hit)
-            elif a.kind == "duplicate":
-                copy = bars.filter(hit).with_columns(close=pl.when(pl.col("close") != pl.col("high"))
-                                                     .then(pl.col("high")).otherwise(pl.col("low")))
+            elif a.kind == "duplicate":  # another close; a flat bar (high == low) gets one tick more
+                other = (pl.when(pl.col("close") != pl.col("high")).then(pl.col("high"))
+                         .when(pl.col("close") != pl.col("low")).then(pl.col("low"))
+                         .otherwise(pl.col("close") + 0.01))
+                copy = bars.filter(hit).with_columns(close=other).with_columns(
+                    high=pl.max_horizontal("high", "close"))
                 bars = pl.concat([bars, copy])
             else:
                 bars = bars.with_columns(**{
@@ -358,6 +377,44 @@ class SyntheticProvider:
                     for name, expr in _CORRUPT[a.kind].items()})
         sort_key = "ts" if dataset == "bars_1m" else "session_date"
         return bars.sort(sort_key, "symbol", maintain_order=True)
+
+    def _apply_quality_anomaly(self, bars: pl.DataFrame, dataset: str, a: Anomaly) -> pl.DataFrame:
+        """gap, stale, divergence, volume_spike (see the module docstring); one frame operation each."""
+        length = a.length or 1
+        if a.kind in ("gap", "stale") and (dataset == "bars_1d" or a.kind == "gap"):
+            days = session_dates(a.day, a.day + timedelta(days=2 * length + 10), self.calendar_name)[:length]
+            hit = (pl.col("symbol") == a.symbol) & pl.col("session_date").is_in(days)
+        else:
+            hit = (pl.col("symbol") == a.symbol) & (pl.col("session_date") == a.day)
+            if dataset == "bars_1m":
+                first = pl.lit(a.ts, dtype=pl.Datetime("us", "UTC")) if a.ts else pl.col("ts").filter(hit).min()
+                bars_of_run = length if a.kind == "stale" else 1
+                hit = hit & pl.col("ts").is_between(first, first + timedelta(minutes=bars_of_run - 1))
+        hit = hit.fill_null(False)
+        if a.kind == "gap":
+            return bars.filter(~hit)
+        if a.kind == "stale":
+            frozen = pl.lit(self._clean_close(a, dataset), dtype=pl.Float64)
+            changes = dict.fromkeys((*_PRICES, "vwap"), frozen)
+            changes |= {"volume": pl.lit(0.0), "trades": pl.lit(0, dtype=pl.Int64)}
+        elif a.kind == "divergence":
+            factor = 1.0 + (a.magnitude or 0.0) / 10_000.0
+            changes = {name: pl.col(name) * factor for name in (*_PRICES, "vwap")}
+        else:  # volume_spike
+            factor = a.magnitude or 1.0
+            changes = {"volume": (pl.col("volume") * factor).round(0),
+                       "trades": (pl.col("trades") * factor).round(0).cast(pl.Int64)}
+        return bars.with_columns(**{
+            name: pl.when(hit).then(expr).otherwise(pl.col(name)) for name, expr in changes.items()})
+
+    def _clean_close(self, a: Anomaly, dataset: str) -> float | None:
+        """Close of the anomaly's first bar before any corruption: the same whatever range is queried."""
+        if dataset == "bars_1d":
+            bars = self.daily_bars([a.symbol], a.day, a.day)
+        else:
+            bars = self.minute_bars([a.symbol], a.day, a.day)
+            bars = bars.filter(pl.col("ts") == (a.ts or bars["ts"].min()))
+        return bars["close"].item() if bars.height else None
 
     def _body(self, dataset: str, day: date, rows: pl.DataFrame) -> bytes:
         """A vendor-like JSON document: header fields and the list of rows of that session."""

@@ -45,15 +45,23 @@ def split_valid(
     conflict and are all quarantined, since no rule can pick the right one.
     """
     indexed = frame.with_row_index("__row")
-    deduped = indexed.unique(subset=list(frame.columns), keep="first", maintain_order=True)
-    exact_duplicates = indexed.height - deduped.height
-    conflict = deduped.select(pl.len().over(key) > 1).to_series()
-    conflicts = deduped.filter(conflict)
-    candidates = deduped.filter(~conflict)
+    # Only rows whose key repeats can be copies or conflicts; compare whole rows among those alone.
+    repeated = indexed.select(pl.struct(key).is_duplicated()).to_series()
+    if repeated.any():
+        deduped = indexed.filter(repeated).unique(subset=list(frame.columns), keep="first", maintain_order=True)
+        exact_duplicates = int(repeated.sum()) - deduped.height
+        conflict = deduped.select(pl.struct(key).is_duplicated()).to_series()
+        conflicts = deduped.filter(conflict)
+        candidates = pl.concat([indexed.filter(~repeated), deduped.filter(~conflict)]).sort("__row")
+    else:
+        exact_duplicates, conflicts, candidates = 0, indexed.clear(), indexed
 
     failures = _failures(candidates.drop("__row"), schema)
-    failed_rows = candidates.with_row_index("__pos").join(failures, on="__pos", how="inner").drop("__pos")
-    passed = candidates.with_row_index("__pos").join(failures, on="__pos", how="anti").drop("__pos", "__row")
+    positioned = candidates.with_row_index("__pos")
+    failed_rows = positioned.join(failures, on="__pos", how="inner").drop("__pos") if failures.height else \
+        positioned.clear().drop("__pos").with_columns(pl.lit("").alias("check_name"), pl.lit("").alias("reason"))
+    passed = positioned.join(failures, on="__pos", how="anti").drop("__pos", "__row") if failures.height else \
+        candidates.drop("__row")
 
     conflict_rows = conflicts.with_columns(
         pl.lit("duplicate_conflict").alias("check_name"),
