@@ -14,7 +14,13 @@ from mdpipeline.orchestration.corporate_action_assets import actions_key, corpor
 from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.quality_checks import quality_checks
-from mdpipeline.orchestration.realtime import raw_stream_sensor, realtime_ticks_job
+from mdpipeline.orchestration.quality_publish import quality_publish_assets
+from mdpipeline.orchestration.realtime import (
+    raw_stream_sensor,
+    realtime_ticks_job,
+    stream_gap_repair_job,
+    stream_gap_sensor,
+)
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.schedules import session_schedules
 from mdpipeline.orchestration.sensors import freshness_sensors
@@ -50,6 +56,7 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     assets += adjustment_assets(action_keys, bar_keys)
     for provider in enabled:  # soft data-quality checks (warn): completeness, staleness, outliers, divergence
         assets += quality_checks(provider, partitions, other_providers=enabled, after=action_keys)
+        assets += quality_publish_assets(provider, partitions, other_providers=enabled, after=action_keys)
     jobs = [
         dg.define_asset_job(
             f"bars_1d_{provider}", selection=dg.AssetSelection.groups("raw", "validated", "normalized", "md",
@@ -63,9 +70,9 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     ]
     return dg.Definitions(
         assets=assets,
-        jobs=[*jobs, realtime_ticks_job],
+        jobs=[*jobs, realtime_ticks_job, stream_gap_repair_job],
         schedules=session_schedules(jobs, universe.exchange_calendar),
-        sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor()],
+        sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor(), stream_gap_sensor()],
         resources={
             "db": DatabaseResource(url=settings.database_url or dg.EnvVar("MDP_DATABASE_URL")),
             "kafka": KafkaResource(

@@ -4,6 +4,10 @@ The sensor reads each raw topic partition forward from the offset stored in `ops
 (never from broker watermarks) and requests a `realtime_ticks` run for the explicit range it found,
 with run_key = `topic:partition:first-last` so a range is requested once. While a run of a partition
 is in flight no new range is requested for it; a failed range is requested again (new run_key suffix).
+
+Gap repair is a separate job, `stream_gap_repair`, launched by `stream_gap_sensor` while
+`ops.stream_gaps` has open gaps (run_key = the gap ids): REST backfills stay off the low-latency path,
+and a provider outage fails repair runs, not tick processing. See `mdpipeline.stream.gap_repair`.
 """
 
 import dagster as dg
@@ -11,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from mdpipeline.distribute.topics import raw_stream_topic
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.stream.gap_repair import AlpacaTrades, SyntheticTrades, TradeSource, open_gaps, repair_gaps
 from mdpipeline.stream.offsets import next_range, stored_offset
 from mdpipeline.stream.process import process_range
 
@@ -95,5 +100,63 @@ def raw_stream_sensor(
         if not requests:
             return dg.SkipReason("no new raw messages")
         return dg.SensorResult(run_requests=requests)
+
+    return _sensor
+
+
+GAP_JOB_NAME = "stream_gap_repair"
+GAPS_TAG = "mdp/stream-gaps"
+
+
+@dg.op(description="Backfill open stream gaps from the providers' REST history and reconcile them with md.ticks.")
+def repair_stream_gaps(
+    context: dg.OpExecutionContext, db: DatabaseResource, kafka: KafkaResource, providers: ProvidersResource,
+) -> dg.Output[int]:
+    universe = providers.universe()
+    synthetic = universe.providers.get("synthetic")
+    sources: dict[str, TradeSource] = {
+        "alpaca": AlpacaTrades.from_env(base_url=providers.base_urls.get("alpaca")),
+        "synthetic": SyntheticTrades(seed=int((synthetic.options if synthetic else {}).get("seed", 7))),
+    }
+    symbols = {name: list(setup.symbols) for name, setup in universe.providers.items() if setup.symbols}
+    with db.connection() as conn:
+        report = repair_gaps(conn, kafka.bootstrap_servers, sources=sources, symbology=universe.symbology,
+                             run_id=context.run.run_id, calendar_name=universe.exchange_calendar, symbols=symbols)
+    for repair in report.repairs:
+        context.log.info(f"gap {repair.gap_id} ({repair.provider}): {repair.status} {repair.counts or ''}"
+                         f" {repair.note or ''}".rstrip())
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "gaps": len(report.repairs), "published": report.published,
+        **{status: sum(r.status == status for r in report.repairs) for status in ("repaired", "unrepairable",
+                                                                                  "failed", "skipped")},
+        **{count: report.total(count) for count in ("fetched", "inserted", "duplicates", "corrected", "cancelled",
+                                                    "quarantined")},
+    }
+    if report.failed:
+        raise dg.Failure(description="; ".join(f"gap {r.gap_id}: {r.note}" for r in report.failed), metadata=metadata)
+    return dg.Output(report.total("inserted"), metadata=metadata)
+
+
+@dg.job(name=GAP_JOB_NAME, description="Gap repair: backfill and reconcile the intervals raw streams missed.")
+def stream_gap_repair_job() -> None:
+    repair_stream_gaps()
+
+
+def stream_gap_sensor(*, name: str = "stream_gap_sensor", interval: int = 60) -> dg.SensorDefinition:
+    """Requests a `stream_gap_repair` run while open gaps exist (one run at a time; failed ones retried)."""
+
+    @dg.sensor(name=name, job_name=GAP_JOB_NAME, minimum_interval_seconds=interval,
+               description="Requests a stream_gap_repair run when ops.stream_gaps has open gaps.")
+    def _sensor(context: dg.SensorEvaluationContext, db: DatabaseResource) -> dg.RunRequest | dg.SkipReason:
+        with db.connection() as conn:
+            gaps = open_gaps(conn)
+        if not gaps:
+            return dg.SkipReason("no open stream gaps")
+        if context.instance.get_runs_count(dg.RunsFilter(job_name=GAP_JOB_NAME, statuses=_UNFINISHED)):
+            return dg.SkipReason("a gap repair run is in flight")
+        span = "gaps:" + ",".join(str(g.gap_id) for g in gaps)
+        failed = context.instance.get_runs_count(dg.RunsFilter(tags={GAPS_TAG: span},
+                                                               statuses=[dg.DagsterRunStatus.FAILURE]))
+        return dg.RunRequest(run_key=span if not failed else f"{span}#retry{failed}", tags={GAPS_TAG: span})
 
     return _sensor

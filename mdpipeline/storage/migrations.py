@@ -335,9 +335,23 @@ def _outbox_and_streams(conn: psycopg.Connection, timescale: bool) -> None:
     conn.execute(OUTBOX_AND_STREAMS_DDL)
 
 
+def _stream_gap_repair(conn: psycopg.Connection, timescale: bool) -> None:
+    """Outcome of stream gap repair: repaired or unrepairable (with why), counts, the run."""
+    conn.execute(
+        """
+        alter table ops.stream_gaps add column if not exists repair_status text
+            check (repair_status in ('repaired', 'unrepairable'));
+        alter table ops.stream_gaps add column if not exists repair_note text;
+        alter table ops.stream_gaps add column if not exists repair_counts jsonb;
+        alter table ops.stream_gaps add column if not exists repair_run_id text;
+        """
+    )
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
     Migration(2, "corporate actions and adjustment factors", _corporate_actions_and_factors),
     Migration(3, "outbox, stream offsets and gaps", _outbox_and_streams),
+    Migration(4, "stream gap repair outcomes", _stream_gap_repair),
 )

@@ -70,7 +70,7 @@ def process_range(
         applied = claim_range(conn, topic, partition, first, last, run_id, consumer)
         if applied:
             _store_ticks(conn, ticks, run_id)
-            _quarantine(conn, normalized.rejected, run_id)
+            quarantine_actions(conn, normalized.rejected, run_id)
             gaps = _record_gaps(conn, topic, raw.filter(pl.col("kind") == "gap"))
             for (provider,), group in ticks.group_by("provider", maintain_order=True):
                 append_outbox(conn, outbox_rows(group, TICKS.name, TICKS_EVENT_FIELDS,
@@ -115,14 +115,14 @@ def _store_ticks(conn: psycopg.Connection, ticks: pl.DataFrame, run_id: str) -> 
                      " and t.provider = c.provider and t.session_date = c.session_date and t.sequence = c.sequence")
 
 
-def _quarantine(conn: psycopg.Connection, rejected: pl.DataFrame, run_id: str) -> None:
-    """Rejected actions into quality.quarantine (dataset ticks, stage stream) with the original row."""
+def quarantine_actions(conn: psycopg.Connection, rejected: pl.DataFrame, run_id: str, stage: str = "stream") -> None:
+    """Rejected actions into quality.quarantine (dataset ticks, stage `stage`) with the original row."""
     if not rejected.height:
         return
     original = [c for c in ("offset", "position", "provider", "symbol", "ts", "action", "price", "size",
                             "exchange", "conditions", "sequence", "corrects") if c in rejected.columns]
     rows = rejected.select(
-        pl.lit("ticks").alias("dataset"), pl.col("provider").fill_null("unknown"), pl.lit("stream").alias("stage"),
+        pl.lit("ticks").alias("dataset"), pl.col("provider").fill_null("unknown"), pl.lit(stage).alias("stage"),
         "session_date", "symbol", "check_name", "reason",
         pl.concat_str(pl.lit("\x01"), pl.struct(pl.col(original).cast(pl.String)).struct.json_encode())
         .alias("row_data"),
