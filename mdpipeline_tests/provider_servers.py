@@ -2,6 +2,8 @@
 
 `script(httpserver, path, ...)` serves a sequence of answers on one path (the last one repeats) and
 records every request, so a test can say "503, 502, then the data" and count what the client sent.
+`make_provider` builds a network provider against that server, `isolated` gives each test its own
+credentials and breaker state, and `universe_file` writes a universe switching one provider on.
 """
 
 from __future__ import annotations
@@ -11,19 +13,25 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import pytest
+import yaml
 from pytest_httpserver import HTTPServer
 from pytest_httpserver.httpserver import QueryMatcher
 from werkzeug import Request, Response
 
+from mdpipeline.providers.http import reset_shared_state
+from mdpipeline.providers.rest import RestProvider
 from mdpipeline.settings import DEFAULT_FILES_DIR, DEFAULT_UNIVERSE, Settings
 from mdpipeline.universe import ProviderSetup
 
 Answer = Response | Callable[[Request], Response]
+P = TypeVar("P", bound=RestProvider)
 
 
 def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -122,9 +130,10 @@ FAST_HTTP: dict[str, Any] = {"rate_per_second": None, "daily_limit": None, "back
                              "backoff_max": 0.05, "timeout": 2.0, "breaker_reset_timeout": 0.5}
 
 
-def provider_setup(name: str, symbols: tuple[str, ...], **options: Any) -> ProviderSetup:
-    """A provider setup as the universe file gives it, with FAST_HTTP merged under `options['http']`."""
-    http = {**FAST_HTTP, **options.pop("http", {})}
+def provider_setup(name: str, symbols: tuple[str, ...], *, fast: Mapping[str, Any] = FAST_HTTP,
+                   **options: Any) -> ProviderSetup:
+    """A provider setup as the universe file gives it, with `fast` merged under `options['http']`."""
+    http = {**fast, **(options.pop("http", None) or {})}
     return ProviderSetup(name=name, enabled=True, symbols=symbols, options={"http": http, **options})
 
 
@@ -132,6 +141,44 @@ def provider_settings(server: HTTPServer, name: str, prefix: str = "") -> Settin
     """Settings whose base URL for `name` is the loopback server (plus an optional path prefix)."""
     return Settings(database_url="", kafka_bootstrap_servers="", universe_path=DEFAULT_UNIVERSE,
                     files_dir=DEFAULT_FILES_DIR, base_urls={name: server.url_for(prefix or "/").rstrip("/")})
+
+
+def make_provider(cls: type[P], server: HTTPServer, symbols: tuple[str, ...] = ("AAPL",), *, prefix: str = "",
+                  fast: Mapping[str, Any] = FAST_HTTP, **options: Any) -> tuple[P, SleepRecorder]:
+    """Provider `cls` against the loopback server (base URL plus `prefix`), its waits recorded, not slept."""
+    sleep = SleepRecorder()
+    setup = provider_setup(cls.name, symbols, fast=fast, **options)
+    return cls(setup, provider_settings(server, cls.name, prefix), sleep=sleep), sleep
+
+
+def isolated(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str] | None = None,
+             provider: str | None = None) -> Iterator[None]:
+    """Body of an autouse fixture: credentials `env` set, breaker/bucket state of `provider` (or all) reset."""
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    reset_shared_state(provider)
+    yield
+    reset_shared_state(provider)
+
+
+def universe_file(tmp_path: Path, provider: str, symbols: Sequence[str], *, only: bool = False,
+                  enabled: bool = True, file: str = "universe.yaml", **options: Any) -> Path:
+    """The checked-in universe with `provider` set to `enabled` for `symbols` (every other one off if `only`)."""
+    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
+    if only:
+        for setup in doc["providers"].values():
+            setup["enabled"] = False
+    doc["providers"][provider] = {"enabled": enabled, "symbols": list(symbols), **options}
+    path = tmp_path / file
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def registry_files(tmp_path: Path, provider: str) -> tuple[Path, Path, Settings]:
+    """Universe files with `provider` on and off for AAPL, and settings giving it a dummy base URL."""
+    on = universe_file(tmp_path, provider, ["AAPL"], file="on.yaml")
+    off = universe_file(tmp_path, provider, ["AAPL"], enabled=False, file="off.yaml")
+    return on, off, Settings("", "", on, tmp_path, base_urls={provider: "http://127.0.0.1:9/x"})
 
 
 def bars_1d_chain(provider: str) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 from pytest_httpserver import HTTPServer
 
 from mdpipeline.orchestration.definitions import build_definitions
@@ -28,14 +27,13 @@ from mdpipeline.providers.errors import (
     MalformedPayloadError,
     ProviderUnavailableError,
 )
-from mdpipeline.providers.http import reset_shared_state
 from mdpipeline.providers.reconcile import prefer_latest_payload
 from mdpipeline.quality.quarantine import split_valid
 from mdpipeline.quality.schemas import StandardBars1d
-from mdpipeline.settings import DEFAULT_UNIVERSE, Settings
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
-from mdpipeline.universe import ProviderSetup, load_universe
+from mdpipeline.universe import load_universe
+from mdpipeline_tests import provider_servers as servers
 from mdpipeline_tests.pipeline_helpers import settings_for
 from mdpipeline_tests.provider_servers import (
     SleepRecorder,
@@ -72,19 +70,12 @@ QUERY = Query("bars_1d", date(2024, 6, 3), date(2024, 6, 5), ("AAPL", "TSLA"))
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ALPACA_API_KEY_ID", KEY_ID)
-    monkeypatch.setenv("ALPACA_API_SECRET_KEY", SECRET)
-    reset_shared_state("alpaca")
-    yield
-    reset_shared_state("alpaca")
+    yield from servers.isolated(monkeypatch, {"ALPACA_API_KEY_ID": KEY_ID, "ALPACA_API_SECRET_KEY": SECRET}, "alpaca")
 
 
 def make(server: HTTPServer, symbols: tuple[str, ...] = ("AAPL", "TSLA"), http: dict | None = None,
          **options: object) -> tuple[AlpacaProvider, SleepRecorder]:
-    sleep = SleepRecorder()
-    setup = ProviderSetup("alpaca", True, symbols, {"http": {**FAST, **(http or {})}, **options})
-    settings = Settings("", "", Path("."), Path("."), base_urls={"alpaca": server.url_for("/")})
-    return AlpacaProvider(setup, settings, sleep=sleep), sleep
+    return servers.make_provider(AlpacaProvider, server, symbols, fast=FAST, http=http, **options)
 
 
 def with_ids(payloads: list[RawPayload], first_id: int = 1) -> list[RawPayload]:
@@ -454,23 +445,14 @@ def test_dagster_run_stores_alpaca_bars_and_a_rerun_stores_nothing_twice(
 
 def universe_enabling(tmp_path: Path, provider: str, symbols: list[str], **options: object) -> Path:
     """The checked-in universe with `provider` switched on for `symbols` (fast retries for tests)."""
-    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    doc["providers"][provider] = {"enabled": True, "symbols": symbols, "http": FAST, **options}
-    path = tmp_path / "universe.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return servers.universe_file(tmp_path, provider, symbols, http=FAST, **options)
 
 
 def test_registry_builds_the_provider_from_the_universe_file(tmp_path: Path) -> None:
-    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    doc["providers"]["alpaca"] = {"enabled": True, "symbols": ["AAPL"]}
-    (tmp_path / "on.yaml").write_text(yaml.safe_dump(doc))
-    doc["providers"]["alpaca"]["enabled"] = False
-    (tmp_path / "off.yaml").write_text(yaml.safe_dump(doc))
-    settings = Settings("", "", tmp_path / "on.yaml", tmp_path, base_urls={"alpaca": "http://127.0.0.1:9/x"})
+    on, off, settings = servers.registry_files(tmp_path, "alpaca")
 
-    provider = build_provider("alpaca", load_universe(tmp_path / "on.yaml"), settings)
+    provider = build_provider("alpaca", load_universe(on), settings)
     assert provider.name == "alpaca"
     assert provider.base_url == "http://127.0.0.1:9/x"  # type: ignore[attr-defined]
     with pytest.raises(ProviderError, match="disabled in the universe file"):
-        build_provider("alpaca", load_universe(tmp_path / "off.yaml"), settings)
+        build_provider("alpaca", load_universe(off), settings)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 from pytest_httpserver import HTTPServer
 
 from mdpipeline.orchestration.definitions import build_definitions
@@ -25,19 +25,17 @@ from mdpipeline.providers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from mdpipeline.providers.http import reset_shared_state
 from mdpipeline.sessions import session_dates
-from mdpipeline.settings import DEFAULT_UNIVERSE
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
 from mdpipeline.universe import ProviderSetup, load_universe
+from mdpipeline_tests import provider_servers as servers
 from mdpipeline_tests.pipeline_helpers import settings_for
 from mdpipeline_tests.provider_servers import (
     SleepRecorder,
     bars_1d_chain,
     json_response,
     provider_settings,
-    provider_setup,
     raw_response,
     script,
     slow,
@@ -45,7 +43,6 @@ from mdpipeline_tests.provider_servers import (
 )
 
 KEY = "AVKEY-123456"
-SYMBOLS = ("AAPL",)
 
 
 def daily_body(adjusted: bool = False) -> dict:
@@ -100,10 +97,7 @@ INVALID = {"Error Message": "Invalid API call. Please retry or visit the documen
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", KEY)
-    reset_shared_state()
-    yield
-    reset_shared_state()
+    yield from servers.isolated(monkeypatch, {"ALPHAVANTAGE_API_KEY": KEY})
 
 
 Make = Callable[..., tuple[AlphaVantageProvider, SleepRecorder]]
@@ -111,11 +105,7 @@ Make = Callable[..., tuple[AlphaVantageProvider, SleepRecorder]]
 
 @pytest.fixture
 def make(httpserver: HTTPServer) -> Make:
-    def _make(symbols: tuple[str, ...] = SYMBOLS, **options: object) -> tuple[AlphaVantageProvider, SleepRecorder]:
-        sleep = SleepRecorder()
-        setup = provider_setup("alphavantage", symbols, **options)
-        return AlphaVantageProvider(setup, provider_settings(httpserver, "alphavantage"), sleep=sleep), sleep
-    return _make
+    return partial(servers.make_provider, AlphaVantageProvider, httpserver)
 
 
 def q(dataset: str, start: date, end: date) -> Query:
@@ -361,18 +351,8 @@ def test_missing_key_names_the_variable(httpserver: HTTPServer, make: Make, monk
     assert provider.transform("bars_1d", []).is_empty()
 
 
-def _universe(tmp_path: Path, name: str, symbols: list[str], **options: object) -> Path:
-    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    for setup in doc["providers"].values():
-        setup["enabled"] = False
-    doc["providers"][name] = {"enabled": True, "symbols": symbols, **options}
-    path = tmp_path / "universe.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 def test_registry_builds_it(tmp_path: Path, httpserver: HTTPServer) -> None:
-    universe = load_universe(_universe(tmp_path, "alphavantage", ["AAPL"]))
+    universe = load_universe(servers.universe_file(tmp_path, "alphavantage", ["AAPL"], only=True))
     assert isinstance(build_provider("alphavantage", universe, provider_settings(httpserver, "alphavantage")),
                       AlphaVantageProvider)
 
@@ -384,7 +364,7 @@ def test_dagster_materializes_daily_bars(httpserver: HTTPServer, database_url: s
     script(httpserver, "/query", json_response(daily_body()), query={"function": "TIME_SERIES_DAILY"})
     script(httpserver, "/query", json_response({"symbol": "AAPL", "data": []}), query={"function": "SPLITS"})
     script(httpserver, "/query", json_response({"symbol": "AAPL", "data": []}), query={"function": "DIVIDENDS"})
-    universe = _universe(tmp_path, "alphavantage", ["AAPL"], http={"rate_per_second": None})
+    universe = servers.universe_file(tmp_path, "alphavantage", ["AAPL"], only=True, http={"rate_per_second": None})
     defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe))
     result = materialize_range(defs, date(2024, 6, 3), date(2024, 6, 5), providers=["alphavantage"],
                                select=bars_1d_chain("alphavantage"), instance=dg.DagsterInstance.ephemeral())

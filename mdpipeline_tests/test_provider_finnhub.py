@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 from pytest_httpserver import HTTPServer
 
 from mdpipeline.orchestration.definitions import build_definitions
@@ -24,17 +24,14 @@ from mdpipeline.providers.errors import (
     ProviderUnavailableError,
 )
 from mdpipeline.providers.finnhub import FinnhubProvider
-from mdpipeline.providers.http import reset_shared_state
-from mdpipeline.settings import DEFAULT_UNIVERSE
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
+from mdpipeline_tests import provider_servers as servers
 from mdpipeline_tests.pipeline_helpers import settings_for
 from mdpipeline_tests.provider_servers import (
     SleepRecorder,
     bars_1d_chain,
     json_response,
-    provider_settings,
-    provider_setup,
     raw_response,
     script,
     slow,
@@ -64,10 +61,7 @@ NVDA_SPLITS = [{"symbol": "NVDA", "date": "2024-06-10", "fromFactor": 1, "toFact
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FINNHUB_API_KEY", KEY)
-    reset_shared_state()
-    yield
-    reset_shared_state()
+    yield from servers.isolated(monkeypatch, {"FINNHUB_API_KEY": KEY})
 
 
 Make = Callable[..., tuple[FinnhubProvider, SleepRecorder]]
@@ -75,11 +69,7 @@ Make = Callable[..., tuple[FinnhubProvider, SleepRecorder]]
 
 @pytest.fixture
 def make(httpserver: HTTPServer) -> Make:
-    def _make(symbols: tuple[str, ...] = ("AAPL",), **options: object) -> tuple[FinnhubProvider, SleepRecorder]:
-        sleep = SleepRecorder()
-        setup = provider_setup("finnhub", symbols, **options)
-        return FinnhubProvider(setup, provider_settings(httpserver, "finnhub", "/api/v1"), sleep=sleep), sleep
-    return _make
+    return partial(servers.make_provider, FinnhubProvider, httpserver, prefix="/api/v1")
 
 
 def q(dataset: str, start: date, end: date) -> Query:
@@ -317,12 +307,7 @@ def test_dagster_materializes_daily_bars(httpserver: HTTPServer, database_url: s
     script(httpserver, "/api/v1/stock/candle", json_response(AAPL_DAILY))
     script(httpserver, "/api/v1/stock/split", json_response([]))
     script(httpserver, "/api/v1/stock/dividend", json_response([]))
-    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    for setup in doc["providers"].values():
-        setup["enabled"] = False
-    doc["providers"]["finnhub"] = {"enabled": True, "symbols": ["AAPL"], "http": {"rate_per_second": None}}
-    universe = tmp_path / "universe.yaml"
-    universe.write_text(yaml.safe_dump(doc))
+    universe = servers.universe_file(tmp_path, "finnhub", ["AAPL"], only=True, http={"rate_per_second": None})
     defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe))
     result = materialize_range(defs, date(2024, 6, 3), date(2024, 6, 5), providers=["finnhub"],
                                select=bars_1d_chain("finnhub"), instance=dg.DagsterInstance.ephemeral())

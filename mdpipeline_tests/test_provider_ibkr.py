@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -27,12 +26,11 @@ from mdpipeline.providers.errors import (
     MalformedPayloadError,
     ProviderUnavailableError,
 )
-from mdpipeline.providers.http import reset_shared_state
 from mdpipeline.providers.ibkr import IbkrProvider
-from mdpipeline.settings import DEFAULT_UNIVERSE, Settings
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
-from mdpipeline.universe import ProviderSetup, load_universe
+from mdpipeline.universe import load_universe
+from mdpipeline_tests import provider_servers as servers
 from mdpipeline_tests.pipeline_helpers import settings_for
 from mdpipeline_tests.provider_servers import SleepRecorder, json_response, raw_response, script, slow
 
@@ -80,18 +78,13 @@ EXPECTED_DAILY = [
 
 
 @pytest.fixture(autouse=True)
-def _isolated() -> Iterator[None]:
-    reset_shared_state("ibkr")
-    yield
-    reset_shared_state("ibkr")
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from servers.isolated(monkeypatch, provider="ibkr")
 
 
 def make(server: HTTPServer, symbols: tuple[str, ...] = ("AAPL",), http: dict | None = None,
          **options: object) -> tuple[IbkrProvider, SleepRecorder]:
-    sleep = SleepRecorder()
-    setup = ProviderSetup("ibkr", True, symbols, {"http": {**FAST, **(http or {})}, **options})
-    settings = Settings("", "", Path("."), Path("."), base_urls={"ibkr": server.url_for("/v1/api")})
-    return IbkrProvider(setup, settings, sleep=sleep), sleep
+    return servers.make_provider(IbkrProvider, server, symbols, prefix="/v1/api", fast=FAST, http=http, **options)
 
 
 def pinned(server: HTTPServer, **kw: object) -> tuple[IbkrProvider, SleepRecorder]:
@@ -330,10 +323,8 @@ def test_dagster_run_stores_ibkr_bars_and_a_rerun_stores_nothing_twice(
     script(httpserver, HISTORY, json_response(history([])), query={"bar": "1min"})
     monkeypatch.setenv("MDP_IBKR_BASE_URL", httpserver.url_for("/v1/api"))
     monkeypatch.setenv("MDP_FRAMES_DIR", str(tmp_path / "frames"))
-    universe = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    universe["providers"]["ibkr"] = {"enabled": True, "symbols": ["AAPL", "MSFT"], "http": FAST}
-    (tmp_path / "universe.yaml").write_text(yaml.safe_dump(universe))
-    defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=tmp_path / "universe.yaml"))
+    universe = servers.universe_file(tmp_path, "ibkr", ["AAPL", "MSFT"], http=FAST)
+    defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe))
 
     for _ in range(2):
         result = materialize_range(defs, date(2024, 6, 3), date(2024, 6, 5), providers=["ibkr"],
@@ -355,15 +346,10 @@ def test_dagster_run_stores_ibkr_bars_and_a_rerun_stores_nothing_twice(
 
 
 def test_registry_builds_the_provider_from_the_universe_file(tmp_path: Path) -> None:
-    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    doc["providers"]["ibkr"] = {"enabled": True, "symbols": ["AAPL"]}
-    (tmp_path / "on.yaml").write_text(yaml.safe_dump(doc))
-    doc["providers"]["ibkr"]["enabled"] = False
-    (tmp_path / "off.yaml").write_text(yaml.safe_dump(doc))
-    settings = Settings("", "", tmp_path / "on.yaml", tmp_path, base_urls={"ibkr": "http://127.0.0.1:9/x"})
+    on, off, settings = servers.registry_files(tmp_path, "ibkr")
 
-    provider = build_provider("ibkr", load_universe(tmp_path / "on.yaml"), settings)
+    provider = build_provider("ibkr", load_universe(on), settings)
     assert provider.name == "ibkr"
     assert provider.base_url == "http://127.0.0.1:9/x"  # type: ignore[attr-defined]
     with pytest.raises(ProviderError, match="disabled in the universe file"):
-        build_provider("ibkr", load_universe(tmp_path / "off.yaml"), settings)
+        build_provider("ibkr", load_universe(off), settings)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 from pytest_httpserver import HTTPServer
 
 from mdpipeline.orchestration.definitions import build_definitions
@@ -24,12 +24,12 @@ from mdpipeline.providers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from mdpipeline.providers.http import reset_shared_state
 from mdpipeline.providers.iexcloud import IexCloudProvider
 from mdpipeline.settings import DEFAULT_FILES_DIR, DEFAULT_UNIVERSE, Settings
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
 from mdpipeline.universe import load_universe
+from mdpipeline_tests import provider_servers as servers
 from mdpipeline_tests.pipeline_helpers import settings_for
 from mdpipeline_tests.provider_servers import (
     SleepRecorder,
@@ -68,10 +68,7 @@ MINUTES = [
 
 @pytest.fixture(autouse=True)
 def _env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("IEX_CLOUD_TOKEN", TOKEN)
-    reset_shared_state()
-    yield
-    reset_shared_state()
+    yield from servers.isolated(monkeypatch, {"IEX_CLOUD_TOKEN": TOKEN})
 
 
 Make = Callable[..., tuple[IexCloudProvider, SleepRecorder]]
@@ -79,11 +76,7 @@ Make = Callable[..., tuple[IexCloudProvider, SleepRecorder]]
 
 @pytest.fixture
 def make(httpserver: HTTPServer) -> Make:
-    def _make(symbols: tuple[str, ...] = ("AAPL",), **options: object) -> tuple[IexCloudProvider, SleepRecorder]:
-        sleep = SleepRecorder()
-        setup = provider_setup("iexcloud", symbols, **options)
-        return IexCloudProvider(setup, provider_settings(httpserver, "iexcloud", PREFIX), sleep=sleep), sleep
-    return _make
+    return partial(servers.make_provider, IexCloudProvider, httpserver, prefix=PREFIX)
 
 
 def q(dataset: str, start: date, end: date) -> Query:
@@ -268,13 +261,8 @@ def test_missing_token_names_the_variable(make: Make, monkeypatch: pytest.Monkey
 
 
 def _universe(tmp_path: Path, enabled: bool) -> Path:
-    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    for setup in doc["providers"].values():
-        setup["enabled"] = False
-    doc["providers"]["iexcloud"] = {"enabled": enabled, "symbols": ["AAPL"], "http": {"rate_per_second": None}}
-    path = tmp_path / "universe.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    fast = {"rate_per_second": None}
+    return servers.universe_file(tmp_path, "iexcloud", ["AAPL"], only=True, enabled=enabled, http=fast)
 
 
 def test_switched_off_in_the_universe_file(tmp_path: Path, httpserver: HTTPServer) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-import yaml
 from pytest_httpserver import HTTPServer
 
 from mdpipeline.orchestration.definitions import build_definitions
@@ -26,15 +25,14 @@ from mdpipeline.providers.errors import (
     ProviderUnavailableError,
     RateLimitError,
 )
-from mdpipeline.providers.http import reset_shared_state
 from mdpipeline.providers.polygon import PolygonProvider
 from mdpipeline.providers.reconcile import prefer_latest_payload
 from mdpipeline.quality.quarantine import split_valid
 from mdpipeline.quality.schemas import StandardBars1d
-from mdpipeline.settings import DEFAULT_UNIVERSE, Settings
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
-from mdpipeline.universe import ProviderSetup, load_universe
+from mdpipeline.universe import load_universe
+from mdpipeline_tests import provider_servers as servers
 from mdpipeline_tests.pipeline_helpers import settings_for
 from mdpipeline_tests.provider_servers import SleepRecorder, json_response, raw_response, script, slow
 
@@ -66,18 +64,12 @@ def aggs(results: list[dict], next_url: str | None = None, ticker: str = "AAPL")
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("POLYGON_API_KEY", API_KEY)
-    reset_shared_state("polygon")
-    yield
-    reset_shared_state("polygon")
+    yield from servers.isolated(monkeypatch, {"POLYGON_API_KEY": API_KEY}, "polygon")
 
 
 def make(server: HTTPServer, symbols: tuple[str, ...] = ("AAPL",), http: dict | None = None,
          **options: object) -> tuple[PolygonProvider, SleepRecorder]:
-    sleep = SleepRecorder()
-    setup = ProviderSetup("polygon", True, symbols, {"http": {**FAST, **(http or {})}, **options})
-    settings = Settings("", "", Path("."), Path("."), base_urls={"polygon": server.url_for("/")})
-    return PolygonProvider(setup, settings, sleep=sleep), sleep
+    return servers.make_provider(PolygonProvider, server, symbols, fast=FAST, http=http, **options)
 
 
 def query(dataset: str = "bars_1d", start: date = date(2024, 6, 3), end: date = date(2024, 6, 5)) -> Query:
@@ -351,10 +343,8 @@ def test_dagster_run_stores_polygon_bars_and_a_rerun_stores_nothing_twice(
         script(httpserver, path, json_response({"results": [], "status": "OK", "request_id": "r"}))
     monkeypatch.setenv("MDP_POLYGON_BASE_URL", httpserver.url_for("/"))
     monkeypatch.setenv("MDP_FRAMES_DIR", str(tmp_path / "frames"))
-    universe = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    universe["providers"]["polygon"] = {"enabled": True, "symbols": ["AAPL", "MSFT"], "http": FAST}
-    (tmp_path / "universe.yaml").write_text(yaml.safe_dump(universe))
-    defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=tmp_path / "universe.yaml"))
+    universe = servers.universe_file(tmp_path, "polygon", ["AAPL", "MSFT"], http=FAST)
+    defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe))
 
     for _ in range(2):
         result = materialize_range(defs, date(2024, 6, 3), date(2024, 6, 5), providers=["polygon"],
@@ -375,15 +365,10 @@ def test_dagster_run_stores_polygon_bars_and_a_rerun_stores_nothing_twice(
 
 
 def test_registry_builds_the_provider_from_the_universe_file(tmp_path: Path) -> None:
-    doc = yaml.safe_load(DEFAULT_UNIVERSE.read_text())
-    doc["providers"]["polygon"] = {"enabled": True, "symbols": ["AAPL"]}
-    (tmp_path / "on.yaml").write_text(yaml.safe_dump(doc))
-    doc["providers"]["polygon"]["enabled"] = False
-    (tmp_path / "off.yaml").write_text(yaml.safe_dump(doc))
-    settings = Settings("", "", tmp_path / "on.yaml", tmp_path, base_urls={"polygon": "http://127.0.0.1:9/x"})
+    on, off, settings = servers.registry_files(tmp_path, "polygon")
 
-    provider = build_provider("polygon", load_universe(tmp_path / "on.yaml"), settings)
+    provider = build_provider("polygon", load_universe(on), settings)
     assert provider.name == "polygon"
     assert provider.base_url == "http://127.0.0.1:9/x"  # type: ignore[attr-defined]
     with pytest.raises(ProviderError, match="disabled in the universe file"):
-        build_provider("polygon", load_universe(tmp_path / "off.yaml"), settings)
+        build_provider("polygon", load_universe(off), settings)

@@ -21,7 +21,6 @@ from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.quality_checks import BAR_CHECKS, quality_checks
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.providers.synthetic import SyntheticProvider
-from mdpipeline.settings import DEFAULT_UNIVERSE
 from mdpipeline.storage.database import connect
 from mdpipeline.universe import load_universe
 from mdpipeline_tests.pipeline_helpers import settings_for, universe_with
@@ -46,7 +45,8 @@ def _frames_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _with_checks(defs: dg.Definitions, universe: Path, **kw: object) -> dg.Definitions:
-    """The project's definitions plus the quality checks of every enabled provider.
+    """The project's definitions with its quality checks rebuilt with other options (e.g. a
+    thresholds file); `build_definitions` already wires them with the defaults.
 
     The checks go in `assets` (AssetChecksDefinition is an AssetsDefinition), which is what
     `materialize_range` hands to Dagster.
@@ -54,8 +54,12 @@ def _with_checks(defs: dg.Definitions, universe: Path, **kw: object) -> dg.Defin
     setup = load_universe(universe)
     partitions = trading_day_partitions(setup.exchange_calendar)
     enabled = [name for name, p in setup.providers.items() if p.enabled]
-    checks = [c for p in enabled for c in quality_checks(p, partitions, other_providers=enabled, **kw)]  # type: ignore[arg-type]
-    return dg.Definitions.merge(defs, dg.Definitions(assets=checks))
+    graph = defs.resolve_asset_graph()
+    actions = [k for k in graph.get_all_asset_keys() if k.path[0] == "ref" and k.path[-1] == "corporate_actions"]
+    checks = [c for p in enabled
+              for c in quality_checks(p, partitions, other_providers=enabled, after=actions, **kw)]  # type: ignore[arg-type]
+    own = [a for a in defs.assets or [] if not isinstance(a, dg.AssetChecksDefinition)]
+    return dg.Definitions(assets=[*own, *checks], resources=defs.resources)
 
 
 DAILY_BARS = 'key:"*/bars_1d" or key:"ref/instruments"'  # the daily-bar chain only (no 1m, no actions)
@@ -86,7 +90,7 @@ def _insert_split(conn: psycopg.Connection) -> None:
 def test_each_anomaly_kind_is_detected_and_reported(database_url: str, kafka_bootstrap: str,
                                                     tmp_path: Path) -> None:
     universe = universe_with(tmp_path, anomalies=ANOMALIES)
-    defs = _with_checks(build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe)), universe)
+    defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe))
     history = _run(defs, *HISTORY, providers=["synthetic"])
     assert history.success
     clean = _evaluations(history)
@@ -152,7 +156,7 @@ def test_each_anomaly_kind_is_detected_and_reported(database_url: str, kafka_boo
 
 def test_unexplained_split_is_flagged(database_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     universe = universe_with(tmp_path)
-    defs = _with_checks(build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe)), universe)
+    defs = build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe))
     assert _run(defs, date(2024, 4, 1), date(2024, 5, 31), providers=["synthetic"]).success
     result = _run(defs, START, END, providers=["synthetic"])  # nothing in ref.corporate_actions
     checks = _evaluations(result)
@@ -223,7 +227,6 @@ def test_demo_range_raises_no_false_alarms(database_url: str, kafka_bootstrap: s
     graph = defs.resolve_asset_graph()
     actions = [k for k in graph.get_all_asset_keys() if k.path[0] == "ref" and k.path[-1] == "corporate_actions"]
     assert actions, "the corporate-actions step stores actions in ref.corporate_actions"
-    defs = _with_checks(defs, DEFAULT_UNIVERSE, after=actions)
     result = materialize_range(defs, date(2024, 6, 3), date(2024, 6, 21), instance=dg.DagsterInstance.ephemeral(),
                                select='key:"*/bars_1d" or key:"*/corporate_actions" or key:"ref/instruments"')
     assert result.success

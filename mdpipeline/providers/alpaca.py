@@ -23,24 +23,20 @@ maps a symbol to the company holding it *today* (parameter `asof`); set the `aso
 
 from __future__ import annotations
 
-import io
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import polars as pl
 import requests
 
-from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import MalformedPayloadError, RateLimitError
 from mdpipeline.providers.files import cast_to_standard, parse_utc_timestamp
-from mdpipeline.providers.http import REDACTED, HttpClient, HttpPolicy, HttpResult, breaker_state, json_body
-from mdpipeline.sessions import calendar, session_bounds, session_dates
-from mdpipeline.settings import Settings
-from mdpipeline.universe import ProviderSetup
+from mdpipeline.providers.http import HttpResult, json_body
+from mdpipeline.providers.rest import RestProvider, credential, payload_from, read_json, regular_hours
+from mdpipeline.sessions import calendar
 
 DEFAULT_BASE_URL = "https://data.alpaca.markets"
 KEY_ENV, SECRET_ENV = "ALPACA_API_KEY_ID", "ALPACA_API_SECRET_KEY"
@@ -72,22 +68,16 @@ _ACTIONS_SCHEMA = {"corporate_actions": pl.Struct({
 })}
 
 
-class AlpacaProvider:
+class AlpacaProvider(RestProvider):
     """Alpaca market data v2 (stocks): bars_1d, bars_1m and corporate_actions."""
 
     name = "alpaca"
-    datasets: tuple[str, ...] = DATASETS
+    default_base_url = DEFAULT_BASE_URL
+    default_policy = DEFAULT_POLICY
+    options = OPTIONS
 
-    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        """`sleep` waits between attempts (injectable so tests can record Retry-After waits)."""
-        opts = setup.options
-        unknown = sorted(set(opts) - OPTIONS)
-        if unknown:
-            raise ProviderError(f"alpaca: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(OPTIONS))})")
-        self.setup = setup
-        self.calendar_name = calendar_name
-        self.base_url = settings.base_urls.get(self.name) or DEFAULT_BASE_URL
+    def configure(self, opts: Mapping[str, Any]) -> None:
+        """Options: see the module docstring."""
         self.feed = str(opts.get("feed", "sip"))
         self.asof = None if opts.get("asof") is None else str(opts["asof"])
         self.extended_hours = bool(opts.get("extended_hours", False))
@@ -95,17 +85,19 @@ class AlpacaProvider:
         self.max_pages = max(1, int(opts.get("max_pages", 10_000)))
         self.lag_days = max(0, int(opts.get("corporate_actions_lag_days", 90)))
         self.actions_path = str(opts.get("corporate_actions_path", ACTIONS_PATH))
-        self.policy = HttpPolicy.from_options(opts, **DEFAULT_POLICY)
-        self._sleep = sleep
-        self._client: HttpClient | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """The key id and secret as headers (read now, when first fetching)."""
+        key_id = credential(self.name, KEY_ENV, "API key id")
+        secret = credential(self.name, SECRET_ENV, "API secret key")
+        return {"secrets": (key_id, secret), "classify": _classify,
+                "default_headers": {"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret}}
 
     # -- extract ------------------------------------------------------------------------------------
 
     def extract(self, query: Query) -> list[RawPayload]:
         """Every page of every request for the query's sessions, one payload per page, bytes as sent."""
-        _check_dataset(query.dataset)
-        sessions = session_dates(query.start, query.end, self.calendar_name)
-        symbols = list(query.symbols or self.setup.symbols)
+        sessions, symbols = self.sessions_and_symbols(query)
         if not sessions or not symbols:
             return []
         first, last = sessions[0], sessions[-1]
@@ -136,7 +128,7 @@ class AlpacaProvider:
     def _pages(self, path: str, params: dict[str, Any], dataset: str, key: str, first: date,
                last: date) -> list[RawPayload]:
         """Follow `next_page_token` to the end; a token seen before is a pagination loop."""
-        client = self._http()
+        client = self.http
         payloads: list[RawPayload] = []
         seen: set[str] = set()
         token: str | None = None
@@ -153,26 +145,11 @@ class AlpacaProvider:
             seen.add(token)
         raise ProviderError(f"alpaca: {path} ({key}) has more than {self.max_pages} pages (option max_pages)")
 
-    def fetch_stats(self) -> dict[str, object]:
-        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
-        stats = self._client.stats.as_dict() if self._client else {}
-        return {**stats, "breaker_state": breaker_state(self.name)}
-
-    def _http(self) -> HttpClient:
-        """The HTTP client, built on first use so that replaying stored payloads needs no credentials."""
-        if self._client is None:
-            key_id, secret = _credential(KEY_ENV), _credential(SECRET_ENV)
-            self._client = HttpClient(
-                self.name, self.base_url, self.policy, secrets=(key_id, secret),
-                default_headers={"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret},
-                classify=_classify, sleep=self._sleep)
-        return self._client
-
     # -- transform ----------------------------------------------------------------------------------
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse stored pages (every value read as text, then cast leniently) into the standard frame."""
-        _check_dataset(dataset)
+        self.check_dataset(dataset)
         frames = [empty_standard_frame(dataset)]
         for payload in payloads:
             if dataset == "corporate_actions":
@@ -186,7 +163,7 @@ class AlpacaProvider:
         if not symbols:
             raise MalformedPayloadError(f"alpaca: payload {payload.request_key} has no symbols in its params")
         schema = {"bars": pl.Struct({s: pl.List(_as_text(_BAR_FIELDS)) for s in symbols})}
-        doc = _read_json(payload, schema)
+        doc = read_json("alpaca", payload, schema)
         rows = (doc.unnest("bars").unpivot(index=[], variable_name="symbol", value_name="bar")
                 .explode("bar").filter(pl.col("bar").is_not_null()).unnest("bar").rename(_BAR_RENAMES))
         ts = parse_utc_timestamp(pl.col("t"))
@@ -201,25 +178,9 @@ class AlpacaProvider:
         return frame
 
 
-def regular_hours(frame: pl.DataFrame, calendar_name: str) -> pl.DataFrame:
-    """Minute bars that start inside a regular session (half days included); rows without ts are kept."""
-    if frame.is_empty():
-        return frame
-    tz = str(calendar(calendar_name).tz)
-    local_day = pl.col("ts").dt.convert_time_zone(tz).dt.date()
-    days = frame.select(local_day.min().alias("lo"), local_day.max().alias("hi")).row(0)
-    if days[0] is None:
-        return frame
-    bounds = session_bounds(days[0], days[1], calendar_name).rename(
-        {"session_date": "__day", "open": "__open", "close": "__close"})
-    joined = frame.with_columns(local_day.alias("__day")).join(bounds, on="__day", how="left", maintain_order="left")
-    inside = pl.col("ts").is_null() | ((pl.col("ts") >= pl.col("__open")) & (pl.col("ts") < pl.col("__close")))
-    return joined.filter(inside.fill_null(False)).select(frame.columns)
-
-
 def _actions_frame(payload: RawPayload) -> pl.DataFrame:
     """Forward and reverse splits (ratio = new_rate / old_rate) and cash dividends (amount = rate, USD)."""
-    doc = _read_json(payload, _ACTIONS_SCHEMA).unnest("corporate_actions")
+    doc = read_json("alpaca", payload, _ACTIONS_SCHEMA).unnest("corporate_actions")
 
     def rows(column: str) -> pl.DataFrame:
         return doc.select(pl.col(column).explode()).filter(pl.col(column).is_not_null()).unnest(column)
@@ -238,18 +199,6 @@ def _actions_frame(payload: RawPayload) -> pl.DataFrame:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ProviderError(f"alpaca provider has no dataset {dataset!r} (known: {', '.join(DATASETS)})")
-
-
-def _credential(variable: str) -> str:
-    value = os.environ.get(variable, "").strip()
-    if not value:
-        raise ProviderError(f"alpaca: set {variable} (and {KEY_ENV}/{SECRET_ENV}) to fetch from Alpaca")
-    return value
-
-
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -266,30 +215,6 @@ def _next_token(result: HttpResult, list_key: str) -> str | None:
     return token or None
 
 
-def payload_from(provider: str, dataset: str, result: HttpResult, request_key: str, first: date,
-             last: date) -> RawPayload:
-    """One response as a raw payload: body untouched, query params as sent with secrets removed."""
-    return RawPayload(
-        provider=provider, dataset=dataset, session_date=first, session_end=last, request_key=request_key,
-        endpoint=result.endpoint, params=query_params(result), body=result.body,
-        content_type=result.content_type or "application/json", status=result.status,
-        fetched_at=result.fetched_at)
-
-
-def query_params(result: HttpResult) -> dict[str, Any]:
-    """The query parameters actually sent (from the redacted URL); redacted values are dropped."""
-    sent = dict(parse_qsl(urlsplit(result.url).query, keep_blank_values=True))
-    return {k: v for k, v in sent.items() if REDACTED not in v}
-
-
-def _read_json(payload: RawPayload, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    try:
-        return pl.read_json(io.BytesIO(payload.body), schema=dict(schema))
-    except (pl.exceptions.PolarsError, ValueError) as exc:
-        raise MalformedPayloadError(
-            f"alpaca: payload {payload.request_key} is not the documented JSON: {str(exc)[:200]}") from None
-
-
 def _classify(resp: requests.Response) -> None:
     """429 without Retry-After: wait until `X-RateLimit-Reset` (epoch seconds)."""
     if resp.status_code != 429 or resp.headers.get("Retry-After"):
@@ -303,4 +228,4 @@ def _classify(resp: requests.Response) -> None:
         retry_after = None
     raise RateLimitError(f"HTTP 429: {message or 'too many requests'}", retry_after=retry_after)
 
-__all__ = ["AlpacaProvider", "payload_from", "query_params", "regular_hours"]
+__all__ = ["AlpacaProvider"]

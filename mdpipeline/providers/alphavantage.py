@@ -23,22 +23,20 @@ Free tier: 25 requests per day and 5 per minute, the default HttpPolicy (`http:`
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import polars as pl
 import requests
 
-from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import BadRequestError, EntitlementError, MalformedPayloadError, RateLimitError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpClient, HttpPolicy, HttpResult, breaker_state, json_body, parse_json
+from mdpipeline.providers.http import HttpResult, json_body, parse_json
+from mdpipeline.providers.rest import RestProvider, credential, sessions_by
+from mdpipeline.providers.rest import text_column as _col
 from mdpipeline.sessions import session_dates
-from mdpipeline.settings import Settings
-from mdpipeline.universe import ProviderSetup
 
 NAME = "alphavantage"
 DEFAULT_BASE_URL = "https://www.alphavantage.co"
@@ -76,63 +74,45 @@ def classify(resp: requests.Response) -> None:
     raise RateLimitError(message)
 
 
-class AlphaVantageProvider:
+class AlphaVantageProvider(RestProvider):
     """Alpha Vantage market data (see the module docstring)."""
 
     name = NAME
-    datasets: tuple[str, ...] = DATASETS
+    default_base_url = DEFAULT_BASE_URL
+    default_policy = DEFAULT_POLICY
 
-    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.setup = setup
-        self.calendar_name = calendar_name
-        self.base_url = settings.base_urls.get(NAME) or DEFAULT_BASE_URL
-        self.policy = HttpPolicy.from_options(setup.options, **DEFAULT_POLICY)
-        self.daily_function = str(setup.options.get("daily_function", "TIME_SERIES_DAILY"))
+    def configure(self, opts: Mapping[str, Any]) -> None:
+        """Options: see the module docstring."""
+        self.daily_function = str(opts.get("daily_function", "TIME_SERIES_DAILY"))
         if self.daily_function not in _DAILY_FUNCTIONS:
             raise ProviderError(f"{NAME}: daily_function must be one of {_DAILY_FUNCTIONS}")
-        self.outputsize = str(setup.options.get("outputsize", "auto"))
+        self.outputsize = str(opts.get("outputsize", "auto"))
         if self.outputsize not in ("auto", "compact", "full"):
             raise ProviderError(f"{NAME}: outputsize must be auto, compact or full")
-        self.currency = setup.options.get("currency")  # dividends carry none; e.g. USD
-        self._sleep = sleep
-        self._client: HttpClient | None = None
+        self.currency = opts.get("currency")  # dividends carry none; e.g. USD
 
-    @property
-    def http(self) -> HttpClient:
-        """The HTTP client, made on first use (the API key is needed only to fetch)."""
-        if self._client is None:
-            key = os.environ.get(KEY_ENV, "").strip()
-            if not key:
-                raise ProviderError(f"{NAME}: no API key: set {KEY_ENV}")
-            self._client = HttpClient(NAME, self.base_url, self.policy, secrets=[key],
-                                      default_params={"apikey": key, "datatype": "json"},
-                                      classify=classify, sleep=self._sleep)
-        return self._client
-
-    def fetch_stats(self) -> dict[str, object]:
-        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
-        stats = self._client.stats.as_dict() if self._client else {}
-        return {**stats, "breaker_state": breaker_state(NAME)}
+    def client_options(self) -> dict[str, Any]:
+        """The API key as the `apikey` parameter (read now, when first fetching)."""
+        key = credential(NAME, KEY_ENV)
+        return {"secrets": [key], "default_params": {"apikey": key, "datatype": "json"}, "classify": classify}
 
     # -- extract ---------------------------------------------------------------------------------
 
     def extract(self, query: Query) -> list[RawPayload]:
         """One payload per response: per symbol (daily, splits, dividends) or per symbol and month (1m)."""
-        _check_dataset(query.dataset)
-        sessions = session_dates(query.start, query.end, self.calendar_name)
-        if not sessions:
+        sessions, symbols = self.sessions_and_symbols(query)
+        if not sessions or not symbols:
             return []
-        symbols = tuple(query.symbols or self.setup.symbols)
         if query.dataset == "bars_1d":
             size = self._outputsize(sessions[0])
             return [self._fetch(query.dataset, {"function": self.daily_function, "symbol": s, "outputsize": size},
                                 "Time Series (Daily)", sessions[0], sessions[-1]) for s in symbols]
         if query.dataset == "bars_1m":
+            months = sessions_by(sessions, "%Y-%m")
             return [self._fetch(query.dataset, {
                 "function": "TIME_SERIES_INTRADAY", "symbol": s, "interval": "1min", "month": month,
                 "outputsize": "full", "adjusted": "false", "extended_hours": "false",
-            }, "Time Series (1min)", days[0], days[-1]) for s in symbols for month, days in _by_month(sessions)]
+            }, "Time Series (1min)", days[0], days[-1]) for s in symbols for month, days in months]
         return [self._fetch(query.dataset, {"function": function, "symbol": s}, "data", sessions[0], sessions[-1])
                 for s in symbols for function in ("SPLITS", "DIVIDENDS")]
 
@@ -155,7 +135,7 @@ class AlphaVantageProvider:
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse stored bodies into the standard frame of `dataset` (values that do not parse -> null)."""
-        _check_dataset(dataset)
+        self.check_dataset(dataset)
         parse = {"bars_1d": _daily_frame, "bars_1m": _minute_frame, "corporate_actions": self._actions_frame}[dataset]
         frames = [empty_standard_frame(dataset), *(parse(p) for p in payloads)]
         return pl.concat(frames, how="vertical")
@@ -208,11 +188,6 @@ def _minute_frame(payload: RawPayload) -> pl.DataFrame:
     return cast_to_standard(frame, "bars_1m", payload.payload_id).with_columns(ts=ts)
 
 
-def _col(frame: pl.DataFrame, name: str) -> pl.Expr:
-    """Column `name` as text, or nulls when the payload lacks it."""
-    return pl.col(name).cast(pl.String) if name in frame.columns else pl.lit(None, pl.String)
-
-
 def _doc(payload: RawPayload) -> dict[str, Any]:
     """The JSON object of a stored payload (a payload that is not one is a malformed payload)."""
     doc = parse_json(payload.body, f"{NAME}: payload {payload.request_key}")
@@ -228,16 +203,3 @@ def _check_shape(result: HttpResult, data_key: str) -> None:
         return
     keys = ", ".join(sorted(doc)) if isinstance(doc, dict) else type(doc).__name__
     raise MalformedPayloadError(f"{NAME}: GET {result.url}: no {data_key!r} in the response (got: {keys or 'empty'})")
-
-
-def _by_month(sessions: Sequence[date]) -> list[tuple[str, list[date]]]:
-    """Sessions grouped by calendar month (YYYY-MM), in order."""
-    months: dict[str, list[date]] = {}
-    for day in sessions:
-        months.setdefault(day.strftime("%Y-%m"), []).append(day)
-    return list(months.items())
-
-
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ProviderError(f"{NAME}: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")

@@ -23,10 +23,8 @@ Retry-After or else until `X-Ratelimit-Reset`. Free tier: 60 calls per minute (t
 
 from __future__ import annotations
 
-import logging
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from typing import Any
@@ -34,15 +32,11 @@ from typing import Any
 import polars as pl
 import requests
 
-from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import BadRequestError, EntitlementError, MalformedPayloadError, RateLimitError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpClient, HttpPolicy, HttpResult, breaker_state, json_body, parse_json
-from mdpipeline.sessions import calendar, session_bounds, session_dates
-from mdpipeline.settings import Settings
-from mdpipeline.universe import ProviderSetup
-
-log = logging.getLogger("mdpipeline.providers")
+from mdpipeline.providers.http import HttpResult, json_body, parse_json
+from mdpipeline.providers.rest import RestProvider, credential, regular_hours, sessions_by
 
 NAME = "finnhub"
 DEFAULT_BASE_URL = "https://finnhub.io/api/v1"
@@ -66,53 +60,35 @@ def classify(resp: requests.Response) -> None:
         raise (EntitlementError if "access" in message.lower() else BadRequestError)(message)
 
 
-class FinnhubProvider:
+class FinnhubProvider(RestProvider):
     """Finnhub market data (see the module docstring)."""
 
     name = NAME
-    datasets: tuple[str, ...] = DATASETS
+    default_base_url = DEFAULT_BASE_URL
+    default_policy = DEFAULT_POLICY
 
-    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.setup = setup
-        self.calendar_name = calendar_name
-        self.base_url = settings.base_urls.get(NAME) or DEFAULT_BASE_URL
-        self.policy = HttpPolicy.from_options(setup.options, **DEFAULT_POLICY)
-        self.token_in = str(setup.options.get("token_in", "header"))
+    def configure(self, opts: Mapping[str, Any]) -> None:
+        """Options: see the module docstring."""
+        self.token_in = str(opts.get("token_in", "header"))
         if self.token_in not in ("header", "param"):
             raise ProviderError(f"{NAME}: token_in must be header or param")
-        self.unadjust_splits = bool(setup.options.get("unadjust_splits", True))
-        self.extended_hours = bool(setup.options.get("extended_hours", False))
-        self._sleep = sleep
-        self._client: HttpClient | None = None
+        self.unadjust_splits = bool(opts.get("unadjust_splits", True))
+        self.extended_hours = bool(opts.get("extended_hours", False))
 
-    @property
-    def http(self) -> HttpClient:
-        """The HTTP client, made on first use (the token is needed only to fetch)."""
-        if self._client is None:
-            token = os.environ.get(KEY_ENV, "").strip()
-            if not token:
-                raise ProviderError(f"{NAME}: no API key: set {KEY_ENV}")
-            auth = {"default_headers": {"X-Finnhub-Token": token}} if self.token_in == "header" else {
-                "default_params": {"token": token}}
-            self._client = HttpClient(NAME, self.base_url, self.policy, secrets=[token], classify=classify,
-                                      sleep=self._sleep, **auth)  # type: ignore[arg-type]
-        return self._client
-
-    def fetch_stats(self) -> dict[str, object]:
-        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
-        stats = self._client.stats.as_dict() if self._client else {}
-        return {**stats, "breaker_state": breaker_state(NAME)}
+    def client_options(self) -> dict[str, Any]:
+        """The token in the `X-Finnhub-Token` header, or as `token=` (read now, when first fetching)."""
+        token = credential(NAME, KEY_ENV)
+        auth = {"default_headers": {"X-Finnhub-Token": token}} if self.token_in == "header" else {
+            "default_params": {"token": token}}
+        return {"secrets": [token], "classify": classify, **auth}
 
     # -- extract ---------------------------------------------------------------------------------
 
     def extract(self, query: Query) -> list[RawPayload]:
         """One payload per response (see the module docstring for the requests per dataset)."""
-        _check_dataset(query.dataset)
-        sessions = session_dates(query.start, query.end, self.calendar_name)
-        if not sessions:
+        sessions, symbols = self.sessions_and_symbols(query)
+        if not sessions or not symbols:
             return []
-        symbols = tuple(query.symbols or self.setup.symbols)
         out: list[RawPayload] = []
         for symbol in symbols:
             if query.dataset == "corporate_actions":
@@ -121,7 +97,7 @@ class FinnhubProvider:
                 continue
             resolution, fmt = ("D", "%Y") if query.dataset == "bars_1d" else ("1", "%Y-%m")
             out += [self._candles(query.dataset, symbol, resolution, chunk, days)
-                    for chunk, days in _chunks(sessions, fmt)]
+                    for chunk, days in sessions_by(sessions, fmt)]
             if query.dataset == "bars_1d" and self.unadjust_splits:
                 today = datetime.now(UTC).date()
                 out.append(self._list(query.dataset, "split", symbol, sessions[0], max(today, sessions[-1]),
@@ -147,7 +123,7 @@ class FinnhubProvider:
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse stored bodies into the standard frame of `dataset` (values that do not parse -> null)."""
-        _check_dataset(dataset)
+        self.check_dataset(dataset)
         if dataset == "corporate_actions":
             return pl.concat([empty_standard_frame(dataset), *(_actions_frame(p) for p in payloads)], how="vertical")
         candles = [p for p in payloads if p.request_key.startswith("candle:")]
@@ -223,22 +199,6 @@ def unadjust_splits(bars: pl.DataFrame, splits: pl.DataFrame, asof: dict[int | N
                             volume=pl.col("volume") / f).select(bars.columns)
 
 
-def regular_hours(frame: pl.DataFrame, calendar_name: str) -> pl.DataFrame:
-    """Minute bars starting inside a regular session (half days too); rows without ts are kept for validation."""
-    if frame.is_empty() or frame["ts"].is_null().all():
-        return frame
-    local_day = pl.col("ts").dt.convert_time_zone(str(calendar(calendar_name).tz)).dt.date()
-    lo, hi = frame.select(local_day.min().alias("lo"), local_day.max().alias("hi")).row(0)
-    bounds = session_bounds(lo, hi, calendar_name).rename({"session_date": "__day", "open": "__o", "close": "__c"})
-    joined = frame.with_columns(__day=local_day).join(bounds, on="__day", how="left", maintain_order="left")
-    inside = pl.col("ts").is_null() | ((pl.col("ts") >= pl.col("__o")) & (pl.col("ts") < pl.col("__c"))).fill_null(
-        False)
-    kept = joined.filter(inside).select(frame.columns)
-    if kept.height < frame.height:
-        log.debug("%s: dropped %d minute bars outside regular sessions", NAME, frame.height - kept.height)
-    return kept
-
-
 def _check_candles(result: HttpResult) -> None:
     """`s` is ok or no_data, and an ok answer has equally long arrays."""
     doc = result.json()
@@ -258,16 +218,3 @@ def _doc(payload: RawPayload) -> Any:
 
 def _unix(day: date, at: dtime) -> int:
     return int(datetime.combine(day, at, UTC).timestamp())
-
-
-def _chunks(sessions: Sequence[date], fmt: str) -> list[tuple[str, list[date]]]:
-    """Sessions grouped by `day.strftime(fmt)` (year or month), in order."""
-    groups: dict[str, list[date]] = {}
-    for day in sessions:
-        groups.setdefault(day.strftime(fmt), []).append(day)
-    return list(groups.items())
-
-
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ProviderError(f"{NAME}: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")

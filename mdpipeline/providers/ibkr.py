@@ -25,9 +25,7 @@ self-signed: set the `verify_tls` option to its certificate file (or false for a
 
 from __future__ import annotations
 
-import io
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import date
@@ -36,14 +34,12 @@ from typing import Any
 import polars as pl
 import requests
 
-from mdpipeline.providers.alpaca import payload_from
 from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import BadRequestError, EntitlementError, MalformedPayloadError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpClient, HttpPolicy, HttpResult, breaker_state, json_body
-from mdpipeline.sessions import calendar, session_bounds, session_dates
-from mdpipeline.settings import Settings
-from mdpipeline.universe import ProviderSetup
+from mdpipeline.providers.http import HttpResult, json_body
+from mdpipeline.providers.rest import RestProvider, payload_from, read_json
+from mdpipeline.sessions import calendar, session_bounds
 
 DEFAULT_BASE_URL = "https://localhost:5000/v1/api"
 SEARCH_PATH = "/iserver/secdef/search"
@@ -67,43 +63,36 @@ class _Request:
     params: dict[str, str]
 
 
-class IbkrProvider:
+class IbkrProvider(RestProvider):
     """Interactive Brokers (Client Portal Web API gateway): bars_1d and bars_1m."""
 
     name = "ibkr"
     datasets: tuple[str, ...] = ("bars_1d", "bars_1m")
+    default_base_url = DEFAULT_BASE_URL
+    default_policy = DEFAULT_POLICY
+    options = OPTIONS
 
-    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        """`sleep` waits between attempts (injectable so tests can record Retry-After waits)."""
-        opts = setup.options
-        unknown = sorted(set(opts) - OPTIONS)
-        if unknown:
-            known = ", ".join(sorted(OPTIONS))
-            raise ProviderError(f"ibkr: unknown option(s) {', '.join(unknown)} (known: {known})")
-        self.setup = setup
-        self.calendar_name = calendar_name
-        self.base_url = settings.base_urls.get(self.name) or DEFAULT_BASE_URL
+    def configure(self, opts: Mapping[str, Any]) -> None:
+        """Options: see the module docstring."""
         self.exchanges = tuple(str(e).upper() for e in opts.get("exchanges", US_EXCHANGES))
         self.volume_multiplier = float(opts.get("volume_multiplier", 100))
         self.max_period_days = min(1000, max(1, int(opts.get("max_period_days", 1000))))
         self.verify_tls: bool | str = opts.get("verify_tls", True)
-        self.policy = HttpPolicy.from_options(opts, **DEFAULT_POLICY)
         self._conids: dict[str, str] = {str(k): str(v) for k, v in (opts.get("conids") or {}).items()}
-        self._sleep = sleep
-        self._client: HttpClient | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """No credential (the gateway holds the session); TLS verification as the `verify_tls` option says."""
+        return {"classify": _classify, "verify": self.verify_tls}
 
     # -- extract ------------------------------------------------------------------------------------
 
     def extract(self, query: Query) -> list[RawPayload]:
         """One payload per (symbol, chunk of sessions), fetched on up to `max_concurrent` threads."""
-        self._check_dataset(query.dataset)
-        sessions = session_dates(query.start, query.end, self.calendar_name)
-        symbols = list(query.symbols or self.setup.symbols)
+        sessions, symbols = self.sessions_and_symbols(query)
         if not sessions or not symbols:
             return []
         todo = [r for symbol in symbols for r in self._requests(query.dataset, symbol, self.conid(symbol), sessions)]
-        client = self._http()
+        client = self.http
         workers = max(1, min(self.policy.max_concurrent or 1, len(todo)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ibkr") as pool:
             futures = [pool.submit(client.get_json, HISTORY_PATH, r.params) for r in todo]
@@ -150,30 +139,15 @@ class IbkrProvider:
     def conid(self, symbol: str) -> str:
         """The contract id of `symbol`'s US-listed stock (pinned by the `conids` option, else searched)."""
         if symbol not in self._conids:
-            result = self._http().get_json(SEARCH_PATH, {"symbol": symbol, "secType": "STK"})
+            result = self.http.get_json(SEARCH_PATH, {"symbol": symbol, "secType": "STK"})
             self._conids[symbol] = _pick_conid(symbol, result.json(), self.exchanges)
         return self._conids[symbol]
-
-    def fetch_stats(self) -> dict[str, object]:
-        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
-        stats = self._client.stats.as_dict() if self._client else {}
-        return {**stats, "breaker_state": breaker_state(self.name)}
-
-    def _http(self) -> HttpClient:
-        if self._client is None:
-            self._client = HttpClient(self.name, self.base_url, self.policy, classify=_classify,
-                                      verify=self.verify_tls, sleep=self._sleep)
-        return self._client
-
-    def _check_dataset(self, dataset: str) -> None:
-        if dataset not in self.datasets:
-            raise ProviderError(f"ibkr provider has no dataset {dataset!r} (it serves {', '.join(self.datasets)})")
 
     # -- transform ----------------------------------------------------------------------------------
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse stored history payloads into the standard frame (values read as text, cast leniently)."""
-        self._check_dataset(dataset)
+        self.check_dataset(dataset)
         frames = [empty_standard_frame(dataset)]
         tz = str(calendar(self.calendar_name).tz)
         for payload in payloads:
@@ -243,11 +217,7 @@ def _pick_conid(symbol: str, found: Any, exchanges: Sequence[str]) -> str:
 def _read_history(payload: RawPayload) -> pl.DataFrame:
     schema = {"symbol": pl.String(), "priceFactor": pl.String(), "high": pl.String(),
               "data": pl.List(pl.Struct(dict.fromkeys(("t", "o", "h", "l", "c", "v"), pl.String)))}
-    try:
-        return pl.read_json(io.BytesIO(payload.body), schema=schema)
-    except (pl.exceptions.PolarsError, ValueError) as exc:
-        raise MalformedPayloadError(
-            f"ibkr: payload {payload.request_key} is not the documented JSON: {str(exc)[:200]}") from None
+    return read_json("ibkr", payload, schema)
 
 
 def _classify(resp: requests.Response) -> None:

@@ -25,9 +25,7 @@ Errors: 402 (message quota or plan) and 401/403 -> EntitlementError, 404 (unknow
 from __future__ import annotations
 
 import logging
-import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote, unquote
@@ -35,13 +33,13 @@ from urllib.parse import quote, unquote
 import polars as pl
 import requests
 
-from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import EntitlementError, MalformedPayloadError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpClient, HttpPolicy, HttpResult, breaker_state, parse_json
-from mdpipeline.sessions import calendar, session_dates
-from mdpipeline.settings import Settings
-from mdpipeline.universe import ProviderSetup
+from mdpipeline.providers.http import HttpResult, parse_json
+from mdpipeline.providers.rest import RestProvider, credential
+from mdpipeline.providers.rest import text_column as _text
+from mdpipeline.sessions import calendar
 
 log = logging.getLogger("mdpipeline.providers")
 
@@ -63,48 +61,26 @@ def classify(resp: requests.Response) -> None:
         raise EntitlementError(f"HTTP 402: {text}")
 
 
-class IexCloudProvider:
+class IexCloudProvider(RestProvider):
     """IEX Cloud chart API on an IEX-compatible server (see the module docstring)."""
 
     name = NAME
-    datasets: tuple[str, ...] = DATASETS
+    default_policy = DEFAULT_POLICY  # no default base URL: the hosted service is retired
 
-    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.setup = setup
-        self.calendar_name = calendar_name
-        self.base_url = settings.base_urls.get(NAME)
-        self.policy = HttpPolicy.from_options(setup.options, **DEFAULT_POLICY)
-        self._sleep = sleep
-        self._client: HttpClient | None = None
-
-    @property
-    def http(self) -> HttpClient:
-        """The HTTP client, made on first use: it needs the base URL and the token."""
-        if self._client is None:
-            if not self.base_url:
-                raise ProviderError(f"{NAME}: {RETIRED}")
-            token = os.environ.get(TOKEN_ENV, "").strip()
-            if not token:
-                raise ProviderError(f"{NAME}: no API token: set {TOKEN_ENV}")
-            self._client = HttpClient(NAME, self.base_url, self.policy, secrets=[token],
-                                      default_params={"token": token}, classify=classify, sleep=self._sleep)
-        return self._client
-
-    def fetch_stats(self) -> dict[str, object]:
-        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
-        stats = self._client.stats.as_dict() if self._client else {}
-        return {**stats, "breaker_state": breaker_state(NAME)}
+    def client_options(self) -> dict[str, Any]:
+        """The token as the `token` parameter; both it and the base URL are needed only to fetch."""
+        if not self.base_url:
+            raise ProviderError(f"{NAME}: {RETIRED}")
+        token = credential(NAME, TOKEN_ENV, "API token")
+        return {"secrets": [token], "default_params": {"token": token}, "classify": classify}
 
     # -- extract ---------------------------------------------------------------------------------
 
     def extract(self, query: Query) -> list[RawPayload]:
         """One payload per response: per symbol and session (bars), per symbol and kind (actions)."""
-        _check_dataset(query.dataset)
-        sessions = session_dates(query.start, query.end, self.calendar_name)
-        if not sessions:
+        sessions, symbols = self.sessions_and_symbols(query)
+        if not sessions or not symbols:
             return []
-        symbols = tuple(query.symbols or self.setup.symbols)
         if query.dataset == "corporate_actions":
             span = _range_for(sessions[0])
             return [self._get(query.dataset, f"/stock/{quote(s, safe='')}/{kind}/{span}", {},
@@ -124,7 +100,7 @@ class IexCloudProvider:
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse stored bodies into the standard frame of `dataset` (values that do not parse -> null)."""
-        _check_dataset(dataset)
+        self.check_dataset(dataset)
         parse = {"bars_1d": _daily_frame, "bars_1m": self._minute_frame, "corporate_actions": _actions_frame}[dataset]
         return pl.concat([empty_standard_frame(dataset), *(parse(p) for p in payloads)], how="vertical")
 
@@ -185,11 +161,6 @@ def _rows(payload: RawPayload) -> pl.DataFrame | None:
         raise MalformedPayloadError(f"{NAME}: payload {payload.request_key}: rows unusable: {str(exc)[:160]}") from None
 
 
-def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
-    """Column `name` as text (nulls when absent)."""
-    return pl.col(name).cast(pl.String) if name in frame.columns else pl.lit(None, pl.String)
-
-
 def _symbol(payload: RawPayload) -> str:
     """The symbol of the request: the path segment after `stock`."""
     parts = payload.endpoint.split("/")
@@ -210,8 +181,3 @@ def _check_list(result: HttpResult) -> None:
     doc = result.json()
     if not isinstance(doc, list):
         raise MalformedPayloadError(f"{NAME}: GET {result.url}: expected a JSON list, got {type(doc).__name__}")
-
-
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ProviderError(f"{NAME}: unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")

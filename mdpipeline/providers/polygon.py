@@ -21,10 +21,7 @@ regular session unless the `extended_hours` option is true.
 
 from __future__ import annotations
 
-import io
-import os
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -32,8 +29,7 @@ from urllib.parse import quote, unquote, urlsplit
 import polars as pl
 import requests
 
-from mdpipeline.providers.alpaca import payload_from, regular_hours
-from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import (
     BadRequestError,
     EntitlementError,
@@ -42,10 +38,9 @@ from mdpipeline.providers.errors import (
     RateLimitError,
 )
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpClient, HttpPolicy, HttpResult, breaker_state, json_body, parse_retry_after
-from mdpipeline.sessions import calendar, session_dates
-from mdpipeline.settings import Settings
-from mdpipeline.universe import ProviderSetup
+from mdpipeline.providers.http import HttpResult, json_body, parse_retry_after
+from mdpipeline.providers.rest import RestProvider, credential, payload_from, read_json, regular_hours
+from mdpipeline.sessions import calendar
 
 DEFAULT_BASE_URL = "https://api.polygon.io"
 KEY_ENV = "POLYGON_API_KEY"
@@ -67,36 +62,29 @@ def _results_schema(fields: Sequence[str]) -> dict[str, pl.DataType]:
     return {"ticker": pl.String(), "results": pl.List(pl.Struct(dict.fromkeys(fields, pl.String)))}
 
 
-class PolygonProvider:
+class PolygonProvider(RestProvider):
     """Polygon.io stocks: bars_1d, bars_1m (aggregates) and corporate_actions (splits, dividends)."""
 
     name = "polygon"
-    datasets: tuple[str, ...] = DATASETS
+    default_base_url = DEFAULT_BASE_URL
+    default_policy = DEFAULT_POLICY
+    options = OPTIONS
 
-    def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        """`sleep` waits between attempts (injectable so tests can record Retry-After waits)."""
-        opts = setup.options
-        unknown = sorted(set(opts) - OPTIONS)
-        if unknown:
-            known = ", ".join(sorted(OPTIONS))
-            raise ProviderError(f"polygon: unknown option(s) {', '.join(unknown)} (known: {known})")
-        self.setup = setup
-        self.calendar_name = calendar_name
-        self.base_url = settings.base_urls.get(self.name) or DEFAULT_BASE_URL
+    def configure(self, opts: Mapping[str, Any]) -> None:
+        """Options: see the module docstring."""
         self.extended_hours = bool(opts.get("extended_hours", False))
         self.max_pages = max(1, int(opts.get("max_pages", 10_000)))
-        self.policy = HttpPolicy.from_options(opts, **DEFAULT_POLICY)
-        self._sleep = sleep
-        self._client: HttpClient | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """The key as `Authorization: Bearer` (never in a URL; read now, when first fetching)."""
+        key = credential(self.name, KEY_ENV)
+        return {"secrets": (key,), "default_headers": {"Authorization": f"Bearer {key}"}, "classify": _classify}
 
     # -- extract ------------------------------------------------------------------------------------
 
     def extract(self, query: Query) -> list[RawPayload]:
         """Every page of every request for the query's sessions, one payload per page, bytes as sent."""
-        _check_dataset(query.dataset)
-        sessions = session_dates(query.start, query.end, self.calendar_name)
-        symbols = list(query.symbols or self.setup.symbols)
+        sessions, symbols = self.sessions_and_symbols(query)
         if not sessions or not symbols:
             return []
         first, last = sessions[0], sessions[-1]
@@ -110,7 +98,7 @@ class PolygonProvider:
     def _pages(self, path: str, params: dict[str, Any], dataset: str, key: str, first: date,
                last: date) -> list[RawPayload]:
         """Follow `next_url` to the end; a `next_url` seen before is a pagination loop."""
-        client = self._http()
+        client = self.http
         result = client.get_json(path, params)
         payloads = [payload_from(self.name, dataset, result, f"{key}:p0", first, last)]
         seen: set[str] = set()
@@ -133,27 +121,11 @@ class PolygonProvider:
             return next_url
         return parts.path + (f"?{parts.query}" if parts.query else "")
 
-    def fetch_stats(self) -> dict[str, object]:
-        """Request counters of this provider instance and the (shared) breaker state, for asset metadata."""
-        stats = self._client.stats.as_dict() if self._client else {}
-        return {**stats, "breaker_state": breaker_state(self.name)}
-
-    def _http(self) -> HttpClient:
-        """The HTTP client, built on first use so that replaying stored payloads needs no credentials."""
-        if self._client is None:
-            key = os.environ.get(KEY_ENV, "").strip()
-            if not key:
-                raise ProviderError(f"polygon: set {KEY_ENV} to fetch from Polygon")
-            self._client = HttpClient(self.name, self.base_url, self.policy, secrets=(key,),
-                                      default_headers={"Authorization": f"Bearer {key}"}, classify=_classify,
-                                      sleep=self._sleep)
-        return self._client
-
     # -- transform ----------------------------------------------------------------------------------
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse stored pages (every value read as text, then cast leniently) into the standard frame."""
-        _check_dataset(dataset)
+        self.check_dataset(dataset)
         frames = [empty_standard_frame(dataset)]
         for payload in payloads:
             if dataset != "corporate_actions":
@@ -168,7 +140,7 @@ class PolygonProvider:
         return pl.concat(frames, how="vertical")
 
     def _bars_frame(self, dataset: str, payload: RawPayload) -> pl.DataFrame:
-        doc = _read_json(payload, _results_schema(_AGG_FIELDS))
+        doc = read_json("polygon", payload, _results_schema(_AGG_FIELDS))
         rows = (doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null())
                 .unnest("results").rename(_AGG_RENAMES))
         symbol = _path_ticker(payload.endpoint) or doc["ticker"][0]
@@ -187,7 +159,7 @@ class PolygonProvider:
 
 
 def _splits_frame(payload: RawPayload) -> pl.DataFrame:
-    doc = _read_json(payload, _results_schema(_SPLIT_FIELDS))
+    doc = read_json("polygon", payload, _results_schema(_SPLIT_FIELDS))
     rows = doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null()).unnest("results")
     to, frm = (pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in ("split_to", "split_from"))
     frame = rows.select(symbol="ticker", ex_date="execution_date", action=pl.lit("split"),
@@ -196,7 +168,7 @@ def _splits_frame(payload: RawPayload) -> pl.DataFrame:
 
 
 def _dividends_frame(payload: RawPayload) -> pl.DataFrame:
-    doc = _read_json(payload, _results_schema(_DIVIDEND_FIELDS))
+    doc = read_json("polygon", payload, _results_schema(_DIVIDEND_FIELDS))
     rows = doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null()).unnest("results")
     frame = rows.select(symbol="ticker", ex_date="ex_dividend_date", action=pl.lit("cash_dividend"),
                         amount="cash_amount", currency=pl.col("currency").str.to_uppercase())
@@ -204,11 +176,6 @@ def _dividends_frame(payload: RawPayload) -> pl.DataFrame:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ProviderError(f"polygon provider has no dataset {dataset!r} (known: {', '.join(DATASETS)})")
 
 
 def _requests(dataset: str, symbol: str, first: date, last: date) -> list[tuple[str, str, dict[str, Any]]]:
@@ -250,14 +217,6 @@ def _next_url(result: HttpResult) -> str | None:
     if next_url is not None and not isinstance(next_url, str):
         raise MalformedPayloadError(f"polygon: GET {result.url}: next_url is not a string: {next_url!r}")
     return next_url or None
-
-
-def _read_json(payload: RawPayload, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
-    try:
-        return pl.read_json(io.BytesIO(payload.body), schema=dict(schema))
-    except (pl.exceptions.PolarsError, ValueError) as exc:
-        raise MalformedPayloadError(
-            f"polygon: payload {payload.request_key} is not the documented JSON: {str(exc)[:200]}") from None
 
 
 def _classify(resp: requests.Response) -> None:
