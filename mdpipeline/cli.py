@@ -344,3 +344,63 @@ def lineage(
         for line in describe(x, on_topic.get(x.event.event_id, []) if x.event else []):
             console.print(line, markup=False, highlight=False)
 
+
+
+@app.command()
+def quality(
+    start: Start,
+    end: End,
+    provider: Annotated[str | None, typer.Option("--provider", help="Only this provider.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
+) -> None:
+    """Quality of [start, end] per provider and dataset: rows stored, quarantined by check, latest check results."""
+    from mdpipeline.quality.report import quality_report, report_json
+    from mdpipeline.settings import PROVIDERS
+    from mdpipeline.storage.database import connect
+
+    first, last = _date(start, "--start"), _date(end, "--end")
+    if first > last:
+        err_console.print(f"[red]--start {first} is after --end {last}[/]")
+        raise typer.Exit(2)
+    if fmt not in ("table", "json"):
+        err_console.print("[red]--format must be table or json[/]")
+        raise typer.Exit(2)
+    if provider is not None and provider not in PROVIDERS:
+        err_console.print(f"[red]--provider must be one of {', '.join(PROVIDERS)}[/]")
+        raise typer.Exit(2)
+    with connect(_settings().database_url) as conn:
+        found = quality_report(conn, first, last, provider)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(report_json(first, last, provider, found), indent=2) + "\n")
+        return
+    if not found:
+        console.print(f"no stored rows, quarantined rows or check results between {first} and {last}")
+        return
+    table = Table(title=f"quality {first} .. {last}")
+    for col in ("provider", "dataset", "stored", "quarantined", "completeness", "flags", "divergence"):
+        table.add_column(col, justify="right" if col in ("stored", "completeness") else "left")
+    for q in found:
+        complete = q.completeness
+        diverged = q.divergence
+        table.add_row(
+            q.provider, q.dataset, "" if q.rows_stored is None else str(q.rows_stored),
+            _counts(q.rows_quarantined, q.quarantined_by_check),
+            f"{complete['completeness_pct']:.2f}% ({complete['missing']} missing)" if complete else "",
+            ", ".join(f"{k} {v}" for k, v in q.flags_by_kind.items()) or "none",
+            f"{diverged['pairs_flagged']}/{diverged['pairs_compared']} pairs over {diverged['threshold_bps']:g} bps"
+            if diverged else "",
+        )
+    console.print(table)
+    checks = Table(title="latest check results")
+    for col in ("asset", "check", "results", "failed", "severity", "last checked (UTC)"):
+        checks.add_column(col, justify="right" if col in ("results", "failed") else "left")
+    for q in found:
+        for c in q.checks:
+            checks.add_row(c.asset, c.check, str(c.results), f"[red]{c.failed}[/]" if c.failed else "0", c.severity,
+                           f"{c.last_checked_at:%Y-%m-%d %H:%M:%S}" if c.last_checked_at else "")
+    console.print(checks)
+
+
+def _counts(total: int, by_name: dict[str, int]) -> str:
+    """`3 (ohlc_consistency 2, value_range 1)`, or `0`."""
+    return f"{total} ({', '.join(f'{k} {v}' for k, v in by_name.items())})" if total else "0"

@@ -3,6 +3,10 @@
 Resolution, later wins: `defaults`, then `datasets.<dataset>`, then `providers.<provider>.<dataset>`,
 merged section by section (an override names only what it changes). Unknown sections or keys are
 errors, so a typo cannot silently leave a default in force. `MDP_QUALITY_CONFIG` points elsewhere.
+
+Besides thresholds, `on_quarantine` says what a partition with quarantined rows publishes:
+`publish_valid` (the good rows go on) or `block` (the validated asset's blocking check fails, so
+nothing of that range goes downstream).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from typing import Any
 import yaml
 
 DEFAULT_QUALITY_CONFIG = Path(__file__).resolve().parents[2] / "config" / "quality.yaml"
+PUBLISH_VALID = "publish_valid"  # a partition with quarantined rows publishes its good rows
+BLOCK = "block"  # ... or nothing: the validated asset's blocking `schema` check fails
+ON_QUARANTINE = (PUBLISH_VALID, BLOCK)
+_SCALARS = ("lookback_sessions", "on_quarantine")
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class Thresholds:
     volume: VolumeThresholds = VolumeThresholds()
     divergence: DivergenceThresholds = DivergenceThresholds()
     lookback_sessions: int = 60  # history read before the partition, so bands have data to learn from
+    on_quarantine: str = PUBLISH_VALID  # what a partition with quarantined rows publishes (ON_QUARANTINE)
 
 
 _SECTION_TYPES = {
@@ -114,13 +123,19 @@ def load_thresholds(provider: str, dataset: str, path: Path | None = None) -> Th
             if section == "lookback_sessions":
                 merged[section] = int(values)
                 continue
+            if section == "on_quarantine":
+                if values not in ON_QUARANTINE:
+                    raise ValueError(f"{source}: {where}: on_quarantine must be one of {', '.join(ON_QUARANTINE)},"
+                                     f" not {values!r}")
+                merged[section] = values
+                continue
             if section not in _SECTION_TYPES:
                 raise ValueError(f"{source}: {where}: unknown section {section!r} "
-                                 f"(one of {', '.join(sorted(_SECTION_TYPES))}, lookback_sessions)")
+                                 f"(one of {', '.join(sorted(_SECTION_TYPES))}, {', '.join(_SCALARS)})")
             merged.setdefault(section, {}).update(values or {})
     built: dict[str, Any] = {}
     for section, values in merged.items():
-        if section == "lookback_sessions":
+        if section in _SCALARS:
             built[section] = values
             continue
         cls = _SECTION_TYPES[section]
@@ -130,3 +145,8 @@ def load_thresholds(provider: str, dataset: str, path: Path | None = None) -> Th
             raise ValueError(f"{source}: section {section!r}: unknown keys {sorted(bad)} (allowed: {sorted(allowed)})")
         built[section] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     return Thresholds(**built)
+
+
+def on_quarantine(provider: str, dataset: str, path: Path | None = None) -> str:
+    """What a partition of `provider`/`dataset` with quarantined rows publishes: `publish_valid` or `block`."""
+    return load_thresholds(provider, dataset, path).on_quarantine
