@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
+import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,6 +13,7 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from mdpipeline.storage.binary_copy import (
     PG_TYPES,
@@ -27,63 +24,32 @@ from mdpipeline.storage.binary_copy import (
     pg_type,
 )
 
-# TODO(lead): replace with the shared pg fixture
-PG_BIN = "/usr/lib/postgresql/15/bin"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# --- database ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """A throwaway PostgreSQL 15 cluster for this module (we run as root, the server as postgres)."""
-    if not os.path.exists(f"{PG_BIN}/initdb"):
-        pytest.skip("PostgreSQL 15 server binaries are not installed")
-    d = tempfile.mkdtemp(prefix="mdp-binary-copy-pg-")
-    shutil.chown(d, user="postgres", group="postgres")
-    data = os.path.join(d, "data")
-    port = _free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [
-            *as_pg,
-            f"{PG_BIN}/initdb",
-            "-D",
-            data,
-            "--auth=trust",
-            "-U",
-            "postgres",
-            "--encoding=UTF8",
-            "--locale=C",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-o", opts, "-l", os.path.join(d, "log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-    )
+def module_db_url(pg_server_url: str) -> Iterator[str]:
+    """A database of its own for this module on the session's server, dropped (with force) at the end.
+
+    The tables here are plain and ad hoc, so it is created empty, not cloned from the migrated template.
+    """
+    name = f"binary_copy_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield make_conninfo(pg_server_url, dbname=name)
     finally:
-        subprocess.run(
-            [*as_pg, f"{PG_BIN}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], check=False, capture_output=True
-        )
-        shutil.rmtree(d, ignore_errors=True)
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 # --- helpers -----------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
+def conn(module_db_url: str) -> Iterator[psycopg.Connection]:
     """A connection in UTC whose work is rolled back at the end of the test."""
-    with psycopg.connect(pg_url, options="-c TimeZone=UTC") as c:
+    with psycopg.connect(module_db_url, options="-c TimeZone=UTC") as c:
         yield c
         c.rollback()
 

@@ -62,7 +62,11 @@ def replace_range(
         conn.execute(sql.SQL("create temporary table {} (like {}) on commit drop").format(staging, target))
         with conn.cursor() as cur:
             copy_frame(cur, f"_load_{name}", frame)
-        conn.execute(_keep_learned_sql(table, frame.columns, staging, target), (provider, start, end))
+        existing = conn.execute(sql.SQL("select exists (select 1 from {} where {})").format(target, in_range),
+                                (provider, start, end)).fetchone()
+        if existing and existing[0]:  # a re-load: unchanged rows keep when they were first learnt
+            conn.execute(sql.SQL("analyze {}").format(staging))  # temp tables get no statistics otherwise
+            conn.execute(_keep_learned_sql(table, frame.columns, staging, target), (provider, start, end))
         conn.execute(sql.SQL("delete from {} where {}").format(target, in_range), (provider, start, end))
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in frame.columns)
         loaded = conn.execute(sql.SQL("insert into {} ({}) select {} from {}").format(
