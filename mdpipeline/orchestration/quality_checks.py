@@ -20,16 +20,16 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-import psycopg
 
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
 from mdpipeline.quality.detectors import QualityReport, detect
 from mdpipeline.quality.divergence import Divergence, divergence
 from mdpipeline.quality.findings import WARN, count_by_kind
+from mdpipeline.quality.measure import corporate_actions, lookback_start
+from mdpipeline.quality.measure import quarantined as quarantined_rows
 from mdpipeline.quality.metrics import counts_markdown, findings_markdown, json_safe, partition_metrics
 from mdpipeline.quality.thresholds import Thresholds, load_thresholds
-from mdpipeline.sessions import session_dates
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.quarantine_store import record_check
 
@@ -88,10 +88,10 @@ def quality_checks(
         universe = providers.universe()
         served = universe.symbology.filter(pl.col("symbol").is_in(list(providers.symbols_for(provider))))
         with db.connection() as conn:
-            first = _lookback_start(start, limits.lookback_sessions, universe.exchange_calendar)
+            first = lookback_start(start, limits.lookback_sessions, universe.exchange_calendar)
             history = read_bars_1d(conn, start=first, end=start - timedelta(days=1), provider=provider)
-            actions = _corporate_actions(conn, first, end)
-            quarantined = _quarantined(conn, provider, start, end)
+            actions = corporate_actions(conn, first, end)
+            quarantined = quarantined_rows(conn, provider, DATASET, start, end)
         report = detect(bars, start, end, thresholds=limits, key="symbol", calendar_name=universe.exchange_calendar,
                         instruments=served.select("symbol", "valid_from", "valid_to"), actions=actions,
                         history=history)
@@ -192,33 +192,3 @@ def _partition_range(context: dg.AssetCheckExecutionContext) -> tuple[date, date
     """The inclusive session range the check run covers."""
     keys = context.partition_key_range
     return date.fromisoformat(keys.start), date.fromisoformat(keys.end)
-
-
-def _lookback_start(start: date, sessions: int, calendar_name: str) -> date:
-    """The date `sessions` trading sessions before `start` (history for the robust bands)."""
-    earlier = session_dates(start - timedelta(days=2 * sessions + 10), start - timedelta(days=1), calendar_name)
-    return earlier[-sessions] if sessions and len(earlier) >= sessions else start
-
-
-def _corporate_actions(conn: psycopg.Connection, start: date, end: date) -> pl.DataFrame:
-    """Known corporate actions with ex-date in [start, end], by the symbol valid on the ex-date
-    (whichever provider reported them, each action once)."""
-    rows = conn.execute(
-        "select distinct on (s.symbol, c.ex_date, c.action) s.symbol, c.ex_date, c.action, c.ratio, c.amount"
-        " from ref.corporate_actions c join ref.symbology s on s.instrument_id = c.instrument_id"
-        " and c.ex_date between s.valid_from and s.valid_to where c.ex_date between %s and %s"
-        " order by s.symbol, c.ex_date, c.action",
-        (start, end),
-    ).fetchall()
-    return pl.DataFrame(rows, schema={"symbol": pl.String, "ex_date": pl.Date, "action": pl.String,
-                                      "ratio": pl.Float64, "amount": pl.Float64}, orient="row")
-
-
-def _quarantined(conn: psycopg.Connection, provider: str, start: date, end: date) -> dict[str, int]:
-    """Rows of the range in quality.quarantine, by check name (all stages)."""
-    rows = conn.execute(
-        "select check_name, count(*) from quality.quarantine where dataset = %s and provider = %s"
-        " and session_date between %s and %s group by check_name",
-        (DATASET, provider, start, end),
-    ).fetchall()
-    return {str(name): int(n) for name, n in rows}
