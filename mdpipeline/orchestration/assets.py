@@ -21,7 +21,7 @@ from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.steps import (
     conforms,
-    fetch_raw,
+    raw_asset,
     validate_from_raw,
     validation_check_results,
     validation_check_specs,
@@ -60,18 +60,11 @@ def bars_1d_assets(provider: str, partitions: dg.PartitionsDefinition) -> list[d
     published_key = dg.AssetKey(["published", provider, DATASET])
     common = {"partitions_def": partitions, "backfill_policy": SINGLE_RUN}
 
-    @dg.asset(
-        key=raw_key, group_name="raw", kinds={"python", "postgres"}, pool=f"provider_{provider}",
-        description=f"Daily bars exactly as {provider} sent them, in raw.payloads (content-addressed).",
+    raw = raw_asset(
+        provider, DATASET, partitions,
+        f"Daily bars exactly as {provider} sent them, in raw.payloads (content-addressed).",
         owners=OWNERS, metadata={"dagster/table_name": "raw.payloads", **_table_metadata("raw", provider)},
-        **common,
     )
-    def raw(
-        context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource
-    ) -> dg.MaterializeResult:
-        start, end = partition_dates(context)
-        return dg.MaterializeResult(metadata=fetch_raw(provider, DATASET, start, end, context.run.run_id, db,
-                                                       providers))
 
     @dg.asset(
         key=validated_key, group_name="validated", deps=[raw_key], io_manager_key="frames",

@@ -18,7 +18,7 @@ from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResour
 from mdpipeline.orchestration.steps import (
     Validated,
     conforms,
-    fetch_raw,
+    raw_asset,
     validate_from_raw,
     validation_check_results,
     validation_check_specs,
@@ -47,13 +47,8 @@ def bars_1m_assets(provider: str, partitions: dg.PartitionsDefinition,
     normalized_key, stored_key = minute_key("normalized", provider), minute_key("md", provider)
     common = {"partitions_def": partitions, "backfill_policy": dg.BackfillPolicy.single_run()}
 
-    @dg.asset(key=raw_key, group_name="raw", kinds={"python", "postgres"}, pool=f"provider_{provider}",
-              description=f"One-minute bars exactly as {provider} sent them, in raw.payloads.", **common)
-    def raw(context: dg.AssetExecutionContext, db: DatabaseResource,
-            providers: ProvidersResource) -> dg.MaterializeResult:
-        start, end = partition_dates(context)
-        return dg.MaterializeResult(metadata=fetch_raw(provider, DATASET, start, end, context.run.run_id, db,
-                                                       providers))
+    raw = raw_asset(provider, DATASET, partitions,
+                    f"One-minute bars exactly as {provider} sent them, in raw.payloads.")
 
     @dg.asset(key=validated_key, group_name="validated", deps=[raw_key], io_manager_key="frames",
               kinds={"polars", "pandera"},

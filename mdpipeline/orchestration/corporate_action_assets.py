@@ -7,7 +7,7 @@ from mdpipeline.normalize.corporate_actions import normalize_corporate_actions
 from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
 from mdpipeline.orchestration.steps import (
-    fetch_raw,
+    raw_asset,
     validate_from_raw,
     validation_check_results,
     validation_check_specs,
@@ -32,13 +32,8 @@ def corporate_action_assets(provider: str, partitions: dg.PartitionsDefinition) 
     normalized_key, stored_key = actions_key("normalized", provider), actions_key("ref", provider)
     common = {"partitions_def": partitions, "backfill_policy": dg.BackfillPolicy.single_run()}
 
-    @dg.asset(key=raw_key, group_name="raw", kinds={"python", "postgres"}, pool=f"provider_{provider}",
-              description=f"Splits and dividends exactly as {provider} sent them, in raw.payloads.", **common)
-    def raw(context: dg.AssetExecutionContext, db: DatabaseResource,
-            providers: ProvidersResource) -> dg.MaterializeResult:
-        start, end = partition_dates(context)
-        return dg.MaterializeResult(metadata=fetch_raw(provider, DATASET, start, end, context.run.run_id, db,
-                                                       providers))
+    raw = raw_asset(provider, DATASET, partitions,
+                    f"Splits and dividends exactly as {provider} sent them, in raw.payloads.")
 
     @dg.asset(key=validated_key, group_name="validated", deps=[raw_key], io_manager_key="frames",
               kinds={"polars", "pandera"}, metadata={"partition_column": "ex_date"},

@@ -1,6 +1,5 @@
 """Step bodies shared by the per-dataset asset factories: fetch into `raw`, parse and validate from `raw`."""
 
-from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ import dagster as dg
 import pandera.polars as pa
 import polars as pl
 
+from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
 from mdpipeline.providers.base import Query
 from mdpipeline.providers.reconcile import prefer_latest_payload, within_sessions
@@ -18,6 +18,24 @@ from mdpipeline.quality.quarantine import ValidationOutcome, split_valid
 from mdpipeline.quality.thresholds import BLOCK, PUBLISH_VALID, on_quarantine
 from mdpipeline.storage.quarantine_store import record_check, replace_quarantine
 from mdpipeline.storage.raw_store import load_payloads, save_payloads
+
+
+def raw_asset(provider: str, dataset: str, partitions: dg.PartitionsDefinition, description: str,
+              **asset_args: object) -> dg.AssetsDefinition:
+    """The ingest step of one provider and dataset: fetch, then store the payloads untouched in `raw`.
+
+    It runs in the provider's concurrency pool, so rate-limited sources are protected across runs.
+    """
+    @dg.asset(key=dg.AssetKey(["raw", provider, dataset]), group_name="raw", kinds={"python", "postgres"},
+              pool=f"provider_{provider}", description=description, partitions_def=partitions,
+              backfill_policy=dg.BackfillPolicy.single_run(), **asset_args)  # type: ignore[arg-type]
+    def raw(context: dg.AssetExecutionContext, db: DatabaseResource,
+            providers: ProvidersResource) -> dg.MaterializeResult:
+        start, end = partition_dates(context)
+        return dg.MaterializeResult(metadata=fetch_raw(provider, dataset, start, end, context.run.run_id, db,
+                                                       providers))
+
+    return raw
 
 
 def fetch_raw(provider: str, dataset: str, start: date, end: date, run_id: str, db: DatabaseResource,

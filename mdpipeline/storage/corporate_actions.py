@@ -8,19 +8,12 @@ import polars as pl
 import psycopg
 
 from mdpipeline.enrich.adjustments import FACTOR_COLUMNS
+from mdpipeline.normalize.corporate_actions import CANONICAL_CORPORATE_ACTIONS
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.reader import read_frame
 
 STORED_ACTIONS: dict[str, pl.DataType] = {
-    "instrument_id": pl.Int64(),
-    "symbol": pl.String(),
-    "ex_date": pl.Date(),
-    "action": pl.String(),
-    "ratio": pl.Float64(),
-    "amount": pl.Float64(),
-    "currency": pl.String(),
-    "provider": pl.String(),
-    "raw_payload_id": pl.Int64(),
+    **CANONICAL_CORPORATE_ACTIONS,
     "learned_at": pl.Datetime("us", "UTC"),
 }
 _KEY = "instrument_id, ex_date, action, provider"
