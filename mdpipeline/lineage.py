@@ -16,80 +16,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-import polars as pl
 import psycopg
 from psycopg.rows import dict_row
 
-from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events
+from mdpipeline.distribute.events import bar_events
 from mdpipeline.distribute.subscriber import consume
 from mdpipeline.distribute.topics import BARS_1D
-from mdpipeline.normalize.bars import CANONICAL_BARS_1D, STORED_BARS_1D
-from mdpipeline.providers.base import BARS_1D_COLUMNS
 from mdpipeline.storage.bars import read_bars_1d
 
 DATASET = "bars_1d"
-
-# Column-level lineage of the daily-bar chain, per layer: column -> (type, description, upstream columns as
-# (layer, column)). Layers are raw, validated, normalized, md, published and ref (the instrument master).
-Column = tuple[str, str, list[tuple[str, str]]]
-_DESCRIPTIONS = {
-    "symbol": "ticker as the provider sent it",
-    "session_date": "exchange session (trading day) the bar belongs to",
-    "instrument_id": "instrument master id, from the symbology valid on the session date",
-    "provider": "provider that delivered the bar",
-    "vwap": "volume-weighted average price, when the provider has it",
-    "trades": "number of trades, when the provider has it",
-    "raw_payload_id": "raw.payloads row the bar was parsed from (row-level lineage)",
-    "run_id": "Dagster run that stored the row",
-    "ingested_at": "when the pipeline stored the row (point-in-time reads)",
-}
-_SQL_TYPES = {pl.Int64: "bigint", pl.String: "text", pl.Date: "date", pl.Float64: "double precision"}
-
-
-def _sql_type(dtype: pl.DataType) -> str:
-    return "timestamptz" if isinstance(dtype, pl.Datetime) else _SQL_TYPES[type(dtype)]
-
-
-def _standard(column: str) -> list[tuple[str, str]]:
-    """A validated column: parsed out of the payload body (the payload id and session from the payload row)."""
-    if column == "raw_payload_id":
-        return [("raw", "payload_id")]
-    return [("raw", "body"), ("raw", "session_date")] if column == "session_date" else [("raw", "body")]
-
-
-def _canonical(column: str) -> list[tuple[str, str]]:
-    if column == "instrument_id":
-        return [("validated", "symbol"), ("validated", "session_date"), ("ref", "instrument_id")]
-    return [] if column == "provider" else [("validated", column)]
-
-
-BAR_COLUMNS: dict[str, dict[str, Column]] = {
-    "raw": {
-        "payload_id": ("bigint", "identity of the stored payload", []),
-        "provider": ("text", "", []), "dataset": ("text", "", []),
-        "session_date": ("date", "first session the payload covers", []),
-        "session_end": ("date", "last session the payload covers", []),
-        "request_key": ("text", "identifies the request within (provider, dataset, session)", []),
-        "endpoint": ("text", "", []), "params": ("jsonb", "request parameters, never secrets", []),
-        "status": ("integer", "HTTP-like status", []), "content_type": ("text", "", []),
-        "body": ("bytea", "the bytes as sent", []), "sha256": ("text", "content hash of body", []),
-        "fetched_at": ("timestamptz", "", []),
-        "first_run_id": ("text", "run that first stored these bytes", []),
-        "last_run_id": ("text", "latest run that fetched the same bytes", []),
-    },
-    "validated": {c: (str(t), _DESCRIPTIONS.get(c, ""), _standard(c)) for c, t in BARS_1D_COLUMNS.items()},
-    "normalized": {c: (str(t), _DESCRIPTIONS.get(c, ""), _canonical(c)) for c, t in CANONICAL_BARS_1D.items()},
-    "md": {c: (_sql_type(t), _DESCRIPTIONS.get(c, ""), [("normalized", c)] if c in CANONICAL_BARS_1D else [])
-           for c, t in STORED_BARS_1D.items()},
-    "published": {
-        "key": ("string", "message key: the instrument id", [("md", "instrument_id")]),
-        "event_id": ("string", "sha256 of topic, key and data (same bar, same id)",
-                     [("md", c) for c in BARS_1D_EVENT_FIELDS]),
-        "value": ("json", "envelope with schema, version and the bar as data",
-                  [("md", c) for c in BARS_1D_EVENT_FIELDS]),
-    },
-}
-
 
 @dataclass(frozen=True)
 class Payload:

@@ -16,6 +16,19 @@ def calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
     return xcals.get_calendar(name, start="1990-01-02", end=end.isoformat())
 
 
+def exchange_timezone(calendar_name: str = "XNYS") -> str:
+    """The IANA time zone of the exchange (session dates are dates on its local clock)."""
+    return str(calendar(calendar_name).tz)
+
+
+def with_session_date(frame: pl.DataFrame, calendar_name: str = "XNYS") -> pl.DataFrame:
+    """Intraday rows (with `ts`, UTC) get `session_date`, the exchange-local date of `ts`, unless they have one."""
+    if "session_date" in frame.columns or "ts" not in frame.columns:
+        return frame
+    local = pl.col("ts").dt.convert_time_zone(exchange_timezone(calendar_name)).dt.date()
+    return frame.with_columns(local.alias("session_date"))
+
+
 def session_dates(start: date, end: date, calendar_name: str = "XNYS") -> list[date]:
     """Trading session dates in [start, end], inclusive."""
     if end < start:

@@ -47,12 +47,16 @@ def test_range_runs_every_step_and_publishes(database_url: str, kafka_bootstrap:
         raw_synthetic = _count(
             conn, "select count(*) from raw.payloads where provider = 'synthetic' and dataset = 'bars_1d'")
         quarantined = _count(conn, "select count(*) from quality.quarantine")
-        published = _count(conn, "select sum(messages) from ops.publications")
+        published = _count(conn, "select sum(messages) from ops.publications where topic = 'md.bars.1d.v1'")
+        minute_published = conn.execute(
+            "select provider, sum(messages)::int from ops.publications where topic = 'md.bars.1m.v1'"
+            " group by 1 order by 1").fetchall()
     per_provider = dict(bars.group_by("provider").len().iter_rows())
     assert per_provider == {"synthetic": 6 * SESSIONS, "file": 3 * SESSIONS}
     assert raw_synthetic == SESSIONS  # one payload per session
     assert quarantined == 0
     assert published == bars.height
+    assert minute_published == [("file", 0), ("synthetic", 6 * SESSIONS)]  # one message per instrument session
 
     # The file provider's rows arrive exactly as the vendor wrote them.
     vendor = pl.concat([pl.read_csv(p, try_parse_dates=True) for p in SAMPLE_CSV.glob("*.csv")])
@@ -98,7 +102,8 @@ def test_rerun_replaces_the_range_without_duplicates(database_url: str, kafka_bo
     prices = ["instrument_id", "session_date", "open", "high", "low", "close", "volume"]
     assert after.select(prices).equals(before.select(prices))
     assert payloads_after == payloads_before  # identical bytes are not stored twice
-    assert set(after["run_id"]) == {second.run_id}
+    # Unchanged bars are not rewritten: they keep the run (and time) that stored this version.
+    assert set(after["run_id"]) == {first.run_id}
 
     # Same data, same event ids: a consumer deduplicates the re-run.
     ids_first = {v["event_id"] for v in event_values(events_of_run(kafka_bootstrap, BARS_1D.name, first.run_id))}

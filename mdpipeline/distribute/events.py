@@ -14,12 +14,20 @@ import polars as pl
 
 SCHEMA_NAMES = {
     "md.bars.1d.v1": ("mdpipeline.bars_1d", 1),
+    "md.bars.1m.v1": ("mdpipeline.bars_1m", 1),
+    "md.corporate_actions.v1": ("mdpipeline.corporate_actions", 1),
     "md.ticks.v1": ("mdpipeline.ticks", 1),
     "md.dead_letter.v1": ("mdpipeline.dead_letter", 1),
 }
 BARS_1D_EVENT_FIELDS = (
     "instrument_id", "symbol", "session_date", "provider",
     "open", "high", "low", "close", "volume", "vwap", "trades",
+)
+# md.bars.1m.v1 carries one instrument's session per message: these fields as arrays, in time order.
+BARS_1M_SESSION_FIELDS = ("instrument_id", "symbol", "session_date", "provider")
+BARS_1M_ARRAY_FIELDS = ("ts", "open", "high", "low", "close", "volume", "vwap", "trades")
+CORPORATE_ACTIONS_EVENT_FIELDS = (
+    "instrument_id", "symbol", "ex_date", "provider", "action", "ratio", "amount", "currency",
 )
 TICKS_EVENT_FIELDS = (
     "instrument_id", "symbol", "session_date", "ts", "provider", "action", "price", "size",
@@ -67,6 +75,29 @@ def json_events(frame: pl.DataFrame, topic: str, fields: tuple[str, ...]) -> pl.
     )
     return encoded.with_columns(event_ids(topic, encoded["key"], encoded["data"])).select(
         "key", "event_id", envelope(topic, pl.col("event_id"), pl.col("data")).alias("value"),
+    )
+
+
+def session_events(frame: pl.DataFrame, topic: str) -> pl.DataFrame:
+    """One event per (instrument, provider, session) of minute bars: `key`, `event_id`, `value`,
+    `provider`, `session_date`, with the session's bars as columnar arrays ordered by `ts`.
+
+    Ordered by session, then instrument. Columnar: the grouping and JSON encoding are polars expressions.
+    """
+    group = ["instrument_id", "provider", "session_date"]
+    sessions = (frame.sort(*group, "ts")
+                .group_by(group, maintain_order=True)
+                .agg(pl.col("symbol").last(), *(_field(frame, c) for c in BARS_1M_ARRAY_FIELDS))
+                .sort("session_date", "instrument_id", "provider"))
+    encoded = sessions.select(
+        pl.col("instrument_id").cast(pl.String).alias("key"),
+        pl.struct(*(_field(sessions, c) for c in BARS_1M_SESSION_FIELDS),
+                  pl.struct(*BARS_1M_ARRAY_FIELDS).alias("bars")).struct.json_encode().alias("data"),
+        "provider", "session_date",
+    )
+    return encoded.with_columns(event_ids(topic, encoded["key"], encoded["data"])).select(
+        "key", "event_id", envelope(topic, pl.col("event_id"), pl.col("data")).alias("value"), "provider",
+        "session_date",
     )
 
 

@@ -14,7 +14,7 @@ import polars as pl
 import psycopg
 
 from mdpipeline.distribute.dead_letter import dead_letter_events, text_payload, unserializable_reason
-from mdpipeline.distribute.events import json_events
+from mdpipeline.distribute.events import BARS_1M_ARRAY_FIELDS, json_events, session_events
 from mdpipeline.distribute.topics import DEAD_LETTER
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.reader import read_frame
@@ -68,6 +68,64 @@ def outbox_rows(
     return pl.concat(parts).with_columns(pl.lit(header_json).alias("headers")).select(
         pl.col(c).cast(t) for c, t in OUTBOX_COLUMNS.items()
     )
+
+
+def session_outbox_rows(frame: pl.DataFrame, topic: str, headers: dict[str, str]) -> pl.DataFrame:
+    """Outbox rows announcing each instrument's session of minute bars in `frame` (one event per session).
+
+    A session holding a row that cannot be serialized faithfully is dead-lettered as a whole, with
+    the reasons and those rows as text.
+    """
+    reasons = frame.select(unserializable_reason(frame, BARS_1M_ARRAY_FIELDS).alias("reason")).to_series()
+    session = ["instrument_id", "provider", "session_date"]
+    bad_sessions = frame.filter(reasons.is_not_null()).select(session).unique()
+    parts = []
+    good = frame.join(bad_sessions, on=session, how="anti") if bad_sessions.height else frame
+    if good.height:
+        no_reason = pl.lit(None, dtype=pl.String).alias("dead_letter_reason")
+        parts.append(session_events(good, topic).with_columns(pl.lit(topic).alias("topic"), no_reason))
+    if bad_sessions.height:
+        bad = frame.with_columns(reasons).filter(pl.col("reason").is_not_null())
+        meant = session_events(frame.join(bad_sessions, on=session, how="semi"), topic)
+        grouped = bad.with_columns(text_payload(bad, ("symbol", *BARS_1M_ARRAY_FIELDS))).group_by(
+            session, maintain_order=True).agg(
+            pl.col("reason").unique(maintain_order=True).str.join("; ").str.slice(0, 1000),
+            pl.format("[{}]", pl.col("payload").str.join(",")).alias("payload"))
+        letters_in = meant.join(grouped.with_columns(pl.col("instrument_id").cast(pl.String).alias("key")),
+                                on=["key", "provider", "session_date"], how="inner", maintain_order="left")
+        letters = dead_letter_events(topic, letters_in["key"], letters_in["event_id"], letters_in["reason"],
+                                     letters_in["payload"])
+        parts.append(letters.with_columns(pl.lit(DEAD_LETTER.name).alias("topic"), letters_in["provider"],
+                                          letters_in["session_date"], letters_in["reason"].alias("dead_letter_reason")))
+    if not parts:
+        return pl.DataFrame(schema=OUTBOX_COLUMNS)
+    header_json = json.dumps(headers, separators=(",", ":"), sort_keys=True)
+    return pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit(header_json).alias("headers")).select(
+        pl.col(c).cast(t) for c, t in OUTBOX_COLUMNS.items()
+    )
+
+
+def enqueue(conn: psycopg.Connection, rows: pl.DataFrame) -> int:
+    """Queue outbox rows inside the caller's transaction, replacing pending rows about the same
+    (topic, provider, key, session): the newest version of a bar or session is what goes out; returns
+    the rows queued.
+    """
+    if not rows.height:
+        return 0
+    with conn.transaction():
+        conn.execute(f"create temporary table _enqueue on commit drop as select {', '.join(OUTBOX_COLUMNS)}"
+                     " from ops.outbox with no data")
+        encoded = rows.with_columns(pl.concat_str(pl.lit(_JSONB_BINARY_VERSION), pl.col("headers")).alias("headers"))
+        with conn.cursor() as cur:
+            copy_frame(cur, "_enqueue", encoded)
+        conn.execute(
+            "delete from ops.outbox o using (select distinct topic, provider, key, session_date from _enqueue) n"
+            " where o.published_at is null and o.topic = n.topic and o.provider = n.provider"
+            " and o.key is not distinct from n.key and o.session_date = n.session_date")
+        columns = ", ".join(OUTBOX_COLUMNS)
+        queued = conn.execute(f"insert into ops.outbox ({columns}) select {columns} from _enqueue").rowcount
+        conn.execute("drop table _enqueue")
+    return queued
 
 
 def write_outbox(conn: psycopg.Connection, rows: pl.DataFrame) -> int:

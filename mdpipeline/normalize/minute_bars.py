@@ -10,6 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from mdpipeline.normalize.bars import CANONICAL_BARS_1D, Normalized, map_instruments
+from mdpipeline.sessions import with_session_date
 
 CANONICAL_BARS_1M: dict[str, pl.DataType] = {
     **{k: v for k, v in CANONICAL_BARS_1D.items() if k != "raw_payload_id"},
@@ -21,18 +22,15 @@ STORED_BARS_1M: dict[str, pl.DataType] = {
     "run_id": pl.String(),
     "ingested_at": pl.Datetime("us", "UTC"),
 }
-EXCHANGE_TIME_ZONES = {"XNYS": "America/New_York", "XNAS": "America/New_York", "XLON": "Europe/London"}
-
-
-def with_session_date(frame: pl.DataFrame, exchange_tz: str) -> pl.DataFrame:
-    """Add `session_date`: the bar's date on the exchange's local clock."""
-    return frame.with_columns(pl.col("ts").dt.convert_time_zone(exchange_tz).dt.date().alias("session_date"))
 
 
 def normalize_bars_1m(frame: pl.DataFrame, provider: str, symbology: pl.DataFrame,
-                      exchange_tz: str = "America/New_York") -> Normalized:
-    """Validated standard minute bars -> canonical minute bars of `provider`."""
-    mapped = map_instruments(with_session_date(frame, exchange_tz), symbology, "session_date")
+                      calendar_name: str = "XNYS") -> Normalized:
+    """Validated standard minute bars -> canonical minute bars of `provider`.
+
+    The session date is the bar's date on the exchange's clock (kept when the frame already has it).
+    """
+    mapped = map_instruments(with_session_date(frame, calendar_name), symbology, "session_date")
     bars = mapped.bars.with_columns(pl.lit(provider).alias("provider")).select(
         pl.col(name).cast(dtype) for name, dtype in CANONICAL_BARS_1M.items()
     )

@@ -14,7 +14,7 @@ import polars as pl
 from mdpipeline.enrich.adjustments import adjustment_factors, apply_adjustments
 from mdpipeline.enrich.corporate_actions import consolidate_actions
 from mdpipeline.orchestration.resources import DatabaseResource
-from mdpipeline.orchestration.steps import markdown
+from mdpipeline.quality.metrics import rows_markdown as markdown
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.corporate_actions import prior_closes, read_actions, read_factors, replace_factors
 

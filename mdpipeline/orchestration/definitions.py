@@ -7,11 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from mdpipeline.chain.datasets import datasets_in_order
 from mdpipeline.orchestration.adjustment_assets import adjustment_assets
-from mdpipeline.orchestration.assets import bars_1d_assets, reference_data
-from mdpipeline.orchestration.bars_1m_assets import bars_1m_assets
-from mdpipeline.orchestration.corporate_action_assets import actions_key, corporate_action_assets
-from mdpipeline.orchestration.io_manager import PartitionedParquetIOManager
+from mdpipeline.orchestration.chain import dataset_chain
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.quality_checks import quality_checks
 from mdpipeline.orchestration.quality_publish import quality_publish_assets
@@ -21,7 +19,8 @@ from mdpipeline.orchestration.realtime import (
     stream_gap_repair_job,
     stream_gap_sensor,
 )
-from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.orchestration.reference_assets import reference_data
+from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.schedules import session_schedules
 from mdpipeline.orchestration.sensors import freshness_sensors
 from mdpipeline.providers.catalog import datasets_of
@@ -46,12 +45,10 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     assets: list[dg.AssetsDefinition] = [reference_data]
     action_keys: list[dg.AssetKey] = []
     for provider in enabled:
-        assets += bars_1d_assets(provider, partitions)
-        if "bars_1m" in datasets_of(provider):
-            assets += bars_1m_assets(provider, partitions, universe.exchange_calendar)
-        if "corporate_actions" in datasets_of(provider):
-            assets += corporate_action_assets(provider, partitions)
-            action_keys.append(actions_key("ref", provider))
+        for ds in datasets_in_order(datasets_of(provider)):
+            assets += dataset_chain(provider, ds, partitions)
+            if ds.name == "corporate_actions":
+                action_keys.append(dg.AssetKey(list(ds.stored_key(provider))))
     bar_keys = [dg.AssetKey(["md", provider, "bars_1d"]) for provider in enabled]
     assets += adjustment_assets(action_keys, bar_keys)
     for provider in enabled:  # soft data-quality checks (warn): completeness, staleness, outliers, divergence
@@ -81,7 +78,7 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
             "providers": ProvidersResource(universe_path=str(settings.universe_path),
                                            files_dir=str(settings.files_dir), symbols=list(symbols or []),
                                            base_urls=dict(settings.base_urls)),
-            "frames": PartitionedParquetIOManager(base_dir=str(frames_dir())),
+            "frames": FramesResource(base_dir=str(frames_dir())),
         },
     )
 

@@ -21,16 +21,20 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from mdpipeline.chain.datasets import dataset
+from mdpipeline.chain.plan import symbol_groups
 from mdpipeline.orchestration.partitions import trading_day_partitions
-from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
-from mdpipeline.quality.detectors import QualityReport, detect
+from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, ProvidersResource
+from mdpipeline.quality.detectors import QualityReport, detect, merge_reports
 from mdpipeline.quality.divergence import Divergence, divergence
 from mdpipeline.quality.findings import WARN, count_by_kind
 from mdpipeline.quality.measure import corporate_actions, lookback_start
 from mdpipeline.quality.measure import quarantined as quarantined_rows
 from mdpipeline.quality.metrics import counts_markdown, findings_markdown, json_safe, partition_metrics
 from mdpipeline.quality.thresholds import Thresholds, load_thresholds
+from mdpipeline.sessions import session_dates
 from mdpipeline.storage.bars import read_bars_1d
+from mdpipeline.storage.frames import ALL_SYMBOLS
 from mdpipeline.storage.quarantine_store import record_check
 
 DATASET = "bars_1d"
@@ -77,24 +81,37 @@ def quality_checks(
         specs=[dg.AssetCheckSpec(name, asset=normalized_key, description=text, partitions_def=partitions,
                                  additional_deps=list(after))
                for name, text in BAR_CHECKS.items()],
-        ins={"bars": dg.AssetIn(normalized_key)},
         can_subset=True,
         compute_kind="polars",
     )
-    def bar_quality(context: dg.AssetCheckExecutionContext, bars: pl.DataFrame, db: DatabaseResource,
-                    providers: ProvidersResource) -> Iterator[dg.AssetCheckResult]:
+    def bar_quality(context: dg.AssetCheckExecutionContext, db: DatabaseResource, providers: ProvidersResource,
+                    frames: FramesResource) -> Iterator[dg.AssetCheckResult]:
         start, end = _partition_range(context)
         limits = thresholds()
         universe = providers.universe()
-        served = universe.symbology.filter(pl.col("symbol").is_in(list(providers.symbols_for(provider))))
+        symbols = providers.symbols_for(provider)
+        served = universe.symbology.filter(pl.col("symbol").is_in(list(symbols)))
+        store = frames.store()
+        ds = dataset(DATASET)
+        reports = []
         with db.connection() as conn:
             first = lookback_start(start, limits.lookback_sessions, universe.exchange_calendar)
-            history = read_bars_1d(conn, start=first, end=start - timedelta(days=1), provider=provider)
             actions = corporate_actions(conn, first, end)
             quarantined = quarantined_rows(conn, provider, DATASET, start, end)
-        report = detect(bars, start, end, thresholds=limits, key="symbol", calendar_name=universe.exchange_calendar,
-                        instruments=served.select("symbol", "valid_from", "valid_to"), actions=actions,
-                        history=history)
+            sessions = session_dates(start, end, universe.exchange_calendar)
+            # Daily bands learn from the whole range, so the range is cut by symbols only.
+            for group in symbol_groups(symbols or (ALL_SYMBOLS,), len(sessions), ds.rows_per_symbol_session):
+                named = None if ALL_SYMBOLS in group else list(group)
+                bars = store.scan(("normalized", provider, DATASET), "rows", start=start, end=end, symbols=group,
+                                  date_column=ds.date_column, schema=dict(ds.canonical_columns)).collect()
+                history = read_bars_1d(conn, start=first, end=start - timedelta(days=1), provider=provider,
+                                       symbols=named)
+                instruments = served if named is None else served.filter(pl.col("symbol").is_in(named))
+                reports.append(detect(bars, start, end, thresholds=limits, key="symbol",
+                                      calendar_name=universe.exchange_calendar,
+                                      instruments=instruments.select("symbol", "valid_from", "valid_to"),
+                                      actions=actions, history=history))
+        report = merge_reports(start, end, reports)
         results = _bar_results(report, quarantined, limits)
         selected = {key.name for key in context.selected_asset_check_keys}
         yield from _record_and_yield(db, normalized_key, start, end, context.run.run_id,

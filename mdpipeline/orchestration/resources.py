@@ -13,6 +13,7 @@ from mdpipeline.providers import build_provider
 from mdpipeline.providers.base import Provider
 from mdpipeline.settings import DEFAULT_FILES_DIR, DEFAULT_UNIVERSE, Settings
 from mdpipeline.storage.database import connect
+from mdpipeline.storage.frames import FrameStore
 from mdpipeline.universe import Universe, load_universe
 
 
@@ -35,6 +36,16 @@ class KafkaResource(dg.ConfigurableResource):
     """The Kafka (or Kafka-protocol) cluster events are published to."""
 
     bootstrap_servers: str
+
+
+class FramesResource(dg.ConfigurableResource):
+    """Where intermediate frames (validated, normalized) live, as Parquet chunk files."""
+
+    base_dir: str
+
+    def store(self) -> FrameStore:
+        """The frame store under `base_dir`."""
+        return FrameStore(self.base_dir)
 
 
 class ProvidersResource(dg.ConfigurableResource):

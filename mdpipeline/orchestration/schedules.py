@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from mdpipeline.sessions import calendar, session_bounds
+from mdpipeline.sessions import calendar, exchange_timezone, session_bounds
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -27,11 +27,6 @@ TRIGGER_TAG = "mdpipeline/trigger"
 SCHEDULE_PRIORITY = 10  # daily runs: dequeued first
 FRESHNESS_PRIORITY = 5  # catch-up runs of the freshness sensor: after daily runs, before backfills (0)
 AFTER_CLOSE = timedelta(hours=2, minutes=30)  # providers publish final daily bars some time after the close
-
-
-def exchange_timezone(calendar_name: str) -> str:
-    """IANA time zone of the exchange (America/New_York for XNYS)."""
-    return str(calendar(calendar_name).tz)
 
 
 def after_close_cron(calendar_name: str, after_close: timedelta = AFTER_CLOSE) -> str:

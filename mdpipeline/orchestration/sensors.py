@@ -23,9 +23,8 @@ from mdpipeline.orchestration.schedules import (
     FRESHNESS_PRIORITY,
     PRIORITY_TAG,
     TRIGGER_TAG,
-    exchange_timezone,
 )
-from mdpipeline.sessions import session_bounds
+from mdpipeline.sessions import exchange_timezone, session_bounds
 
 if TYPE_CHECKING:
     from mdpipeline.orchestration.schedules import AssetJob

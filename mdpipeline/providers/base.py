@@ -84,7 +84,8 @@ class RawPayload:
     A payload covers the sessions [session_date, session_end] (one day unless the provider answers a
     range in one response, e.g. a full daily history). `request_key` identifies the request within
     (provider, dataset, session_date), so a re-fetch of the same request with the same bytes is
-    recognised and not stored twice. `params` never holds secrets. `payload_id` is set once the
+    recognised and not stored twice. `params` never holds secrets. `symbols` (when the provider records
+    them) lets a chunk of a range read only the payloads of its symbols. `payload_id` is set once the
     payload has been stored in `raw.payloads`.
     """
 
@@ -100,6 +101,7 @@ class RawPayload:
     fetched_at: datetime | None = None
     payload_id: int | None = field(default=None, compare=False)
     session_end: date | None = None
+    symbols: tuple[str, ...] = ()  # the symbols the request asked for (empty: not recorded)
 
     @property
     def last_session(self) -> date:

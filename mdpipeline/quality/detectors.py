@@ -83,3 +83,17 @@ def detect(
     soft = in_window(concat_findings([returns, gaps, stale, volume]), start, end)
     findings = concat_findings([window, complete.findings, soft])
     return QualityReport(start=start, end=end, rows=frame.height, findings=findings, completeness=complete)
+
+
+def merge_reports(start: date, end: date, reports: Sequence[QualityReport]) -> QualityReport:
+    """One report of [start, end] from reports of disjoint chunks of it (rows and bars add up)."""
+    if not reports:
+        return QualityReport(start=start, end=end, rows=0, findings=concat_findings([]),
+                             completeness=Completeness(expected=0, present=0, no_trades=0,
+                                                       findings=concat_findings([])))
+    parts = [r.completeness for r in reports]
+    complete = Completeness(expected=sum(p.expected for p in parts), present=sum(p.present for p in parts),
+                            no_trades=sum(p.no_trades for p in parts),
+                            findings=concat_findings([p.findings for p in parts]))
+    return QualityReport(start=start, end=end, rows=sum(r.rows for r in reports),
+                         findings=concat_findings([r.findings for r in reports]), completeness=complete)

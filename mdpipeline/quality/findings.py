@@ -122,8 +122,9 @@ def to_quarantine(frame: pl.DataFrame, findings: pl.DataFrame, key: str = "symbo
     )
     rows = frame.with_columns(pl.col(key).cast(pl.String).alias("__instrument")).join(
         hard, on=["__instrument", *on], how="inner", maintain_order="left", nulls_equal=True).rechunk()
-    keep = [c for c in ("symbol", "session_date", "raw_payload_id") if c in frame.columns]
-    return rows.select(*keep, "check_name", "reason", pl.struct(frame.columns).struct.json_encode().alias("row_data"))
+    keep = [c for c in frame.columns if c in ("symbol", "session_date", "raw_payload_id") or c.startswith("__")]
+    data = [c for c in frame.columns if not c.startswith("__")]
+    return rows.select(*keep, "check_name", "reason", pl.struct(data).struct.json_encode().alias("row_data"))
 
 
 def in_window(findings: pl.DataFrame, start: date, end: date) -> pl.DataFrame:

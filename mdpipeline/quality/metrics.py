@@ -49,6 +49,17 @@ def findings_markdown(findings: pl.DataFrame, limit: int = 15) -> str:
     return "\n".join(lines)
 
 
+def rows_markdown(frame: pl.DataFrame,
+                  columns: tuple[str, ...] = ("symbol", "session_date", "ex_date", "check_name", "reason")) -> str:
+    """A small markdown table of `columns` (those present), e.g. quarantined rows, for the UI."""
+    if not frame.height:
+        return "no rows"
+    cols = [c for c in columns if c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in frame.select(cols).iter_rows()]
+    return "\n".join(lines)
+
+
 def counts_markdown(counts: Mapping[str, int], label: str = "kind", width: int = 20) -> str:
     """A count table with a bar per row, so proportions read at a glance in the UI."""
     if not counts:

@@ -13,6 +13,7 @@ import polars as pl
 from pandera.errors import SchemaError, SchemaErrors
 
 QUARANTINE_COLUMNS = ("check_name", "reason", "row_data")
+PASSTHROUGH_COLUMNS = ("symbol", "session_date", "raw_payload_id")  # kept as columns beside row_data
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,14 @@ def _failures(frame: pl.DataFrame, schema: type[pa.DataFrameModel]) -> pl.DataFr
 
 
 def _with_row_data(rows: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """Keep the quarantined row itself as JSON, so the original values are never lost."""
+    """Keep the quarantined row itself as JSON, so the original values are never lost.
+
+    Bookkeeping columns (named `__...`, e.g. the chain's `__place`) are passed through, not stored as data.
+    """
     return rows.select(
         "__row",
-        *[c for c in columns if c in ("symbol", "session_date", "raw_payload_id")],
+        *[c for c in columns if c in PASSTHROUGH_COLUMNS or c.startswith("__")],
         pl.col("check_name"),
         pl.col("reason"),
-        pl.struct(columns).struct.json_encode().alias("row_data"),
+        pl.struct([c for c in columns if not c.startswith("__")]).struct.json_encode().alias("row_data"),
     )

@@ -31,6 +31,13 @@ class _Prices(pa.DataFrameModel):
     vwap: float = pa.Field(gt=0, nullable=True)
     trades: int = pa.Field(ge=0, nullable=True)
 
+    @pa.check("open", "high", "low", "close", "volume", "vwap", name="finite", error="is_finite")
+    @classmethod
+    def finite(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        """Infinity passes `gt=0` and NaN compares false: neither is a price (JSON cannot even carry them)."""
+        value = pl.col(data.key)
+        return data.lazyframe.select(value.is_finite() | value.is_null())
+
     @pa.dataframe_check(name="ohlc_consistent", error=OHLC_RULE)
     @classmethod
     def ohlc_consistent(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -88,6 +95,34 @@ class StandardCorporateActions(pa.DataFrameModel):
     class Config:
         strict = False
         coerce = False
+
+
+class NormalizedCorporateActions(pa.DataFrameModel):
+    """Canonical corporate actions, as in `ref.corporate_actions` (a split has no amount, a dividend no ratio)."""
+
+    instrument_id: int = pa.Field(gt=0)
+    symbol: str = pa.Field(str_length={"min_value": 1})
+    ex_date: dt.date
+    action: str = pa.Field(isin=["split", "cash_dividend"])
+    ratio: float = pa.Field(gt=0, nullable=True)
+    amount: float = pa.Field(gt=0, nullable=True)
+    currency: str = pa.Field(nullable=True)
+    provider: str
+    raw_payload_id: int = pa.Field(nullable=True)
+
+    @pa.dataframe_check(name="one_value", error="a split carries only a ratio, a cash dividend only an amount")
+    @classmethod
+    def one_value(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        """The adjustment arithmetic reads exactly one of the two."""
+        split = pl.col("action") == "split"
+        return data.lazyframe.select(
+            pl.when(split).then(pl.col("ratio").is_not_null() & pl.col("amount").is_null())
+            .otherwise(pl.col("amount").is_not_null() & pl.col("ratio").is_null()))
+
+    class Config:
+        strict = True
+        coerce = False
+        unique = ["instrument_id", "ex_date", "action", "provider"]
 
 
 class StandardBars1m(_Prices):

@@ -12,20 +12,9 @@ from datetime import date
 import polars as pl
 
 from mdpipeline.quality.findings import ERROR, WARN, concat_findings, is_intraday, make_findings
-from mdpipeline.sessions import calendar, session_bounds, session_dates
+from mdpipeline.sessions import exchange_timezone, session_bounds, session_dates, with_session_date
 
-
-def exchange_timezone(calendar_name: str = "XNYS") -> str:
-    """The IANA time zone of the exchange (session dates are local dates)."""
-    return str(calendar(calendar_name).tz)
-
-
-def with_session_date(frame: pl.DataFrame, calendar_name: str = "XNYS") -> pl.DataFrame:
-    """Intraday bars with a `session_date` (the exchange-local date of `ts`) when they have none."""
-    if "session_date" in frame.columns or not is_intraday(frame):
-        return frame
-    local = pl.col("ts").dt.convert_time_zone(exchange_timezone(calendar_name)).dt.date()
-    return frame.with_columns(local.alias("session_date"))
+__all__ = ["exchange_timezone", "session_window", "with_session_date"]
 
 
 def session_window(

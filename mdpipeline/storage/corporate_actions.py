@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 
 import polars as pl
@@ -10,6 +11,7 @@ import psycopg
 from mdpipeline.enrich.adjustments import FACTOR_COLUMNS
 from mdpipeline.normalize.corporate_actions import CANONICAL_CORPORATE_ACTIONS
 from mdpipeline.storage.binary_copy import copy_frame
+from mdpipeline.storage.loader import LoadResult, ShrinkError
 from mdpipeline.storage.reader import read_frame
 
 STORED_ACTIONS: dict[str, pl.DataType] = {
@@ -20,15 +22,22 @@ _KEY = "instrument_id, ex_date, action, provider"
 
 
 def replace_provider_actions(
-    conn: psycopg.Connection, frame: pl.DataFrame, *, provider: str, start: date, end: date, run_id: str
-) -> dict[str, int]:
-    """Make `provider`'s actions with ex_date in [start, end] equal to `frame`, in one transaction.
+    conn: psycopg.Connection, frame: pl.DataFrame, *, provider: str, start: date, end: date, run_id: str,
+    symbols: Sequence[str] | None = None, allow_deletes: bool = False,
+) -> LoadResult:
+    """Make `provider`'s actions with ex_date in [start, end] (and `symbols`, when given) equal to `frame`.
 
-    An action whose values did not change keeps the time it was first learnt; a new or changed one
-    is stamped now. That time is what as-of reads filter on.
+    One transaction (a savepoint inside the caller's). An action whose values did not change keeps
+    the time it was first learnt; a new or changed one is stamped now, which is what as-of reads
+    filter on. A stored action missing from `frame` is deleted only with `allow_deletes` (else
+    `ShrinkError`): a transient empty answer must not erase a split from the adjusted history.
     """
     cols = [c for c in STORED_ACTIONS if c != "learned_at"]
+    scope = "provider = %s and ex_date between %s and %s" + (" and symbol = any(%s)" if symbols is not None else "")
+    params: tuple[object, ...] = (provider, start, end, *((list(symbols),) if symbols is not None else ()))
     with conn.transaction():
+        lock = f"mdpipeline.load:ref.corporate_actions:{provider}"
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (lock,))
         conn.execute(
             "create temporary table _actions (instrument_id bigint, symbol text, ex_date date, action text,"
             " ratio double precision, amount double precision, currency text, provider text,"
@@ -36,27 +45,38 @@ def replace_provider_actions(
         )
         with conn.cursor() as cur:
             copy_frame(cur, "_actions", frame.select(cols))
-        removed = conn.execute(
-            f"delete from ref.corporate_actions c where provider = %s and ex_date between %s and %s"
-            f" and not exists (select 1 from _actions n where ({_KEY}) = (c.instrument_id, c.ex_date, c.action,"
-            " c.provider))",
-            (provider, start, end),
-        ).rowcount
-        upserted = conn.execute(
+        missing = f"{scope} and not exists (select 1 from _actions n where ({_KEY}) = (c.instrument_id, c.ex_date," \
+                  " c.action, c.provider))"
+        gone = conn.execute(f"select instrument_id, symbol, ex_date, action from ref.corporate_actions c"
+                            f" where {missing} order by ex_date, symbol", params).fetchall()
+        if gone and not allow_deletes:
+            shown = ", ".join(f"{r[1]} {r[3]} {r[2]}" for r in gone[:10])
+            raise ShrinkError(
+                f"ref.corporate_actions: the new data of provider {provider} for {start}..{end} lacks {len(gone)}"
+                f" stored actions ({shown}); nothing was changed. If the provider really withdrew them, re-run with"
+                " deletions allowed (--allow-deletes, or the run tag mdpipeline/allow_deletes=true)")
+        if gone:
+            conn.execute(f"delete from ref.corporate_actions c where {missing}", params)
+        written = conn.execute(
             f"""
-            insert into ref.corporate_actions ({", ".join(cols)}, run_id, learned_at)
+            insert into ref.corporate_actions as c ({", ".join(cols)}, run_id, learned_at)
             select {", ".join(cols)}, %s, now() from _actions
             on conflict ({_KEY}) do update set
                 symbol = excluded.symbol, ratio = excluded.ratio, amount = excluded.amount,
                 currency = excluded.currency, raw_payload_id = excluded.raw_payload_id, run_id = excluded.run_id,
                 learned_at = case
-                    when (ref.corporate_actions.ratio, ref.corporate_actions.amount, ref.corporate_actions.currency)
-                         is not distinct from (excluded.ratio, excluded.amount, excluded.currency)
-                    then ref.corporate_actions.learned_at else excluded.learned_at end
+                    when (c.ratio, c.amount, c.currency) is not distinct from (excluded.ratio, excluded.amount,
+                                                                            excluded.currency)
+                    then c.learned_at else excluded.learned_at end
+            returning instrument_id, ex_date, (xmax = 0), learned_at = now()
             """,
             (run_id,),
-        ).rowcount
-    return {"actions": upserted, "removed": removed}
+        ).fetchall()
+    changed = pl.DataFrame([(r[0], r[1]) for r in written if r[3]] + [(r[0], r[2]) for r in gone],
+                           schema={"instrument_id": pl.Int64, "session_date": pl.Date}, orient="row").unique()
+    inserted = sum(1 for r in written if r[2])
+    return LoadResult(rows=frame.height, inserted=inserted, updated=sum(1 for r in written if r[3] and not r[2]),
+                      deleted=len(gone), first_load=False, changed=changed.sort("instrument_id", "session_date"))
 
 
 def read_actions(conn: psycopg.Connection) -> pl.DataFrame:

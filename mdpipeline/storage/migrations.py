@@ -348,10 +348,26 @@ def _stream_gap_repair(conn: psycopg.Connection, timescale: bool) -> None:
     )
 
 
+def _compressed_payloads(conn: psycopg.Connection, timescale: bool) -> None:
+    """Raw bodies stored zstd-compressed (TOAST's own compression off), their size as sent, their symbols."""
+    conn.execute(
+        """
+        alter table raw.payloads add column if not exists compression text not null default 'none'
+            check (compression in ('none', 'zstd'));
+        alter table raw.payloads add column if not exists body_size bigint;
+        update raw.payloads set body_size = octet_length(body) where body_size is null;
+        alter table raw.payloads alter column body_size set not null;
+        alter table raw.payloads add column if not exists symbols text[];
+        alter table raw.payloads alter column body set storage external;
+        """
+    )
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
     Migration(2, "corporate actions and adjustment factors", _corporate_actions_and_factors),
     Migration(3, "outbox, stream offsets and gaps", _outbox_and_streams),
     Migration(4, "stream gap repair outcomes", _stream_gap_repair),
+    Migration(5, "compressed raw payloads with their symbols", _compressed_payloads),
 )

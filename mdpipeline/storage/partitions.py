@@ -23,25 +23,30 @@ def _bounds(interval: str, day: date) -> tuple[date, date, str]:
 
 
 def ensure_partitions(conn: psycopg.Connection, table: str, start: date, end: date) -> list[str]:
-    """Create the partitions of `table` covering [start, end]; no-op on TimescaleDB (chunks are automatic).
+    """Create the missing partitions of `table` covering [start, end]; no-op on TimescaleDB (chunks are automatic).
 
+    Existing partitions are looked up first, so the common case (all there) takes no lock at all.
     Returns the names of the partitions that cover the range.
     """
     if storage_layout(conn) == "timescaledb":
         return []
     _, interval = TIME_PARTITIONED[table]
     schema, name = table.split(".")
-    names: list[str] = []
+    wanted: list[tuple[str, date, date]] = []
     day = start
     while day <= end:
         lower, upper, suffix = _bounds(interval, day)
-        part = f"{name}_{suffix}"
-        conn.execute(sql.SQL("create table if not exists {} partition of {} for values from ({}) to ({})").format(
-            sql.Identifier(schema, part), sql.Identifier(schema, name), sql.Literal(lower), sql.Literal(upper),
-        ))
-        names.append(f"{schema}.{part}")
+        wanted.append((f"{name}_{suffix}", lower, upper))
         day = upper
-    return names
+    existing = {r[0] for r in conn.execute(
+        "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
+        " where i.inhparent = %s::regclass and c.relname = any(%s)", (table, [w[0] for w in wanted]))}
+    for part, lower, upper in wanted:
+        if part not in existing:
+            conn.execute(sql.SQL("create table if not exists {} partition of {} for values from ({}) to ({})").format(
+                sql.Identifier(schema, part), sql.Identifier(schema, name), sql.Literal(lower), sql.Literal(upper),
+            ))
+    return [f"{schema}.{part}" for part, _, _ in wanted]
 
 
 def drop_partitions_before(conn: psycopg.Connection, table: str, cutoff: date) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
@@ -23,6 +24,17 @@ _QUARANTINE_COLUMNS: dict[str, pl.DataType] = {
     "raw_payload_id": pl.Int64(),
     "run_id": pl.String(),
 }
+# What a step hands downstream about the rows it rejected (stored by the store step, with the chunk's rows).
+REJECT_COLUMNS: dict[str, pl.DataType] = {
+    c: t for c, t in _QUARANTINE_COLUMNS.items() if c not in ("dataset", "provider", "run_id")}
+
+
+def as_rejects(rows: pl.DataFrame, stage: str) -> pl.DataFrame:
+    """Quarantined rows of a step (check_name, reason, row_data, ...) as a rejects frame of `stage`."""
+    frame = rows.with_columns(pl.lit(stage).alias("stage"))
+    return frame.select(
+        pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c) for c, t in REJECT_COLUMNS.items()
+    )
 
 
 def replace_quarantine(
@@ -31,41 +43,49 @@ def replace_quarantine(
     *,
     dataset: str,
     provider: str,
-    stage: str,
+    stage: str | Sequence[str],
     start: date,
     end: date,
     run_id: str,
+    symbols: Sequence[str] | None = None,
+    without_symbol: bool = True,
 ) -> int:
-    """Replace the quarantine of (dataset, provider, stage) for sessions in [start, end] by `rows`.
+    """Replace the quarantine of (dataset, provider, stages) for sessions in [start, end] by `rows`.
 
-    A re-run therefore reports the current rejects exactly once instead of piling up copies.
+    `stage` is one stage (every row gets it) or several (the rows carry a `stage` column). With
+    `symbols`, only those symbols' rows are replaced, plus (when `without_symbol`) the rows that
+    name no symbol. A re-run therefore reports the current rejects exactly once instead of piling up copies.
     """
-    frame = rows.with_columns(
-        pl.lit(dataset).alias("dataset"), pl.lit(provider).alias("provider"),
-        pl.lit(stage).alias("stage"), pl.lit(run_id).alias("run_id"),
-    )
+    stages = [stage] if isinstance(stage, str) else list(stage)
+    frame = rows.with_columns(pl.lit(dataset).alias("dataset"), pl.lit(provider).alias("provider"),
+                              pl.lit(run_id).alias("run_id"))
+    if isinstance(stage, str):
+        frame = frame.with_columns(pl.lit(stage).alias("stage"))
     frame = frame.select(
         pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
         for c, t in _QUARANTINE_COLUMNS.items()
     )
+    where = "dataset = %s and provider = %s and stage = any(%s) and session_date between %s and %s"
+    params: list[object] = [dataset, provider, stages, start, end]
+    if symbols is not None:
+        where += " and (symbol = any(%s)" + (" or symbol is null or symbol = ''" if without_symbol else "") + ")"
+        params.append(list(symbols))
     with conn.transaction():
-        conn.execute(
-            "delete from quality.quarantine where dataset = %s and provider = %s and stage = %s "
-            "and session_date between %s and %s",
-            (dataset, provider, stage, start, end),
-        )
-        conn.execute(
-            "create temporary table _quarantine (dataset text, provider text, stage text, session_date date,"
-            " symbol text, check_name text, reason text, row_data text, raw_payload_id bigint, run_id text)"
-            " on commit drop"
-        )
-        with conn.cursor() as cur:
-            copy_frame(cur, "_quarantine", frame)
-        conn.execute(
-            f"insert into quality.quarantine ({', '.join(_QUARANTINE_COLUMNS)}) "
-            f"select {', '.join(c if c != 'row_data' else 'row_data::jsonb' for c in _QUARANTINE_COLUMNS)} "
-            "from _quarantine"
-        )
+        conn.execute(f"delete from quality.quarantine where {where}", params)
+        if frame.height:
+            conn.execute(
+                "create temporary table _quarantine (dataset text, provider text, stage text, session_date date,"
+                " symbol text, check_name text, reason text, row_data text, raw_payload_id bigint, run_id text)"
+                " on commit drop"
+            )
+            with conn.cursor() as cur:
+                copy_frame(cur, "_quarantine", frame)
+            conn.execute(
+                f"insert into quality.quarantine ({', '.join(_QUARANTINE_COLUMNS)}) "
+                f"select {', '.join(c if c != 'row_data' else 'row_data::jsonb' for c in _QUARANTINE_COLUMNS)} "
+                "from _quarantine"
+            )
+            conn.execute("drop table _quarantine")
     return frame.height
 
 
