@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
@@ -14,6 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from mdpipeline.settings import Settings, load_env
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from mdpipeline.chain.progress import ChunkReport
 
 app = typer.Typer(help="mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster.",
                   no_args_is_help=True, add_completion=False)
@@ -91,9 +98,11 @@ def backfill(
     provider: Annotated[list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")] = None,
     symbols: Annotated[str | None, typer.Option("--symbols", help="Comma-separated symbols (default all).")] = None,
     select: Annotated[str | None, typer.Option("--select", help="Dagster asset selection, e.g. 'group:md'.")] = None,
+    allow_deletes: Annotated[bool, typer.Option(
+        "--allow-deletes", help="Let stored rows go when the provider no longer sends them.")] = False,
 ) -> None:
     """Re-materialize [start, end] through Dagster in a single run; exits non-zero when the run fails."""
-    _run_range(_date(start, "--start"), _date(end, "--end"), provider, symbols, select)
+    _run_range(_date(start, "--start"), _date(end, "--end"), provider, symbols, select, allow_deletes)
 
 
 @app.command()
@@ -101,27 +110,51 @@ def replay(
     start: Start,
     end: End,
     provider: Annotated[list[str] | None, typer.Option("--provider", help="Only this provider (repeatable).")] = None,
+    allow_deletes: Annotated[bool, typer.Option(
+        "--allow-deletes", help="Let stored rows go when the stored payloads no longer hold them.")] = False,
 ) -> None:
     """Re-derive everything downstream of `raw` for [start, end] from stored payloads (no provider calls)."""
-    _run_range(_date(start, "--start"), _date(end, "--end"), provider, None, "not group:raw")
+    _run_range(_date(start, "--start"), _date(end, "--end"), provider, None, "not group:raw", allow_deletes)
 
 
-def _run_range(start: date, end: date, providers: list[str] | None, symbols: str | None, select: str | None) -> None:
+def _run_range(start: date, end: date, providers: list[str] | None, symbols: str | None, select: str | None,
+               allow_deletes: bool = False) -> None:
+    from mdpipeline.orchestration.chain import ALLOW_DELETES_TAG
     from mdpipeline.orchestration.definitions import build_definitions
+    from mdpipeline.orchestration.progress import listening
     from mdpipeline.orchestration.runner import NoSessionsError, materialize_range
 
     settings = _settings()
     _prepare(settings)
     wanted = [s.strip().upper() for s in symbols.split(",")] if symbols else None
     defs = build_definitions(settings, symbols=wanted)
+    tags = {ALLOW_DELETES_TAG: "true"} if allow_deletes else {}
     try:
-        result = materialize_range(defs, start, end, providers=providers, select=select)
+        with _chunk_progress() as listener, listening(listener):
+            result = materialize_range(defs, start, end, providers=providers, select=select, tags=tags,
+                                       log_level="WARNING")
     except NoSessionsError as err:
         err_console.print(f"[red]{err}[/]")
         raise typer.Exit(2) from None
     _print_run(result)
     if not result.success:
         raise typer.Exit(1)
+
+
+@contextmanager
+def _chunk_progress() -> Iterator[Callable[[ChunkReport], None]]:
+    """A rich progress display on stderr: one bar per step, advanced chunk by chunk."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, TaskID] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[rate]}"), console=err_console, transient=False) as progress:
+        def on_chunk(report: ChunkReport) -> None:
+            if report.asset not in tasks:
+                tasks[report.asset] = progress.add_task(report.asset, total=report.chunks, rate="")
+            progress.update(tasks[report.asset], completed=report.done,
+                            rate=f"{report.total_rows:,} rows, {report.rows_per_second:,.0f}/s")
+        yield on_chunk
 
 
 def _prepare(settings: Settings) -> None:

@@ -28,7 +28,7 @@ DATASET = "bars_1d"
 
 @dataclass(frozen=True)
 class Payload:
-    """The `raw.payloads` entry a row was parsed from (the body itself is left out; `bytes` is its size)."""
+    """The `raw.payloads` entry a row was parsed from (the body itself is left out; `bytes` is its size as sent)."""
 
     payload_id: int
     provider: str
@@ -168,7 +168,7 @@ def _payload(conn: psycopg.Connection, payload_id: int) -> Payload | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "select payload_id, provider, dataset, session_date, session_end, request_key, endpoint, params, status,"
-            " content_type, sha256, octet_length(body) as bytes, fetched_at, first_run_id, last_run_id,"
+            " content_type, sha256, body_size as bytes, fetched_at, first_run_id, last_run_id,"
             " last_seen_at from raw.payloads where payload_id = %s", (payload_id,)).fetchone()
     return Payload(**row) if row else None
 

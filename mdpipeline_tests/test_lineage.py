@@ -24,6 +24,7 @@ from mdpipeline.lineage import bar_lineage, describe
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.database import connect
+from mdpipeline.storage.raw_store import decompress
 from mdpipeline_tests.pipeline_helpers import events_of_run, settings_for, universe_with
 
 START, END = date(2024, 6, 10), date(2024, 6, 12)
@@ -76,18 +77,20 @@ def test_lineage_walks_from_the_row_to_its_payload_run_and_event(ran: Ran) -> No
     with connect(ran.database_url) as conn:
         (nvda,) = bar_lineage(conn, "nvda", DAY, "synthetic")
         stored = conn.execute(
-            "select payload_id, sha256, body, endpoint, params, first_run_id from raw.payloads p"
+            "select payload_id, sha256, body, compression, endpoint, params, first_run_id from raw.payloads p"
             " join md.bars_1d b on b.raw_payload_id = p.payload_id"
             " where b.symbol = 'NVDA' and b.session_date = %s and b.provider = 'synthetic'", (DAY,)).fetchone()
     assert stored is not None
-    payload_id, sha256, body, endpoint, params, first_run = stored
+    payload_id, sha256, stored_body, compression, endpoint, params, first_run = stored
+    body = decompress(bytes(stored_body), compression)  # stored zstd-compressed, identified as sent
+    assert compression == "zstd"
 
     assert nvda.row is not None
     assert (nvda.symbol, nvda.session_date, nvda.provider) == ("NVDA", DAY, "synthetic")
     assert nvda.run_id == ran.run_id  # the run that stored the row
     assert nvda.payload is not None
     assert nvda.payload.payload_id == payload_id == nvda.row["raw_payload_id"]
-    assert nvda.payload.sha256 == sha256 == hashlib.sha256(bytes(body)).hexdigest()
+    assert nvda.payload.sha256 == sha256 == hashlib.sha256(body).hexdigest()
     assert (nvda.payload.endpoint, nvda.payload.params, nvda.payload.bytes) == (endpoint, params, len(body))
     assert nvda.payload.first_run_id == first_run == ran.run_id
     assert nvda.quarantine == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -70,16 +71,19 @@ def test_one_payload_per_session_and_none_on_weekends_or_holidays() -> None:
     assert all(d.weekday() < 5 for d in days)
     assert days[:3] == [date(2024, 6, 14), date(2024, 6, 17), date(2024, 6, 18)]
     first = payloads[0]
-    assert first.request_key == "bars_1d:2024-06-14"
+    assert first.request_key.startswith("bars_1d:2024-06-14:")  # then a digest of the symbols asked for
+    assert first.symbols == ("AAPL", "NVDA")
     assert first.endpoint == "synthetic://bars_1d"
     assert first.params == {"session": "2024-06-14", "symbols": ["AAPL", "NVDA"], "seed": 7}
     assert first.fetched_at is not None
     assert first.fetched_at.tzinfo is not None
-    doc = json.loads(first.body)
-    assert (doc["provider"], doc["dataset"], doc["session"]) == ("synthetic", "bars_1d", "2024-06-14")
-    assert [b["symbol"] for b in doc["bars"]] == ["AAPL", "NVDA"]
-    assert set(doc["bars"][0]) == {"symbol", "date", "open", "high", "low", "close", "volume", "vwap",
-                                   "trades"}
+    assert first.content_type == "text/csv"
+    doc = pl.read_csv(io.BytesIO(first.body), infer_schema=False)
+    assert doc["symbol"].to_list() == ["AAPL", "NVDA"]
+    assert doc["date"].to_list() == ["2024-06-14", "2024-06-14"]
+    assert doc.columns == ["symbol", "date", "open", "high", "low", "close", "volume", "vwap", "trades"]
+    other = make().extract(Query("bars_1d", date(2024, 6, 14), date(2024, 6, 14), ("AAPL",)))
+    assert other[0].request_key != first.request_key  # another symbol set is another request
     assert make().extract(Query("bars_1d", date(2024, 7, 4), date(2024, 7, 4), ("AAPL",))) == []
 
 
@@ -97,7 +101,7 @@ def test_minute_bars_cover_the_session_half_days_too() -> None:
 def test_minute_timestamps_are_utc_bar_starts() -> None:
     p = make()
     summer = p.extract(Query("bars_1m", date(2024, 6, 10), date(2024, 6, 10), ("AAPL",)))
-    assert json.loads(summer[0].body)["bars"][0]["ts"] == "2024-06-10T13:30:00Z"
+    assert pl.read_csv(io.BytesIO(summer[0].body), infer_schema=False)["ts"][0] == "2024-06-10T13:30:00Z"
     winter = bars(p, "bars_1m", date(2024, 1, 2), date(2024, 1, 2), ("AAPL",))
     assert winter["ts"].min() == datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
     assert winter["ts"].max() == datetime(2024, 1, 2, 20, 59, tzinfo=UTC)
@@ -170,9 +174,8 @@ def test_corporate_actions_payloads() -> None:
     payloads = p.extract(Query("corporate_actions", date(2024, 5, 9), date(2024, 6, 10), SYMBOLS))
     assert [x.session_date for x in payloads] == [x.session_date for x in p.extract(
         Query("bars_1d", date(2024, 5, 9), date(2024, 6, 10), ("AAPL",)))]
-    non_empty = [x for x in payloads if json.loads(x.body)["actions"]]
-    assert [x.request_key for x in non_empty] == [
-        "corporate_actions:2024-05-10", "corporate_actions:2024-06-10"]
+    non_empty = [x for x in payloads if pl.read_csv(io.BytesIO(x.body), infer_schema=False).height]
+    assert [x.session_date for x in non_empty] == [date(2024, 5, 10), date(2024, 6, 10)]
     frame = p.transform("corporate_actions", payloads)
     assert frame.drop("raw_payload_id").rows() == [
         ("AAPL", date(2024, 5, 10), "cash_dividend", None, 0.25, "USD"),
@@ -195,6 +198,18 @@ def test_transform_returns_the_standard_frame(dataset: str) -> None:
 
 
 def test_unparseable_values_become_nulls() -> None:
+    csv = (b"symbol,date,open,high,low,close,volume,vwap,trades\n"
+           b"AAPL,2024-06-10,190.5, 191.25 ,189.0,n/a,,190.1,12.5\n"
+           b"MSFT,2024-13-01,420,421,419,420.5,1000,,7\n")
+    payload = RawPayload("synthetic", "bars_1d", date(2024, 6, 10), "bars_1d:2024-06-10",
+                         "synthetic://bars_1d", {}, csv, content_type="text/csv", payload_id=5)
+    assert make().transform("bars_1d", [payload]).rows() == [
+        ("AAPL", date(2024, 6, 10), 190.5, 191.25, 189.0, None, None, 190.1, None, 5),
+        ("MSFT", None, 420.0, 421.0, 419.0, 420.5, 1000.0, None, 7, 5),
+    ]
+
+
+def test_json_payloads_of_earlier_versions_still_replay() -> None:
     body = json.dumps({"provider": "synthetic", "dataset": "bars_1d", "session": "2024-06-10", "bars": [
         {"symbol": "AAPL", "date": "2024-06-10", "open": 190.5, "high": "191.25", "low": 189.0,
          "close": "n/a", "volume": None, "vwap": 190.1, "trades": "12.5"},

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mdpipeline.chain.plan import Chunk
+from mdpipeline.chunks import Chunk
 
 
 @dataclass(frozen=True)

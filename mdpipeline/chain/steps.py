@@ -17,7 +17,7 @@ import polars as pl
 import psycopg
 
 from mdpipeline.chain.datasets import Dataset, StoreScope
-from mdpipeline.chain.plan import Chunk
+from mdpipeline.chunks import Chunk
 from mdpipeline.distribute.events import lineage_headers
 from mdpipeline.distribute.outbox import enqueue
 from mdpipeline.distribute.topics import DEAD_LETTER

@@ -12,9 +12,9 @@ import dagster as dg
 
 from mdpipeline.chain.columns import layer_columns
 from mdpipeline.chain.datasets import Dataset
-from mdpipeline.chain.plan import Chunk, plan_chunks
 from mdpipeline.chain.progress import run_chunks
 from mdpipeline.chain.steps import Chain, ingest, normalize_chunk, store_chunk, validate_chunk
+from mdpipeline.chunks import Chunk, plan_chunks
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import DEAD_LETTER, ensure_topics
 from mdpipeline.orchestration.partitions import partition_dates

@@ -22,7 +22,7 @@ import dagster as dg
 import polars as pl
 
 from mdpipeline.chain.datasets import dataset
-from mdpipeline.chain.plan import symbol_groups
+from mdpipeline.chunks import symbol_groups
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, ProvidersResource
 from mdpipeline.quality.detectors import QualityReport, detect, merge_reports

@@ -15,6 +15,9 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from mdpipeline.sessions import session_dates
 
+EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+EVENT_BATCH_SIZE = 1000
+
 
 class NoSessionsError(ValueError):
     """The requested range holds no trading session."""
@@ -58,13 +61,17 @@ def materialize_range(
     raise_on_error: bool = False,
     calendar_name: str = "XNYS",
     log_level: str = "INFO",
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize the selected assets for every session in [start, end] in one run.
 
-    Partitioned assets take the whole range at once (single-run backfill); unpartitioned ones
-    (reference data before, adjustments after) run once in the same run, in dependency order.
+    Partitioned assets take the whole range at once (single-run backfill, each step chunk by
+    chunk); unpartitioned ones (reference data before, adjustments after) run once in the same run,
+    in dependency order. Dagster stores the run's per-session events in batches
+    (`DAGSTER_EVENT_BATCH_SIZE`, default here 1000).
     """
     first, last = session_range(start, end, calendar_name)
+    os.environ.setdefault(EVENT_BATCH_SIZE_ENV, str(EVENT_BATCH_SIZE))
     if instance is None:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     return dg.materialize(
@@ -72,7 +79,7 @@ def materialize_range(
         selection=select_assets(defs, providers, select),
         resources=dict(defs.resources or {}),
         instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+        tags={**(tags or {}), ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
         raise_on_error=raise_on_error,
         run_config=console_log_level(log_level),
     )

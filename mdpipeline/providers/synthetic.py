@@ -25,8 +25,8 @@ second vendor disagreeing looks like), volume_spike (volume and trades times `ma
 
 from __future__ import annotations
 
+import hashlib
 import io
-import json
 import zlib
 from bisect import bisect_left
 from collections.abc import Sequence
@@ -185,6 +185,8 @@ def _action_factors(sessions: Sequence[date], close: np.ndarray,
     """Multipliers turning the continuous path into raw prices/volumes (one loop step per action)."""
     price_f = np.ones(len(sessions))
     volume_f = np.ones(len(sessions))
+    if not actions:
+        return price_f, volume_f
     ordinals = np.fromiter((d.toordinal() for d in sessions), dtype=np.int64, count=len(sessions))
     for act in sorted(actions, key=lambda a: a.ex_date):
         i = int(np.searchsorted(ordinals, act.ex_date.toordinal()))
@@ -204,31 +206,54 @@ def _action_factors(sessions: Sequence[date], close: np.ndarray,
 def minute_path(seed: int, symbol: str, day: date, bar: dict[str, Any],
                 minutes: int) -> dict[str, np.ndarray]:
     """`minutes` one-minute bars bridging the daily `bar` of `day` (a scaled Brownian bridge)."""
-    o, h, lo, c, v = (bar[k] for k in ("open", "high", "low", "close", "volume"))
-    rng = np.random.default_rng([seed, _symbol_key(symbol), 2, day.toordinal()])
-    steps, wick_up, wick_dn, vol_noise = rng.standard_normal((4, minutes))
+    frame = pl.DataFrame({"symbol": [symbol], "session_date": [day],
+                          **{k: [bar[k]] for k in ("open", "high", "low", "close", "volume", "trades")}})
+    paths = minute_paths(seed, frame, minutes)
+    return {k: v[0] for k, v in paths.items()}
+
+
+def minute_paths(seed: int, days: pl.DataFrame, minutes: int) -> dict[str, np.ndarray]:
+    """`minutes` one-minute bars bridging each daily bar of `days` (one row per symbol and session).
+
+    Returns (rows, minutes) arrays. Each day draws from its own generator seeded with (seed, symbol,
+    date), so a day's minutes are the same whatever range is asked for; everything else is computed
+    for all days at once.
+    """
+    n = days.height
+    o, h, lo, c, v, trades = (days[k].to_numpy().astype(np.float64)[:, None]
+                              for k in ("open", "high", "low", "close", "volume", "trades"))
+    keys = [_symbol_key(sym) for sym in days["symbol"].to_list()]
+    ordinals = [d.toordinal() for d in days["session_date"].to_list()]
+    draws = np.empty((n, 4, minutes))
+    for i in range(n):
+        draws[i] = np.random.default_rng([seed, keys[i], 2, ordinals[i]]).standard_normal((4, minutes))
+    steps, wick_up, wick_dn, vol_noise = draws[:, 0], draws[:, 1], draws[:, 2], draws[:, 3]
     t = np.arange(minutes + 1) / minutes
-    walk = np.concatenate(([0.0], np.cumsum(steps)))
-    bridge = walk - t * walk[-1]
+    walk = np.concatenate((np.zeros((n, 1)), np.cumsum(steps, axis=1)), axis=1)
+    bridge = walk - t * walk[:, -1:]
     line = o * (1.0 - t) + c * t
     up, dn = bridge > 0, bridge < 0
-    s_up = np.min((h - line[up]) / bridge[up]) if up.any() else 0.0
-    s_dn = np.min((line[dn] - lo) / -bridge[dn]) if dn.any() else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_up = np.where(up, (h - line) / np.where(up, bridge, 1.0), np.inf).min(axis=1, keepdims=True)
+        s_dn = np.where(dn, (line - lo) / np.where(dn, -bridge, 1.0), np.inf).min(axis=1, keepdims=True)
+    s_up[~np.isfinite(s_up)] = 0.0
+    s_dn[~np.isfinite(s_dn)] = 0.0
     path = np.clip(_round(line + np.where(up, bridge * s_up, bridge * s_dn)), lo, h)
-    path[0], path[-1] = o, c
-    m_open, m_close = path[:-1], path[1:]
+    path[:, :1], path[:, -1:] = o, c
+    m_open, m_close = path[:, :-1], path[:, 1:]
     wick = 0.25 * (h - lo) / np.sqrt(minutes)
     m_high = np.clip(_round(np.maximum(m_open, m_close) + wick * np.abs(wick_up)), lo, h)
     m_low = np.clip(_round(np.minimum(m_open, m_close) - wick * np.abs(wick_dn)), lo, h)
-    m_high[np.argmax(m_high)] = h
-    m_low[np.argmin(m_low)] = lo
+    rows = np.arange(n)
+    m_high[rows, np.argmax(m_high, axis=1)] = h[:, 0]
+    m_low[rows, np.argmin(m_low, axis=1)] = lo[:, 0]
     k = np.arange(minutes)
     profile = 1.0 + 2.5 * np.exp(-k / 20.0) + 1.5 * np.exp(-(minutes - 1 - k) / 15.0)  # U-shaped day
     profile = profile * np.exp(0.4 * vol_noise)
-    m_volume = np.floor(v * profile / profile.sum())
-    m_volume[np.argmax(profile)] += v - m_volume.sum()
-    per_trade = v / max(bar["trades"], 1)
-    m_trades = np.where(m_volume > 0, np.maximum(1, np.round(m_volume / max(per_trade, 1.0))), 0)
+    m_volume = np.floor(v * profile / profile.sum(axis=1, keepdims=True))
+    m_volume[rows, np.argmax(profile, axis=1)] += (v - m_volume.sum(axis=1, keepdims=True))[:, 0]
+    per_trade = v / np.maximum(trades, 1)
+    m_trades = np.where(m_volume > 0, np.maximum(1, np.round(m_volume / np.maximum(per_trade, 1.0))), 0)
     return {
         "open": m_open, "high": m_high, "low": m_low, "close": m_close, "volume": m_volume,
         "vwap": np.clip(_round((m_open + m_high + m_low + m_close) / 4.0, 4), m_low, m_high),
@@ -259,10 +284,11 @@ class SyntheticProvider:
         sessions = session_dates(ORIGIN, end, self.calendar_name)
         first = bisect_left(sessions, start)
         frames = [_DAILY_EMPTY]
+        days = pl.Series("session_date", sessions[first:], dtype=pl.Date)
         for symbol in symbols if first < len(sessions) else ():
             path = daily_path(self.seed, symbol, sessions, self.actions)
             frames.append(pl.DataFrame({k: v[first:] for k, v in path.items()}).with_columns(
-                symbol=pl.lit(symbol), session_date=pl.Series(sessions[first:], dtype=pl.Date)))
+                days, symbol=pl.lit(symbol)))
         return pl.concat([f.select(_DAILY_EMPTY.columns).cast(_DAILY_EMPTY.schema) for f in frames]).sort(
             "session_date", "symbol", maintain_order=True)
 
@@ -271,23 +297,28 @@ class SyntheticProvider:
         bounds = session_bounds(start, end, self.calendar_name).rename(
             {"open": "session_open", "close": "session_close"})
         days = self.daily_bars(symbols, start, end).join(bounds, on="session_date", maintain_order="left")
+        days = days.with_columns(((pl.col("session_close") - pl.col("session_open")).dt.total_minutes())
+                                 .alias("__minutes"))
         frames = [_MINUTE_EMPTY]
-        for row in days.iter_rows(named=True):  # one step per (symbol, session), vectorized inside
-            minutes = int((row["session_close"] - row["session_open"]) / timedelta(minutes=1))
-            bars = minute_path(self.seed, row["symbol"], row["session_date"], row, minutes)
-            ts = pl.datetime_range(row["session_open"], row["session_close"], "1m", closed="left",
-                                   time_unit="us", time_zone="UTC", eager=True)
-            frames.append(pl.DataFrame(bars).with_columns(
-                symbol=pl.lit(row["symbol"]), session_date=pl.lit(row["session_date"]), ts=ts))
-        return pl.concat([f.select(_MINUTE_EMPTY.columns).cast(_MINUTE_EMPTY.schema) for f in frames]).sort(
+        for (minutes,), group in days.partition_by("__minutes", as_dict=True, maintain_order=True).items():
+            count = int(minutes)  # type: ignore[call-overload]
+            paths = minute_paths(self.seed, group, count)
+            frames.append(
+                group.select("symbol", "session_date", "session_open")
+                .with_columns(pl.int_ranges(0, count, dtype=pl.Int64).alias("__k")).explode("__k")
+                .with_columns((pl.col("session_open") + pl.duration(minutes=pl.col("__k"))).alias("ts"))
+                .with_columns(**{name: pl.Series(values.ravel()) for name, values in paths.items()})
+                .select(_MINUTE_EMPTY.columns))
+        return pl.concat([f.cast(_MINUTE_EMPTY.schema) for f in frames]).sort(
             "ts", "symbol", maintain_order=True)
 
     # -- the provider contract --------------------------------------------------------------------
 
     def extract(self, query: Query) -> list[RawPayload]:
-        """One JSON payload per session date in [start, end]; holidays/weekends yield none.
+        """One CSV payload per session date in [start, end] (a vendor's flat file); holidays/weekends yield none.
 
-        Sessions before ORIGIN get payloads with an empty `bars` list.
+        Sessions before ORIGIN get payloads with no rows. The request key names the session and the
+        symbols asked for, so payloads of different symbol sets never hide each other.
 
         corporate_actions: a payload for every session date too, listing the actions (of the queried
         symbols) whose ex_date is that session, possibly none, so every partition records the fetch.
@@ -303,6 +334,7 @@ class SyntheticProvider:
             rows = self._apply_anomalies(self.minute_bars(symbols, query.start, query.end), "bars_1m")
         by_day = rows.partition_by("session_date", as_dict=True, maintain_order=True)
         fetched_at = datetime.now(UTC)
+        digest = hashlib.sha256("\n".join(sorted(symbols)).encode()).hexdigest()[:12]
         payloads = []
         for day in session_dates(query.start, query.end, self.calendar_name):
             part = by_day.get((day,), rows.clear())
@@ -310,29 +342,38 @@ class SyntheticProvider:
                 provider=self.name,
                 dataset=query.dataset,
                 session_date=day,
-                request_key=f"{query.dataset}:{day.isoformat()}",
+                request_key=f"{query.dataset}:{day.isoformat()}:{digest}",
                 endpoint=f"synthetic://{query.dataset}",
                 params={"session": day.isoformat(), "symbols": list(symbols), "seed": self.seed},
-                body=self._body(query.dataset, day, part),
+                body=self._body(query.dataset, part),
+                content_type="text/csv",
                 fetched_at=fetched_at,
+                symbols=symbols,
             ))
         return payloads
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
-        """Parse the JSON bodies (every field as text) and cast them into the standard frame."""
+        """Parse the bodies (every field as text) and cast them into the standard frame.
+
+        CSV bodies are what `extract` writes; JSON bodies (`{"bars": [...]}`) are what earlier
+        versions stored, and stay readable so old raw payloads replay.
+        """
         if dataset not in self.datasets:
             raise ProviderError(f"synthetic provider has no dataset {dataset!r}")
-        key = _LIST_KEY[dataset]
-        schema = {key: pl.List(pl.Struct(dict.fromkeys(_FIELDS[dataset], pl.String)))}
+        text = dict.fromkeys(_FIELDS[dataset], pl.String)
         frames = [empty_standard_frame(dataset)]
         for payload in payloads:
             try:
-                doc = pl.read_json(io.BytesIO(payload.body), schema=schema)
+                if payload.content_type == "text/csv":
+                    rows = pl.read_csv(io.BytesIO(payload.body), schema_overrides=text, infer_schema=False)
+                else:
+                    key = _LIST_KEY[dataset]
+                    doc = pl.read_json(io.BytesIO(payload.body), schema={key: pl.List(pl.Struct(text))})
+                    rows = doc.select(pl.col(key).explode()).filter(pl.col(key).is_not_null()).unnest(key)
             except pl.exceptions.PolarsError as exc:
                 raise ProviderError(
-                    f"synthetic provider: payload {payload.request_key} is not readable JSON: {exc}"
+                    f"synthetic provider: payload {payload.request_key} is not readable: {exc}"
                 ) from exc
-            rows = doc.select(pl.col(key).explode()).filter(pl.col(key).is_not_null()).unnest(key)
             frames.append(cast_to_standard(rows, dataset, payload.payload_id))
         return pl.concat(frames, how="vertical")
 
@@ -416,8 +457,8 @@ class SyntheticProvider:
             bars = bars.filter(pl.col("ts") == (a.ts or bars["ts"].min()))
         return bars["close"].item() if bars.height else None
 
-    def _body(self, dataset: str, day: date, rows: pl.DataFrame) -> bytes:
-        """A vendor-like JSON document: header fields and the list of rows of that session."""
+    def _body(self, dataset: str, rows: pl.DataFrame) -> bytes:
+        """A vendor-like CSV file of one session's rows (header always present)."""
         if dataset == "bars_1d":
             rows = rows.select("symbol", pl.col("session_date").dt.to_string("%Y-%m-%d").alias("date"),
                                *_PRICES, "volume", "vwap", "trades")
@@ -427,8 +468,7 @@ class SyntheticProvider:
         else:
             rows = rows.select("symbol", pl.col("ex_date").dt.to_string("%Y-%m-%d"),
                                "action", "ratio", "amount", "currency")
-        head = json.dumps({"provider": self.name, "dataset": dataset, "session": day.isoformat()})
-        return f'{head[:-1]}, "{_LIST_KEY[dataset]}": {rows.write_json()}}}'.encode()
+        return rows.write_csv().encode()
 
 
 _BAR_SCHEMA = {**dict.fromkeys(_PRICES, pl.Float64), "volume": pl.Float64, "vwap": pl.Float64,
@@ -442,4 +482,4 @@ _CORRUPT: dict[str, dict[str, pl.Expr]] = {
     "spike": {"close": pl.col("close") * 3, "high": pl.col("high") * 3},
 }
 
-__all__ = ["ORIGIN", "Anomaly", "CorporateAction", "SyntheticProvider", "daily_path", "minute_path"]
+__all__ = ["ORIGIN", "Anomaly", "CorporateAction", "SyntheticProvider", "daily_path", "minute_path", "minute_paths"]

@@ -76,3 +76,22 @@ def divergence(
         value=pl.col("__worst"),
     )
     return Divergence(pairs=pairs.height, stats=stats, findings=findings, threshold_bps=bps)
+
+
+def merge_divergence(parts: Sequence[Divergence], bps: float) -> Divergence:
+    """One divergence of disjoint chunks: pairs and counts add up, maxima take the max, means are weighted."""
+    pairs = sum(p.pairs for p in parts)
+    columns = sorted({c for p in parts for c in p.stats}, key=PRICE_COLUMNS.index)
+    stats: dict[str, dict[str, float | int]] = {}
+    for c in columns:
+        mine = [p for p in parts if c in p.stats]
+        weight = sum(p.pairs for p in mine)
+        stats[c] = {
+            "max": max(float(p.stats[c]["max"]) for p in mine),
+            "mean": round(sum(float(p.stats[c]["mean"]) * p.pairs for p in mine) / weight, 2) if weight else 0.0,
+            "over_threshold": sum(int(p.stats[c]["over_threshold"]) for p in mine),
+        }
+    found = [p.findings for p in parts if p.findings.height]
+    findings = pl.concat(found).sort("instrument", "session_date", "ts", nulls_last=False) if found else \
+        empty_findings()
+    return Divergence(pairs=pairs, stats=stats, findings=findings, threshold_bps=bps)

@@ -17,8 +17,9 @@ from typing import Any
 import polars as pl
 import psycopg
 
-from mdpipeline.quality.detectors import detect
-from mdpipeline.quality.divergence import divergence
+from mdpipeline.chunks import plan_chunks, symbol_groups
+from mdpipeline.quality.detectors import detect, merge_reports
+from mdpipeline.quality.divergence import divergence, merge_divergence
 from mdpipeline.quality.findings import concat_findings
 from mdpipeline.quality.metrics import json_safe, partition_metrics
 from mdpipeline.quality.thresholds import Thresholds
@@ -26,35 +27,63 @@ from mdpipeline.sessions import session_dates
 from mdpipeline.storage.bars import read_bars_1d, read_bars_1m
 
 READERS = {"bars_1d": read_bars_1d, "bars_1m": read_bars_1m}
+MINUTES_PER_SESSION = 390.0
 BAR_DATASETS = tuple(READERS)
 
 
 def measure_stored(
     conn: psycopg.Connection, *, provider: str, dataset: str, start: date, end: date, thresholds: Thresholds,
-    instruments: pl.DataFrame | Sequence[str] | None = None, calendar_name: str = "XNYS",
+    instruments: pl.DataFrame | Sequence[str] | None = None, calendar_name: str = "XNYS", budget: int | None = None,
 ) -> dict[str, Any]:
     """Quality metrics of `provider`'s stored `dataset` bars of the sessions [start, end] (JSON-safe).
 
     `instruments`: the symbols the provider serves (a frame with `symbol`, `valid_from`, `valid_to`
-    respects symbology validity); None expects only what is stored.
+    respects symbology validity); None expects only what is stored. The range is read in chunks of
+    at most `budget` rows: daily bars by symbol groups over the whole range (their bands learn from
+    all of it), minute bars by sessions x symbols with the configured look-back before each chunk.
     """
     if dataset not in READERS:
         raise ValueError(f"no stored bars for dataset {dataset!r} (one of {', '.join(READERS)})")
     read = READERS[dataset]
-    bars = read(conn, start=start, end=end, provider=provider)
-    first = lookback_start(start, thresholds.lookback_sessions, calendar_name)
-    history = read(conn, start=first, end=start - timedelta(days=1), provider=provider) if first < start else None
-    report = detect(bars, start, end, thresholds=thresholds, key="symbol", calendar_name=calendar_name,
-                    instruments=instruments, actions=corporate_actions(conn, first, end), history=history)
+    table = instruments if isinstance(instruments, pl.DataFrame) or instruments is None else \
+        pl.DataFrame({"symbol": list(instruments)})
+    symbols = sorted(set(table["symbol"].to_list())) if table is not None else _stored_symbols(
+        conn, dataset, provider, start, end)
+    sessions = session_dates(start, end, calendar_name)
+    if dataset == "bars_1d":
+        pieces = [(start, end, group) for group in symbol_groups(symbols, len(sessions), 1.0, budget)]
+    else:
+        pieces = [(c.start, c.end, c.symbols) for c in plan_chunks(sessions, symbols, MINUTES_PER_SESSION, budget)]
     limits = thresholds.divergence
-    everyone = read(conn, start=start, end=end)
-    diverged = divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
-                          provider=provider, compare_with=limits.compare_with)
-    metrics = partition_metrics(start=start, end=end, rows=bars.height,
-                                findings=concat_findings([report.findings, diverged.findings]),
+    first = lookback_start(start, thresholds.lookback_sessions, calendar_name)
+    actions = corporate_actions(conn, first, end)
+    reports, diverged = [], []
+    for lo, hi, group in pieces:
+        names = list(group)
+        bars = read(conn, start=lo, end=hi, provider=provider, symbols=names)
+        before = lookback_start(lo, thresholds.lookback_sessions, calendar_name)
+        history = read(conn, start=before, end=lo - timedelta(days=1), provider=provider, symbols=names) \
+            if before < lo else None
+        expected = None if table is None else table.filter(pl.col("symbol").is_in(names))
+        reports.append(detect(bars, lo, hi, thresholds=thresholds, key="symbol", calendar_name=calendar_name,
+                              instruments=expected, actions=actions, history=history))
+        everyone = read(conn, start=lo, end=hi, symbols=names)
+        diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
+                                   provider=provider, compare_with=limits.compare_with))
+    report = merge_reports(start, end, reports)
+    across = merge_divergence(diverged, limits.bps)
+    metrics = partition_metrics(start=start, end=end, rows=report.rows,
+                                findings=concat_findings([report.findings, across.findings]),
                                 completeness=report.completeness,
-                                quarantined=quarantined(conn, provider, dataset, start, end), divergence=diverged)
+                                quarantined=quarantined(conn, provider, dataset, start, end), divergence=across)
     return json_safe(metrics)
+
+
+def _stored_symbols(conn: psycopg.Connection, dataset: str, provider: str, start: date, end: date) -> list[str]:
+    """Symbols with stored bars of `provider` in the range (when nobody says which are expected)."""
+    rows = conn.execute(f"select distinct symbol from md.{dataset} where provider = %s and session_date between"
+                        " %s and %s order by 1", (provider, start, end)).fetchall()
+    return [r[0] for r in rows]
 
 
 def lookback_start(start: date, sessions: int, calendar_name: str = "XNYS") -> date:

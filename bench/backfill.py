@@ -1,0 +1,180 @@
+"""Benchmark a backfill the way a user runs one: `mdpipeline backfill` on the embedded services.
+
+    python bench/backfill.py SYMBOLS SESSIONS [--start 2024-01-02] [--chunk-rows N] [--keep]
+
+Makes a universe of SYMBOLS synthetic instruments (only the synthetic provider enabled: daily bars,
+one-minute bars and corporate actions), starts the embedded PostgreSQL and Kafka with
+`mdpipeline dev up` in a fresh directory, runs `mdpipeline backfill` over SESSIONS sessions from
+--start as a child process, and prints:
+
+- bars/s end to end (one-minute plus daily bars stored, over the backfill's wall time),
+- the backfill process's peak RSS (from wait4, so exactly that process),
+- seconds per step (from the run's Dagster step stats),
+- a baseline measured in the same run on the same server: binary COPY of the stored minute bars
+  (read back, encoded before the timer) into an unindexed table, and the ratios of the store step
+  and of the whole backfill to it.
+
+Nothing here asserts a speed; `docs/performance.md` keeps the measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import psycopg
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mdpipeline.sessions import session_dates  # noqa: E402
+
+BASELINE_MAX_ROWS = 5_000_000  # the COPY baseline reads back at most this many minute bars
+
+
+def universe(symbols: int) -> dict:
+    """A universe of `symbols` synthetic instruments served by the synthetic provider only."""
+    names = [f"S{i:04d}" for i in range(1, symbols + 1)]
+    return {
+        "exchange_calendar": "XNYS",
+        "instruments": [{"id": i, "name": f"Synthetic {n}", "mic": "XNAS", "currency": "USD",
+                         "asset_class": "equity", "symbols": [{"symbol": n, "valid_from": "1990-01-02"}]}
+                        for i, n in enumerate(names, start=1)],
+        "providers": {"synthetic": {"enabled": True, "seed": 7, "symbols": names, "corporate_actions": []},
+                      "file": {"enabled": False, "symbols": []}},
+    }
+
+
+def cli(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the project's CLI in `workdir` (where `dev up` wrote .env)."""
+    command = [str(ROOT / ".venv" / "bin" / "mdpipeline"), *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=True)
+
+
+def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and output of `mdpipeline backfill` as a child process."""
+    command = [str(ROOT / ".venv" / "bin" / "mdpipeline"), "backfill", "--start", start.isoformat(),
+               "--end", end.isoformat()]
+    log = workdir / "backfill.log"
+    started = time.perf_counter()
+    with log.open("w") as out:
+        child = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text()
+    if child.returncode != 0:
+        raise SystemExit(f"backfill failed (exit {child.returncode}):\n{text[-4000:]}")
+    return seconds, usage.ru_maxrss * 1024, text
+
+
+def step_seconds(dagster_home: Path) -> dict[str, float]:
+    """Seconds per step of the newest run in the instance."""
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    run = instance.get_runs(limit=1)[0]
+    return {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(run.run_id)}
+
+
+def copy_baseline(url: str, start: date, end: date) -> tuple[int, float]:
+    """(rows, rows/s) of a binary COPY of stored minute bars into an unindexed table, bytes encoded before."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        columns = [r[0] for r in conn.execute(
+            "select column_name from information_schema.columns where table_schema = 'md'"
+            " and table_name = 'bars_1m' order by ordinal_position")]
+        names = ", ".join(columns)
+        buf = bytearray()
+        query = (f"copy (select {names} from md.bars_1m where session_date between '{start}' and '{end}'"
+                 f" limit {BASELINE_MAX_ROWS}) to stdout (format binary)")
+        with conn.cursor() as cur, cur.copy(query) as copy:
+            for chunk in copy:
+                buf += chunk
+        rows = conn.execute(f"select count(*) from (select 1 from md.bars_1m where session_date between '{start}'"
+                            f" and '{end}' limit {BASELINE_MAX_ROWS}) s").fetchone()[0]  # type: ignore[index]
+        conn.execute("drop table if exists public.bench_copy_target")
+        conn.execute("create table public.bench_copy_target (like md.bars_1m)")
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+                f"copy public.bench_copy_target ({names}) from stdin (format binary)") as copy:
+            view = memoryview(buf)
+            for offset in range(0, len(view), 1 << 20):
+                copy.write(view[offset:offset + (1 << 20)])
+        seconds = time.perf_counter() - started
+        conn.execute("drop table public.bench_copy_target")
+    return rows, rows / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("symbols", type=int)
+    parser.add_argument("sessions", type=int)
+    parser.add_argument("--start", type=date.fromisoformat, default=date(2024, 1, 2))
+    parser.add_argument("--chunk-rows", type=int, default=None, help="MDP_CHUNK_ROWS for the backfill")
+    parser.add_argument("--keep", action="store_true", help="leave the services and the directory")
+    args = parser.parse_args()
+
+    sessions = session_dates(args.start, date(args.start.year + 3, 12, 31))[: args.sessions]
+    start, end = sessions[0], sessions[-1]
+    workdir = Path(tempfile.mkdtemp(prefix="mdp-bench-backfill-"))
+    workdir.chmod(0o755)
+    (workdir / "universe.yaml").write_text(yaml.safe_dump(universe(args.symbols)))
+    env = {**os.environ, "MDP_UNIVERSE": str(workdir / "universe.yaml")}
+    for name in ("MDP_DATABASE_URL", "MDP_KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_HOME", "MDP_FRAMES_DIR"):
+        env.pop(name, None)
+    if args.chunk_rows:
+        env["MDP_CHUNK_ROWS"] = str(args.chunk_rows)
+    try:
+        cli(workdir, env, "dev", "up")
+        cli(workdir, env, "migrate")
+        dotenv = dict(line.split("=", 1) for line in (workdir / ".env").read_text().splitlines() if "=" in line)
+        url = dotenv["MDP_DATABASE_URL"].strip('"')
+        seconds, peak, output = run_backfill(workdir, env, start, end)
+        with psycopg.connect(url) as conn:
+            minute = conn.execute("select count(*) from md.bars_1m").fetchone()[0]  # type: ignore[index]
+            daily = conn.execute("select count(*) from md.bars_1d").fetchone()[0]  # type: ignore[index]
+            messages = conn.execute("select topic, sum(messages) from ops.publications group by 1"
+                                    " order by 1").fetchall()
+        steps = step_seconds(Path(dotenv["DAGSTER_HOME"].strip('"')))
+        copied, copy_rate = copy_baseline(url, start, end)
+    finally:
+        if not args.keep:
+            subprocess.run([str(ROOT / ".venv" / "bin" / "mdpipeline"), "dev", "down"], cwd=workdir, env=env,
+                           capture_output=True, check=False)
+            shutil.rmtree(workdir, ignore_errors=True)
+    bars = minute + daily
+    store = steps.get("md__synthetic__bars_1m", 0.0)
+    print(f"backfill: {args.symbols} symbols x {len(sessions)} sessions ({start} .. {end}),"
+          f" chunk budget {args.chunk_rows or 'default'} rows")
+    print(f"  bars stored            {bars:>14,} ({minute:,} one-minute, {daily:,} daily)")
+    print(f"  wall time              {seconds:>14.1f} s")
+    print(f"  end to end             {bars / seconds:>14,.0f} bars/s")
+    print(f"  peak RSS (backfill)    {peak / 2**20:>14,.0f} MiB")
+    for topic, count in messages:
+        print(f"  published              {int(count):>14,} messages on {topic}")
+    print("  seconds per step:")
+    for key, value in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"    {key:<45} {value:8.1f}")
+    print(f"  baseline: binary COPY of {copied:,} stored minute bars into an unindexed table:"
+          f" {copy_rate:,.0f} rows/s")
+    if store:
+        print(f"  store step (md/synthetic/bars_1m)  {minute / store:,.0f} rows/s = {minute / store / copy_rate:.2f}"
+              " x the COPY baseline")
+    print(f"  whole backfill                     {bars / seconds:,.0f} bars/s = {bars / seconds / copy_rate:.2f}"
+          " x the COPY baseline")
+    if args.keep:
+        print(f"  kept: {workdir}")
+    _ = output
+
+
+if __name__ == "__main__":
+    main()
