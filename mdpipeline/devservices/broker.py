@@ -210,6 +210,35 @@ class LocalBroker:
         """True when the broker process is alive."""
         return self.pid is not None
 
+    def wait_ready(self) -> None:
+        """Wait until a metadata request lists the broker (it serves clients only once unfenced).
+
+        BrokerError when the broker process exits or the timeout passes first.
+        """
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        port = self.port
+        if port is None:
+            raise BrokerError("no port chosen yet: call start() first")
+        deadline = time.monotonic() + self.timeout
+        while not _accepts_tcp(port):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise self._error(f"the broker did not open 127.0.0.1:{port} within {self.timeout}s")
+            time.sleep(0.05)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic()))).brokers:
+                    return
+            except KafkaException as exc:
+                last_error = exc
+            time.sleep(0.05)
+        raise self._error(f"the broker did not answer metadata requests within {self.timeout}s: {last_error}")
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _start(self, dist: KafkaDist, dump_archive: Path | None = None) -> None:
@@ -221,7 +250,7 @@ class LocalBroker:
             self._format(dist)
         self._spawn(dist, dump_archive)
         try:
-            self._wait_ready()
+            self.wait_ready()
         except BaseException:
             self.stop()
             raise
@@ -291,30 +320,6 @@ class LocalBroker:
                 cwd=self.home,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
-
-    def _wait_ready(self) -> None:
-        """Wait until a metadata request lists the broker: it serves clients only once unfenced."""
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
-
-        assert self._port is not None
-        deadline = time.monotonic() + self.timeout
-        while not _accepts_tcp(self._port):
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise self._error(f"the broker did not open 127.0.0.1:{self._port} within {self.timeout}s")
-            time.sleep(0.05)
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                if admin.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic()))).brokers:
-                    return
-            except KafkaException as exc:
-                last_error = exc
-            time.sleep(0.05)
-        raise self._error(f"the broker did not answer metadata requests within {self.timeout}s: {last_error}")
 
     def _check_alive(self) -> None:
         if self._proc is not None and self._proc.poll() is not None:
