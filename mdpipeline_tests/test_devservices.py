@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from mdpipeline.devservices import (
@@ -31,6 +31,7 @@ from mdpipeline.devservices import (
 from mdpipeline.devservices.broker import BrokerError
 from mdpipeline.devservices.kafka_dist import ENV_KAFKA_HOME, KafkaDistError, kafka_dist, kafka_version
 from mdpipeline.devservices.postgres import find_bindir
+from mdpipeline.distribute.subscriber import end_offsets
 
 
 def _have_postgres() -> bool:
@@ -136,7 +137,7 @@ def test_broker_round_trip_and_restart_keeps_messages(broker: LocalBroker) -> No
 
     assert broker.start() == servers  # same port, same log directory: the message is still there
     assert broker.pid != pid
-    assert _high_watermark(servers, topic) == 1
+    assert end_offsets(servers, topic) == {0: (0, 1)}
     assert _consume_one(servers, topic) == (b"AAPL", b'{"close": 1.0}')
 
 
@@ -200,7 +201,7 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
 
         again = dev_up(root)  # a restart reuses the recorded ports and keeps topics and messages
         assert again == stack
-        assert _high_watermark(stack.bootstrap_servers, topic) == 1
+        assert end_offsets(stack.bootstrap_servers, topic) == {0: (0, 1)}
         assert _consume_one(stack.bootstrap_servers, topic) == (b"NVDA", b"kept")
     finally:
         dev_down(root)
@@ -247,15 +248,6 @@ def _consume_one(servers: str, topic: str) -> tuple[bytes | None, bytes | None]:
     finally:
         consumer.close()
     raise AssertionError(f"no message on {topic} within 30 s")
-
-
-def _high_watermark(servers: str, topic: str) -> int:
-    """The end offset of partition 0 of topic, as the broker reports it."""
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"test-{uuid.uuid4().hex[:8]}"})
-    try:
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=15)[1])
-    finally:
-        consumer.close()
 
 
 def test_dagster_home_copies_repo_config_once(tmp_path: Path) -> None:

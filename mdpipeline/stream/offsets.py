@@ -13,6 +13,8 @@ import polars as pl
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from mdpipeline.distribute.subscriber import end_offsets
+
 RAW_MESSAGES: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "provider": pl.String(), "kind": pl.String(), "value": pl.String(),
     "received_at": pl.Datetime("us", "UTC"), "landed_at": pl.Datetime("ms", "UTC"),
@@ -110,11 +112,10 @@ def next_range(bootstrap_servers: str, topic: str, partition: int, start: int, *
     what was processed (the topic was deleted and recreated): RangeUnavailableError, rather than
     waiting silently until new messages pass the old offsets.
     """
-    consumer = _consumer(bootstrap_servers, "mdpipeline-realtime")
-    try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
-    finally:
-        consumer.close()
+    marks = end_offsets(bootstrap_servers, topic, timeout=timeout)
+    if partition not in marks:
+        return None  # the topic (or partition) does not exist yet
+    low, high = marks[partition]
     if start > high:
         raise RangeUnavailableError(f"{topic}[{partition}]: processed up to offset {start}, but the log ends at "
                                     f"{high}; the topic was recreated or lost data (reset its row in "
