@@ -149,6 +149,8 @@ def _resolve(libs: Path) -> None:
             raise KafkaDistError(f"`{' '.join(cmd)}` failed ({out.returncode}):\n{(out.stdout + out.stderr)[-3000:]}")
         (staging / ".complete").write_text(kafka_version() + "\n")
         shutil.rmtree(libs, ignore_errors=True)
+        for archive in libs.parent.glob("classes-*.jsa"):  # recorded from the jars being replaced
+            archive.unlink(missing_ok=True)
         staging.rename(libs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
