@@ -2,8 +2,8 @@
 
     python bench/publish.py [--messages 200000] [--ticks 200]
 
-Uses MDP_KAFKA_BOOTSTRAP_SERVERS / MDP_DATABASE_URL when set, otherwise starts a throwaway tansu
-broker and PostgreSQL cluster here (stopped at the end). In the same run it measures:
+Uses MDP_KAFKA_BOOTSTRAP_SERVERS / MDP_DATABASE_URL when set, otherwise starts a throwaway Apache
+Kafka broker and PostgreSQL cluster here (stopped at the end). In the same run it measures:
 
 - raw producer:   produce() of keys/values encoded before the timer starts, same producer settings
                   (idempotent, acks=all, lz4), one flush: the client's and broker's limit;
@@ -41,7 +41,7 @@ from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events
 from mdpipeline.distribute.outbox import outbox_rows, write_outbox
 from mdpipeline.distribute.publisher import make_producer, publish
 from mdpipeline.distribute.relay import drain
-from mdpipeline.distribute.subscriber import consume
+from mdpipeline.distribute.subscriber import read_topic
 from mdpipeline.distribute.topics import BARS_1D, TICKS, TopicSpec, ensure_topics
 from mdpipeline.settings import DEFAULT_UNIVERSE
 from mdpipeline.storage.database import connect
@@ -59,7 +59,7 @@ def services() -> Iterator[tuple[str, str]]:
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("MDP_KAFKA_BOOTSTRAP_SERVERS", "")
         if not bootstrap:
-            broker = LocalBroker(log_file=Path(tempfile.mkdtemp(prefix="bench-tansu-")) / "tansu.log")
+            broker = LocalBroker(Path(tempfile.mkdtemp(prefix="bench-kafka-")))
             bootstrap = broker.start()
             stack.callback(broker.stop)
         url = os.environ.get("MDP_DATABASE_URL", "")
@@ -156,7 +156,7 @@ def latency(bootstrap: str, url: str, ticks: int) -> None:
     raw = read_messages(bootstrap, raw_topic.name, 0, 0, idle=2.0)
     landed = dict(zip(raw["offset"].to_list(), raw["landed_at"].to_list(), strict=True))
     delays = []
-    for event in consume(bootstrap, TICKS.name, idle_timeout=3.0):
+    for event in read_topic(bootstrap, TICKS.name):
         if event.headers.get("mdp-raw-topic") != raw_topic.name:
             continue
         offset = int(event.headers["mdp-raw-offsets"].split(":")[1].split("-")[0])

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster.",
                   no_args_is_help=True, add_completion=False)
-dev_app = typer.Typer(help="Local PostgreSQL and Kafka-compatible broker for the embedded default.",
+dev_app = typer.Typer(help="Local PostgreSQL and Apache Kafka broker for the embedded default.",
                       no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
 console = Console()
@@ -57,17 +57,30 @@ def dev_up() -> None:
     from mdpipeline.devservices import dev_up as up
 
     stack = up(Path.cwd())
-    console.print(f"PostgreSQL  {stack.database_url}\nBroker      {stack.bootstrap_servers}\n"
+    console.print(f"PostgreSQL  {stack.database_url}\nKafka       {stack.bootstrap_servers}\n"
                   f"DAGSTER_HOME {stack.dagster_home}\nWrote .env")
 
 
 @dev_app.command("down")
 def dev_down() -> None:
-    """Stop the local services (the broker keeps messages in memory only: they are lost)."""
+    """Stop the local services; their data (database, topics, messages) stays for the next `dev up`."""
     from mdpipeline.devservices import dev_down as down
 
     down(Path.cwd())
     console.print("stopped")
+
+
+@dev_app.command("prepare")
+def dev_prepare() -> None:
+    """Fetch the Apache Kafka jars with Maven (once, into a per-user cache) and build their class archive."""
+    from mdpipeline.devservices import BrokerError, KafkaDistError, prepare_kafka
+
+    try:
+        dist = prepare_kafka()
+    except (BrokerError, KafkaDistError) as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"Apache Kafka jars in {dist.libs}")
 
 
 @dev_app.command("status")

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from mdpipeline.distribute.events import bar_events
-from mdpipeline.distribute.subscriber import consume
+from mdpipeline.distribute.subscriber import read_topic
 from mdpipeline.distribute.topics import BARS_1D
 from mdpipeline.storage.bars import read_bars_1d
 
@@ -217,8 +217,8 @@ class Delivery:
     headers: dict[str, str]
 
 
-def deliveries(bootstrap_servers: str, events: Iterable[Event], idle_timeout: float = 3.0) -> list[Delivery]:
-    """Scan the events' topic from the beginning for messages with their keys and event ids.
+def deliveries(bootstrap_servers: str, events: Iterable[Event]) -> list[Delivery]:
+    """Scan the events' topic (to its current end) for messages with their keys and event ids.
 
     Reads the whole topic: a diagnostic for the local broker or short retention, not a hot path.
     """
@@ -226,7 +226,7 @@ def deliveries(bootstrap_servers: str, events: Iterable[Event], idle_timeout: fl
     topics = {e.topic for e in events}
     found: list[Delivery] = []
     for topic in sorted(topics):
-        for msg in consume(bootstrap_servers, topic, from_beginning=True, idle_timeout=idle_timeout):
+        for msg in read_topic(bootstrap_servers, topic):
             event_id = json.loads(msg.value).get("event_id", "")
             if (msg.key, event_id) in wanted:
                 found.append(Delivery(partition=msg.partition, offset=msg.offset, key=msg.key, event_id=event_id,

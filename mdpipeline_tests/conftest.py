@@ -1,4 +1,4 @@
-"""Real services for the test session: an ephemeral PostgreSQL cluster and a Kafka-protocol broker.
+"""Real services for the test session: an ephemeral PostgreSQL cluster and an Apache Kafka broker.
 
 Both start on free loopback ports with the same code `mdpipeline dev up` uses, or come from the
 environment (MDP_TEST_DATABASE_URL, MDP_TEST_KAFKA_BOOTSTRAP_SERVERS) when given. Each test gets a
@@ -8,6 +8,7 @@ fresh, migrated database cloned from a template, so tests never see each other's
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -74,15 +75,18 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a Kafka-protocol broker for the session."""
+    """Bootstrap servers of an Apache Kafka broker for the session (one per test process).
+
+    Started like `mdpipeline dev up` starts it, in a temporary directory removed afterwards.
+    """
     given = os.environ.get("MDP_TEST_KAFKA_BOOTSTRAP_SERVERS")
     if given:
         yield given
         return
-    root = Path(tempfile.mkdtemp(prefix="mdp-broker-"))
-    broker = LocalBroker(log_file=root / "tansu.log", pid_file=root / "tansu.pid")
-    servers = broker.start()
+    root = Path(tempfile.mkdtemp(prefix="mdp-kafka-"))
+    broker = LocalBroker(root)
     try:
-        yield servers
+        yield broker.start()
     finally:
         broker.stop()
+        shutil.rmtree(root, ignore_errors=True)

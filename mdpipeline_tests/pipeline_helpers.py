@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import yaml
 
-from mdpipeline.distribute.subscriber import Event, consume
+from mdpipeline.distribute.subscriber import Event, read_topic
 from mdpipeline.settings import DEFAULT_FILES_DIR, DEFAULT_UNIVERSE, Settings
 
 
@@ -28,9 +31,20 @@ def universe_with(tmp_path: Path, **synthetic_options: object) -> Path:
 
 
 def events_of_run(bootstrap: str, topic: str, run_id: str) -> list[Event]:
-    """Every message on `topic` whose lineage header names `run_id`."""
-    return [e for e in consume(bootstrap, topic, from_beginning=True, idle_timeout=3.0)
-            if e.headers.get("mdp-run-id") == run_id]
+    """Every message on `topic` (read to its high watermarks) whose lineage header names `run_id`."""
+    return [e for e in read_topic(bootstrap, topic) if e.headers.get("mdp-run-id") == run_id]
+
+
+def canonical_bars(n: int, session: date, *, provider: str = "synthetic") -> pl.DataFrame:
+    """n canonical daily bars of one session over instruments 1..n (random, reproducible prices)."""
+    rng = np.random.default_rng(n)
+    close = rng.uniform(10, 500, n)
+    return pl.DataFrame({
+        "instrument_id": np.arange(1, n + 1, dtype=np.int64), "symbol": [f"S{i}" for i in range(n)],
+        "session_date": [session] * n, "provider": [provider] * n,
+        "open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
+        "volume": rng.uniform(1e5, 1e6, n), "vwap": close, "trades": np.full(n, 100, dtype=np.int64),
+    })
 
 
 def event_values(events: list[Event]) -> list[dict]:

@@ -11,7 +11,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+
+from mdpipeline.distribute.subscriber import end_offsets
+from mdpipeline.distribute.topics import BARS_1D
 
 CLI = str(Path(sys.executable).parent / "mdpipeline")
 
@@ -54,6 +58,29 @@ def test_demo_leaves_bars_payloads_and_messages(demo_dir: Path) -> None:
     messages = [json.loads(line) for line in tail.stdout.splitlines()]
     assert len(messages) == 3
     assert all(m["value"]["schema"] == "mdpipeline.bars_1d" and m["key"] for m in messages)
+
+
+def test_demo_messages_survive_dev_down_and_dev_up(demo_dir: Path) -> None:
+    env = dict(line.split("=", 1) for line in (demo_dir / ".env").read_text().splitlines() if "=" in line)
+    with psycopg.connect(env["MDP_DATABASE_URL"]) as conn:
+        published = {r[0] for r in conn.execute(
+            "select event_id from ops.outbox where topic = %s and published_at is not null", (BARS_1D.name,))}
+    servers = env["MDP_KAFKA_BOOTSTRAP_SERVERS"]
+    ends = end_offsets(servers, BARS_1D.name)
+    assert published
+    assert sum(high for _, high in ends.values()) == len(published)  # the demo sent each event once
+
+    assert _cli(demo_dir, "dev", "down").returncode == 0
+    status = _cli(demo_dir, "dev", "status")
+    assert "broker_running=False" in status.stdout.replace(" ", "").replace("\n", "")
+    up = _cli(demo_dir, "dev", "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"MDP_KAFKA_BOOTSTRAP_SERVERS={servers}" in (demo_dir / ".env").read_text()  # same port again
+
+    assert end_offsets(servers, BARS_1D.name) == ends
+    tail = _cli(demo_dir, "tail", BARS_1D.name, "--from-beginning", "--limit", str(len(published)), "--idle", "3")
+    assert tail.returncode == 0, tail.stderr
+    assert {json.loads(line)["value"]["event_id"] for line in tail.stdout.splitlines()} == published
 
 
 def test_backfill_through_the_cli_is_idempotent(demo_dir: Path) -> None:

@@ -22,6 +22,8 @@ from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.workspace.config_schema import process_workspace_config
 
+from mdpipeline.devservices.kafka_dist import kafka_version
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -232,12 +234,17 @@ def test_kafka_runs_kraft_with_internal_and_external_listeners(
 ) -> None:
     kafka = services["kafka"]
     env = _env(kafka)
-    assert kafka["image"] == "apache/kafka:3.9.0"
+    image, tag = kafka["image"].split(":")
+    assert image == "apache/kafka"
+    assert tag.split(".")[0] == kafka_version().split(".")[0]  # the embedded broker's major version
+    assert tag == kafka_version()  # and, so that both behave alike, its release
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["CLUSTER_ID"]
     node_id = str(env["KAFKA_NODE_ID"])
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{node_id}@kafka:")
     assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]).lower() == "false"
+    for internal in ("OFFSETS_TOPIC", "TRANSACTION_STATE_LOG", "SHARE_COORDINATOR_STATE_TOPIC"):
+        assert str(env[f"KAFKA_{internal}_REPLICATION_FACTOR"]) == "1"  # one node: no replicas to place
 
     advertised = dict(item.split("://", 1) for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
     listeners = dict(item.split("://", 1) for item in env["KAFKA_LISTENERS"].split(","))

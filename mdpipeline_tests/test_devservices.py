@@ -1,4 +1,4 @@
-"""Real start/stop tests of the local dev services: PostgreSQL, the tansu broker and the dev stack.
+"""Real start/stop tests of the local dev services: PostgreSQL, the Apache Kafka broker and the dev stack.
 
 PostgreSQL runs as the `postgres` user when we are root, and pytest's own tmp_path sits under a
 0700 directory that user cannot traverse, so the services get a world-traversable temporary
@@ -29,7 +29,9 @@ from mdpipeline.devservices import (
     update_env_file,
 )
 from mdpipeline.devservices.broker import BrokerError
+from mdpipeline.devservices.kafka_dist import ENV_KAFKA_HOME, KafkaDistError, kafka_dist, kafka_version
 from mdpipeline.devservices.postgres import find_bindir
+from mdpipeline.distribute.subscriber import end_offsets
 
 
 def _have_postgres() -> bool:
@@ -61,7 +63,7 @@ def postgres(shared_tmp: Path) -> Iterator[LocalPostgres]:
 
 @pytest.fixture
 def broker(shared_tmp: Path) -> Iterator[LocalBroker]:
-    b = LocalBroker(log_file=shared_tmp / "tansu.log", pid_file=shared_tmp / "tansu.pid")
+    b = LocalBroker(shared_tmp / "kafka")
     yield b
     b.stop()
 
@@ -110,31 +112,48 @@ def test_postgres_unreachable_data_dir_fails_clearly(shared_tmp: Path) -> None:
         LocalPostgres(private / "data", fast=True).start()
 
 
-def test_broker_round_trip(broker: LocalBroker) -> None:
+def test_broker_round_trip_and_restart_keeps_messages(broker: LocalBroker) -> None:
     servers = broker.start()
     assert servers == f"127.0.0.1:{broker.port}"
     assert broker.is_running()
     assert broker.start() == servers  # idempotent
-    assert LocalBroker(pid_file=broker.pid_file).bootstrap_servers == servers  # found via the pid file
+    assert LocalBroker(broker.home).bootstrap_servers == servers  # found via the pid file and its config
+    pid = broker.pid
+    assert pid is not None
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"kafka.Kafka" in argv
+    assert b"-Xmx512m" in argv  # bounded heap
 
     topic = f"test.devservices.{uuid.uuid4().hex[:8]}"
     _create_topic(servers, topic)
     _produce(servers, topic, b"AAPL", b'{"close": 1.0}')
     assert _consume_one(servers, topic) == (b"AAPL", b'{"close": 1.0}')
 
-    pid = broker.pid
     broker.stop()
     assert not broker.is_running()
-    assert pid is not None
     assert not Path(f"/proc/{pid}").exists()
-    assert broker.pid_file is not None
     assert not broker.pid_file.exists()
+    assert (broker.data_dir / "meta.properties").is_file()
+
+    assert broker.start() == servers  # same port, same log directory: the message is still there
+    assert broker.pid != pid
+    assert end_offsets(servers, topic) == {0: (0, 1)}
+    assert _consume_one(servers, topic) == (b"AAPL", b'{"close": 1.0}')
 
 
-def test_broker_port_in_use_fails_clearly(broker: LocalBroker) -> None:
+def test_broker_port_in_use_fails_clearly(broker: LocalBroker, shared_tmp: Path) -> None:
     broker.start()
     with pytest.raises(BrokerError, match="already in use"):
-        LocalBroker(port=broker.port).start()
+        LocalBroker(shared_tmp / "other", port=broker.port).start()
+
+
+def test_kafka_jars_come_from_the_cache_or_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dist = kafka_dist(resolve=False)  # resolved by bootstrap (or the session broker) before
+    assert (dist.libs / f"kafka_2.13-{kafka_version()}.jar").is_file()
+    assert kafka_version().startswith("4.")
+    monkeypatch.setenv(ENV_KAFKA_HOME, str(tmp_path / "empty"))
+    with pytest.raises(KafkaDistError, match="mdpipeline dev prepare"):
+        kafka_dist(resolve=False)
 
 
 def test_update_env_file_keeps_other_lines(tmp_path: Path) -> None:
@@ -169,15 +188,21 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
         assert status.database_url == stack.database_url
         assert status.bootstrap_servers == stack.bootstrap_servers
         assert status.data_dir == root / ".mdpipeline" / "pg" / "data"
+        assert status.broker_dir == root / ".mdpipeline" / "kafka"
         assert dev_up(root) == stack  # idempotent while running
+        topic = f"test.devstack.{uuid.uuid4().hex[:8]}"
+        _create_topic(stack.bootstrap_servers, topic)
+        _produce(stack.bootstrap_servers, topic, b"NVDA", b"kept")
 
         dev_down(root)
         status = dev_status(root)
         assert not status.postgres_running
         assert not status.broker_running
 
-        again = dev_up(root)  # a restart reuses the recorded ports
+        again = dev_up(root)  # a restart reuses the recorded ports and keeps topics and messages
         assert again == stack
+        assert end_offsets(stack.bootstrap_servers, topic) == {0: (0, 1)}
+        assert _consume_one(stack.bootstrap_servers, topic) == (b"NVDA", b"kept")
     finally:
         dev_down(root)
     assert not dev_status(root).postgres_running
@@ -187,10 +212,6 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
 def _read_env(path: Path) -> dict[str, str]:
     pairs = (tuple(line.split("=", 1)) for line in path.read_text().splitlines() if "=" in line)
     return dict(pairs)
-
-
-# Kafka clients live in helpers so they are destroyed (connections closed) before the broker stops:
-# tansu waits a few seconds for connected idempotent producers on shutdown.
 
 
 def _create_topic(servers: str, topic: str) -> None:
@@ -215,7 +236,6 @@ def _consume_one(servers: str, topic: str) -> tuple[bytes | None, bytes | None]:
             "bootstrap.servers": servers,
             "group.id": f"test-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
         }
     )
     try:

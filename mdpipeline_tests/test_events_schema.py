@@ -48,8 +48,7 @@ def schema_for(topic: str) -> jsonschema.Draft202012Validator:
 def read_plain(bootstrap: str, topic: str, run_id: str, idle: float = 4.0) -> list[Any]:
     """Messages of `topic` with header mdp-run-id = run_id, read as docs/events.md shows."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"docs-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     out, last, started = [], time.monotonic(), False
     try:

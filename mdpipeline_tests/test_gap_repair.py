@@ -19,7 +19,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from mdpipeline.distribute.subscriber import consume
+from mdpipeline.distribute.subscriber import read_topic
 from mdpipeline.distribute.topics import TICKS, TopicSpec, ensure_topics
 from mdpipeline.orchestration.realtime import stream_gap_repair_job, stream_gap_sensor
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
@@ -150,7 +150,7 @@ def test_alpaca_gap_is_backfilled_reconciled_and_published_once(
         ("AAPL", "gap_repair", "value_range")]
 
     # md.ticks.v1: the repair's events, valid against the documented schema, all relayed.
-    events = [json.loads(e.value) for e in consume(kafka_bootstrap, TICKS.name, from_beginning=True, idle_timeout=3.0)
+    events = [json.loads(e.value) for e in read_topic(kafka_bootstrap, TICKS.name)
               if e.headers.get("mdp-gap-id") == str(gap_id) and e.headers.get("mdp-raw-topic") == topic]
     validator = schema_for(TICKS.name)
     for event in events:

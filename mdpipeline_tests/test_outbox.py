@@ -1,37 +1,32 @@
 """The transactional outbox and its relay against the real database and broker, including faults.
 
 Faults are real: an unreachable broker, a database that refuses the publication mark after the
-broker confirmed, a broker stopped in the middle of a drain and restarted (tansu keeps topics in
-memory: after a restart `ensure_topics` creates them again), a value the broker refuses, a NaN.
+broker confirmed, a value the broker refuses, a NaN. A broker killed, stopped or restarted during
+a drain is in mdpipeline_tests/faults/.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import uuid
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import polars as pl
 import psycopg
 import pytest
 
-from mdpipeline.devservices import LocalBroker
 from mdpipeline.devservices.postgres import free_port
 from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events, lineage_headers
 from mdpipeline.distribute.outbox import outbox_rows, pending, replace_pending
-from mdpipeline.distribute.publisher import PublishError
-from mdpipeline.distribute.relay import DrainReport, drain
-from mdpipeline.distribute.subscriber import consume
-from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, TopicSpec, ensure_topics
+from mdpipeline.distribute.relay import drain
+from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
-from mdpipeline_tests.pipeline_helpers import event_values, events_of_run, settings_for
+from mdpipeline_tests.pipeline_helpers import canonical_bars, event_values, events_of_run, settings_for
 
 START, END = date(2024, 6, 3), date(2024, 6, 14)
 BARS = 6 * 10  # synthetic: 6 symbols x 10 sessions
@@ -57,18 +52,6 @@ def _expected_ids(database_url: str) -> set[str]:
     with connect(database_url) as conn:
         bars = read_bars_1d(conn, start=START, end=END, provider="synthetic")
     return set(bar_events(bars, BARS_1D.name)["event_id"])
-
-
-def _bars(n: int, *, provider: str = "synthetic") -> pl.DataFrame:
-    """n canonical daily bars over n instruments of one session."""
-    rng = np.random.default_rng(n)
-    close = rng.uniform(10, 500, n)
-    return pl.DataFrame({
-        "instrument_id": np.arange(1, n + 1, dtype=np.int64), "symbol": [f"S{i}" for i in range(n)],
-        "session_date": [START] * n, "provider": [provider] * n,
-        "open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
-        "volume": rng.uniform(1e5, 1e6, n), "vwap": close, "trades": np.full(n, 100, dtype=np.int64),
-    })
 
 
 def test_store_writes_the_outbox_in_the_data_transaction(database_url: str, kafka_bootstrap: str) -> None:
@@ -150,51 +133,11 @@ def test_mark_refused_after_confirmation_resends_only_duplicates(database_url: s
         assert _pending(conn) == 0
 
 
-def test_broker_stopped_during_drain_then_restarted(conn: psycopg.Connection) -> None:
-    root = Path(tempfile.mkdtemp(prefix="mdp-broker-restart-"))
-    port = free_port()
-    broker = LocalBroker(port=port, log_file=root / "tansu.log")
-    servers = broker.start()
-    topic = TopicSpec(f"test.outbox.restart.{uuid.uuid4().hex[:8]}", partitions=3)
-    try:
-        ensure_topics(servers, (topic,))
-        frame = _bars(300)
-        rows = outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": "r1"}).with_columns(
-            pl.lit(topic.name).alias("topic"))
-        with conn.transaction():
-            replace_pending(conn, rows, provider="synthetic", start=START, end=START, topics=(topic.name,))
-        before_stop: list[str] = []
-
-        def stop_after_first_batch(report: DrainReport) -> None:
-            if report.batches == 1:
-                before_stop.extend(json.loads(e.value)["event_id"]
-                                   for e in consume(servers, topic.name, limit=100, idle_timeout=5.0))
-                broker.stop()
-
-        fast_fail = {"message.timeout.ms": 3000}
-        with pytest.raises(PublishError, match="0/100 confirmed"):
-            drain(conn, servers, batch_size=100, producer_config=fast_fail, on_batch=stop_after_first_batch)
-        assert _pending(conn) == 200  # exactly the confirmed batch was marked
-
-        assert broker.start() == servers  # same address; tansu lost every topic and message
-        ensure_topics(servers, (topic,))
-        report = drain(conn, servers, batch_size=100)
-        assert report.total == 200
-        after_restart = [json.loads(e.value)["event_id"] for e in consume(servers, topic.name, idle_timeout=3.0)]
-    finally:
-        broker.stop()
-    assert len(before_stop) == 100
-    assert len(after_restart) == 200
-    assert set(before_stop).isdisjoint(after_restart)  # nothing sent twice
-    assert set(before_stop) | set(after_restart) == set(rows["event_id"])  # nothing lost
-    assert _pending(conn) == 0
-
-
 def test_unserializable_and_refused_messages_go_to_the_dead_letter_topic(
     conn: psycopg.Connection, kafka_bootstrap: str
 ) -> None:
     run_id = uuid.uuid4().hex
-    frame = _bars(5).with_columns(
+    frame = canonical_bars(5, START).with_columns(
         pl.when(pl.col("instrument_id") == 2).then(float("nan")).otherwise(pl.col("vwap")).alias("vwap"))
     rows = outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": run_id})
     assert rows.group_by("topic").len().sort("topic").rows() == [(BARS_1D.name, 4), (DEAD_LETTER.name, 1)]

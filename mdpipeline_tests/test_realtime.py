@@ -1,7 +1,6 @@
 """The real-time path: raw frames on a topic -> sensor -> realtime_ticks runs -> md.ticks and md.ticks.v1.
 
-Real broker (tansu, whose high watermarks are wrong, so nothing here relies on them), real database,
-real Dagster sensor evaluation and job runs.
+Real broker (Apache Kafka), real database, real Dagster sensor evaluation and job runs.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from mdpipeline.distribute.subscriber import consume
+from mdpipeline.distribute.subscriber import read_topic
 from mdpipeline.distribute.topics import TICKS, TopicSpec, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.realtime import raw_stream_sensor
@@ -124,7 +123,7 @@ def test_sensor_runs_ranges_and_the_job_applies_each_exactly_once(
         assert len(_ticks(conn)) == len(expected) + 10
 
     # md.ticks.v1 carries every event as docs/ describe it; after dedup nothing is missing.
-    events = [e for e in consume(kafka_bootstrap, TICKS.name, idle_timeout=3.0)
+    events = [e for e in read_topic(kafka_bootstrap, TICKS.name)
               if e.headers.get("mdp-raw-topic") == raw_topic]
     validator = schema_for(TICKS.name)
     values = [json.loads(e.value) for e in events]

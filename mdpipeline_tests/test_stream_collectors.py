@@ -13,9 +13,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import polars as pl
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from mdpipeline.distribute.subscriber import end_offsets
 from mdpipeline.distribute.topics import ensure_topics, raw_stream_topic
 from mdpipeline.stream.collector import Backoff, collect
 from mdpipeline.stream.feeds import AlpacaFeed, FeedError, FinnhubFeed
@@ -127,7 +129,7 @@ def test_alpaca_collector_lands_frames_and_reconnects(kafka_bootstrap: str) -> N
     assert len(report.gaps) == 1
     assert state.received[1] == {"action": "subscribe", "trades": ["AAPL"], "quotes": ["AAPL"], "bars": ["AAPL"]}
 
-    raw = read_messages(kafka_bootstrap, landing.topic, 0, 0, idle=2.0)
+    raw = _landed(kafka_bootstrap, landing.topic)
     data = raw.filter(raw["kind"] == "data")
     assert data["value"].to_list() == ALPACA_DATA  # exactly as received, in order
     assert raw["kind"].to_list() == ["data", "data", "gap", "data", "data"]
@@ -164,7 +166,7 @@ def test_finnhub_collector_lands_trades_not_pings_and_reconnects(kafka_bootstrap
     assert report.frames == 4
     assert report.control >= 3  # pings are heartbeats, never landed
     assert state.received[:2] == [{"type": "subscribe", "symbol": "AAPL"}, {"type": "subscribe", "symbol": "MSFT"}]
-    raw = read_messages(kafka_bootstrap, landing.topic, 0, 0, idle=2.0)
+    raw = _landed(kafka_bootstrap, landing.topic)
     assert raw.filter(raw["kind"] == "data")["value"].to_list() == trades
     assert raw["kind"].to_list().count("gap") == 1
 
@@ -172,7 +174,7 @@ def test_finnhub_collector_lands_trades_not_pings_and_reconnects(kafka_bootstrap
 def test_synthetic_feed_lands_offline(kafka_bootstrap: str) -> None:
     landing = _landing(kafka_bootstrap, "synthetic")
     assert asyncio.run(run_synthetic(landing, ["AAPL", "MSFT"], frames=10, rate=0)) == 10
-    raw = read_messages(kafka_bootstrap, landing.topic, 0, 0, idle=2.0)
+    raw = _landed(kafka_bootstrap, landing.topic)
     assert raw.height == 10
     assert all(json.loads(v)[0]["T"] == "t" for v in raw["value"])
 
@@ -184,16 +186,20 @@ def test_stream_command_lands_synthetic_frames(kafka_bootstrap: str, monkeypatch
 
     provider_topic = raw_stream_topic("synthetic").name
     monkeypatch.setenv("MDP_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
-    before = read_messages(kafka_bootstrap, provider_topic, 0, 0, idle=1.0).height if _exists(
-        kafka_bootstrap, provider_topic) else 0
+    before = _end(kafka_bootstrap, provider_topic)  # the topic is shared with other runs of the command
     result = CliRunner().invoke(app, ["stream", "--provider", "synthetic", "--symbols", "AAPL,MSFT",
                                       "--max-frames", "7", "--rate", "0"])
     assert result.exit_code == 0, result.output
     assert "landed 7 frames" in result.output
-    assert read_messages(kafka_bootstrap, provider_topic, 0, 0, idle=1.0).height == before + 7
+    assert _end(kafka_bootstrap, provider_topic) == before + 7
+    assert _landed(kafka_bootstrap, provider_topic)["offset"].to_list()[before:] == list(range(before, before + 7))
 
 
-def _exists(bootstrap: str, topic: str) -> bool:
-    from confluent_kafka.admin import AdminClient
+def _end(bootstrap: str, topic: str) -> int:
+    """The high watermark of partition 0 (0 when the topic does not exist yet)."""
+    return end_offsets(bootstrap, topic).get(0, (0, 0))[1]
 
-    return topic in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+
+def _landed(bootstrap: str, topic: str) -> pl.DataFrame:
+    """Every raw message of partition 0, read through the offset before the high watermark."""
+    return read_messages(bootstrap, topic, 0, 0, last=_end(bootstrap, topic) - 1)

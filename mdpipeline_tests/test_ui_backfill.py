@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from mdpipeline.distribute.subscriber import consume
+from mdpipeline.distribute.subscriber import read_topic
 from mdpipeline.distribute.topics import BARS_1D
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
@@ -89,7 +89,7 @@ def test_range_backfill_from_the_ui_runs_once_and_is_idempotent(
 
     # Both runs published every bar, broker-confirmed, with lineage headers; same bars, same event ids.
     by_run: dict[str, list[dict]] = {first_run: [], second_run: []}
-    for event in consume(kafka_bootstrap, BARS_1D.name, from_beginning=True, idle_timeout=3.0):
+    for event in read_topic(kafka_bootstrap, BARS_1D.name):
         run_id = event.headers.get("mdp-run-id", "")
         if run_id in by_run:
             assert event.headers["mdp-partition-start"] == keys[0]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up everything mdpipeline needs on a fresh Debian machine: PostgreSQL server binaries and
-# Chromium (for the browser test of the Dagster UI), both Debian packages, and a virtualenv in .venv
-# with the project and its dev tools. Safe to run again: only what is missing gets installed.
+# Set up everything mdpipeline needs on a fresh Debian machine: PostgreSQL server binaries, a Java
+# runtime and Maven (for the embedded Apache Kafka broker) and Chromium (for the browser test of the
+# Dagster UI), all Debian packages; a virtualenv in .venv with the project and its dev tools; and the
+# Kafka broker's jars, fetched once by Maven into ~/.cache/mdpipeline (or $MDP_KAFKA_HOME).
+# Safe to run again: only what is missing gets installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,22 @@ if ! have_postgres; then
   apt_install postgresql
 fi
 
+have_java17() {  # Apache Kafka 4 brokers need Java 17+
+  command -v java >/dev/null 2>&1 || return 1
+  local major
+  major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)
+  [ -n "$major" ] && [ "$major" -ge 17 ]
+}
+
+if ! have_java17; then
+  echo "bootstrap: installing a Java runtime (Debian package default-jre-headless)"
+  apt_install default-jre-headless
+fi
+if ! command -v mvn >/dev/null 2>&1; then
+  echo "bootstrap: installing Maven (Debian package maven)"
+  apt_install maven
+fi
+
 # Headless Chromium for mdpipeline_tests/test_browser.py (Playwright's browser download cannot work here).
 if [ ! -x /usr/bin/chromium ]; then
   echo "bootstrap: installing Chromium (Debian package chromium)"
@@ -37,4 +55,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
+# The broker's jars (Maven Central, once) and its class-data archive; a no-op when already there.
+.venv/bin/mdpipeline dev prepare
 echo "bootstrap: ready (.venv)"

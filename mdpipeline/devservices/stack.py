@@ -1,16 +1,18 @@
-"""`mdpipeline dev up|down|status`: the embedded local stack (PostgreSQL + tansu + DAGSTER_HOME).
+"""`mdpipeline dev up|down|status`: the embedded local stack (PostgreSQL + Apache Kafka + DAGSTER_HOME).
 
 All state lives under `<root>/.mdpipeline`:
 
 - `pg/data` the PostgreSQL cluster (kept across restarts),
-- `logs/` server logs, `tansu.pid` the broker's pid,
+- `kafka/` the Kafka broker: `data/` its log directory (topics and messages, kept across restarts),
+  `server.properties`, `broker.pid`,
+- `logs/` server logs,
 - `dagster/` DAGSTER_HOME with its `dagster.yaml`,
 - `dev.json` ports and pids, so `status` and `down` (in another process) find the services and the
   next `up` reuses the same ports when they are still free.
 
 `up` also writes MDP_DATABASE_URL, MDP_KAFKA_BOOTSTRAP_SERVERS and DAGSTER_HOME into `<root>/.env`,
-keeping the other lines. The broker stores in memory only: `down` (or any broker restart) loses all
-topics and messages; the database survives.
+keeping the other lines. `down` stops both cleanly; the database, the topics and their messages
+survive it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class DevStatus:
     bootstrap_servers: str | None
     broker_running: bool
     data_dir: Path
+    broker_dir: Path | None = None  # the Kafka node's home: log directory, server.properties
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ class _Paths:
         return self.state / "dev.json"
 
     @property
-    def broker_pid(self) -> Path:
-        return self.state / "tansu.pid"
+    def kafka(self) -> Path:
+        return self.state / "kafka"
 
 
 def _paths(root: Path | None) -> _Paths:
@@ -96,15 +99,15 @@ def _read_state(paths: _Paths) -> dict[str, Any]:
 def _write_state(paths: _Paths, postgres: LocalPostgres, broker: LocalBroker) -> None:
     state = {
         "postgres": {"port": postgres.port, "pid": postgres.pid, "data_dir": str(postgres.data_dir)},
-        "broker": {"port": broker.port, "pid": broker.pid},
+        "broker": {"port": broker.port, "controller_port": broker.controller_port, "pid": broker.pid},
     }
     _atomic_write(paths.state_file, json.dumps(state, indent=2) + "\n")
 
 
-def _saved_port(state: dict[str, Any], service: str) -> int | None:
+def _saved_port(state: dict[str, Any], service: str, key: str = "port") -> int | None:
     """The port a service used last time, if it is still an int."""
     entry = state.get(service)
-    port = entry.get("port") if isinstance(entry, dict) else None
+    port = entry.get(key) if isinstance(entry, dict) else None
     return port if isinstance(port, int) else None
 
 
@@ -118,21 +121,17 @@ def _postgres(paths: _Paths, state: dict[str, Any]) -> LocalPostgres:
 
 
 def _broker(paths: _Paths, state: dict[str, Any]) -> LocalBroker:
-    """The broker handle; a running broker keeps its port, else reuse the saved one when free."""
-    port = _saved_port(state, "broker")
-    broker = LocalBroker(port=port, log_file=paths.logs / "tansu.log", pid_file=paths.broker_pid)
-    if broker.is_running():
-        return LocalBroker(log_file=paths.logs / "tansu.log", pid_file=paths.broker_pid)
-    if port is not None and not port_is_free(port):
-        return LocalBroker(log_file=paths.logs / "tansu.log", pid_file=paths.broker_pid)
-    return broker
+    """The broker handle; a running broker keeps its ports, else reuse the saved ones when free."""
+    ports = [_saved_port(state, "broker", key) for key in ("port", "controller_port")]
+    port, controller_port = (p if p is not None and port_is_free(p) else None for p in ports)
+    return LocalBroker(paths.kafka, port=port, controller_port=controller_port, log_file=paths.logs / "kafka.log")
 
 
 def dev_up(root: Path | None = None) -> DevStack:
-    """Start (or keep) the local PostgreSQL and broker, prepare DAGSTER_HOME, write `.env`.
+    """Start (or keep) the local PostgreSQL and Kafka broker, prepare DAGSTER_HOME, write `.env`.
 
-    `root` defaults to the current directory. The broker keeps topics in memory only, so topics
-    created before a broker restart are gone afterwards.
+    `root` defaults to the current directory. Both keep their data under `.mdpipeline` across
+    restarts.
     """
     root_dir = (Path(root) if root is not None else Path.cwd()).absolute()
     paths = _paths(root_dir)
@@ -156,7 +155,7 @@ def dev_up(root: Path | None = None) -> DevStack:
 
 
 def dev_down(root: Path | None = None) -> None:
-    """Stop the broker (losing its topics) and PostgreSQL (keeping its data)."""
+    """Stop the broker and PostgreSQL cleanly; both keep their data for the next `dev up`."""
     paths = _paths(root)
     state = _read_state(paths)
     _broker(paths, state).stop()
@@ -171,13 +170,14 @@ def dev_status(root: Path | None = None) -> DevStatus:
     state = _read_state(paths)
     postgres = LocalPostgres(paths.data_dir, port=_saved_port(state, "postgres"))
     pg_running = paths.data_dir.exists() and postgres.is_running()
-    broker = LocalBroker(port=_saved_port(state, "broker"), pid_file=paths.broker_pid)
+    broker = LocalBroker(paths.kafka, port=_saved_port(state, "broker"))
     return DevStatus(
         database_url=postgres.url if postgres.port is not None else None,
         postgres_running=pg_running,
         bootstrap_servers=broker.bootstrap_servers if broker.port is not None else None,
         broker_running=broker.is_running(),
         data_dir=paths.data_dir,
+        broker_dir=paths.kafka,
     )
 
 

@@ -1,7 +1,7 @@
 """The real-time feed in Dagster: a sensor over the raw stream topics and the job that processes a range.
 
-The sensor reads each raw topic partition forward from the offset stored in `ops.stream_offsets`
-(never from broker watermarks) and requests a `realtime_ticks` run for the explicit range it found,
+The sensor compares the offset stored in `ops.stream_offsets` with each raw topic partition's high
+watermark and requests a `realtime_ticks` run for the explicit range of new messages,
 with run_key = `topic:partition:first-last` so a range is requested once. While a run of a partition
 is in flight no new range is requested for it; a failed range is requested again (new run_key suffix).
 
@@ -94,7 +94,7 @@ def raw_stream_sensor(
                 if busy:
                     continue
                 found = next_range(kafka.bootstrap_servers, topic, partition, stored_offset(conn, topic, partition),
-                                   max_messages=max_messages, idle=0.5)
+                                   max_messages=max_messages)
                 if found is not None:
                     requests.append(range_run_request(context, topic, partition, *found))
         if not requests:

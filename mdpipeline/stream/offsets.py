@@ -1,7 +1,7 @@
 """Raw topic offsets: which ranges were processed (`ops.stream_offsets`) and reading ranges from Kafka.
 
-Never uses the broker's high watermarks (the tansu broker reports wrong ones): new data is detected
-by reading forward from the stored offset, and a range is read until its last offset was seen.
+New data is what lies between the stored offset and the partition's high watermark; a range is then
+read until its last offset was seen.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 import polars as pl
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from mdpipeline.distribute.subscriber import end_offsets
 
 RAW_MESSAGES: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "provider": pl.String(), "kind": pl.String(), "value": pl.String(),
@@ -102,13 +104,26 @@ def read_messages(
 
 
 def next_range(bootstrap_servers: str, topic: str, partition: int, start: int, *, max_messages: int = 50_000,
-               idle: float = 1.0) -> tuple[int, int] | None:
-    """The (first, last) offsets of new messages from `start`, or None when there are none."""
-    found = read_messages(bootstrap_servers, topic, partition, start, max_messages=max_messages, idle=idle,
-                          timeout=idle + 10.0)
-    if not found.height:
+               timeout: float = 10.0) -> tuple[int, int] | None:
+    """The (first, last) offsets of at most `max_messages` new messages from `start`, None when there are none.
+
+    From the partition's watermarks: offsets before the low one are gone (retention), so the range
+    starts at the later of `start` and it. A `start` past the high watermark means the log lost
+    what was processed (the topic was deleted and recreated): RangeUnavailableError, rather than
+    waiting silently until new messages pass the old offsets.
+    """
+    marks = end_offsets(bootstrap_servers, topic, timeout=timeout)
+    if partition not in marks:
+        return None  # the topic (or partition) does not exist yet
+    low, high = marks[partition]
+    if start > high:
+        raise RangeUnavailableError(f"{topic}[{partition}]: processed up to offset {start}, but the log ends at "
+                                    f"{high}; the topic was recreated or lost data (reset its row in "
+                                    "ops.stream_offsets to reprocess it)")
+    first = max(start, low)
+    if first >= high:
         return None
-    return int(found["offset"][0]), int(found["offset"][-1])
+    return first, min(high, first + max_messages) - 1
 
 
 def commit_consumer_offset(bootstrap_servers: str, topic: str, partition: int, next_offset: int,
