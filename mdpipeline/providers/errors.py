@@ -63,6 +63,11 @@ class CircuitOpenError(ProviderError):
     """The provider's circuit breaker is open: the call was not made."""
 
 
+class QuotaStoreError(ProviderError):
+    """The database holding the shared request quotas cannot be used: the call was not made (sending it
+    unaccounted could overrun a quota other processes share). Not retried, not counted by the breaker."""
+
+
 __all__ = [
     "BadRequestError",
     "CircuitOpenError",
@@ -70,5 +75,6 @@ __all__ = [
     "MalformedPayloadError",
     "ProviderError",
     "ProviderUnavailableError",
+    "QuotaStoreError",
     "RateLimitError",
 ]
