@@ -279,12 +279,13 @@ class _Shared:
         self.configure(policy, database_url)
 
     def configure(self, policy: HttpPolicy, database_url: str | None) -> None:
-        """Apply `policy` and the limits' home (the latest client's wins)."""
+        """Apply `policy` (the latest client's wins); a client with a database URL moves the limits there,
+        one without leaves them where they are (never back from the database into this process)."""
         self.breaker.fail_max = policy.breaker_fail_max
         self.breaker.reset_timeout = policy.breaker_reset_timeout
-        if (database_url or None) != self.database_url:
-            self.database_url = database_url or None
-            self.limits = limits_for(self.provider, self.database_url)
+        if database_url and database_url != self.database_url:
+            self.database_url = database_url
+            self.limits = limits_for(self.provider, database_url)
         self.limits.configure(policy.rate_per_second, policy.burst, policy.daily_limit, policy.quota_timezone)
         if policy.max_concurrent != self.max_concurrent:
             self.max_concurrent = policy.max_concurrent
