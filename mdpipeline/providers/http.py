@@ -358,7 +358,8 @@ def breaker_state(provider: str) -> str:
 
 
 def reset_shared_state(provider: str | None = None) -> None:
-    """Forget breakers, buckets and quotas (of one provider, or all): for tests and long-lived workers."""
+    """Forget breakers, buckets and quotas (of one provider, or all) of this process: for tests and
+    long-lived workers. Quotas held in the database are not touched: they belong to every process."""
     with _REGISTRY_LOCK:
         if provider is None:
             _REGISTRY.clear()

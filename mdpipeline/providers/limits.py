@@ -183,9 +183,11 @@ class QuotaStore:
                 except psycopg.OperationalError as exc:
                     self._drop()
                     if attempt == 2:
-                        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                         raise QuotaStoreError(f"{what}: the database holding the shared request quotas is "
-                                              f"unreachable ({reason}); no request sent") from None
+                                              f"unreachable ({_first_line(exc)}); no request sent") from None
+                except psycopg.Error as exc:
+                    raise QuotaStoreError(f"{what}: the shared request quota could not be taken "
+                                          f"({_first_line(exc)}); no request sent") from None
         raise AssertionError("unreachable")
 
     def _connection(self) -> psycopg.Connection:
@@ -208,6 +210,11 @@ class QuotaStore:
         if self._pid != os.getpid():
             _INHERITED.append(self._conn)
             self._conn, self._pid = None, os.getpid()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class SharedLimits:
