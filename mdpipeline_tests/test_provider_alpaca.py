@@ -6,14 +6,15 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
-from datetime import date, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
@@ -95,7 +96,7 @@ def test_daily_bars_follow_every_page_and_give_exact_rows(httpserver: HTTPServer
     assert s.count == 2
     first = s.args(0)
     assert first == {"symbols": "AAPL,TSLA", "timeframe": "1Day", "start": "2024-06-03T04:00:00Z",
-                     "end": "2024-06-06T03:59:59Z", "adjustment": "raw", "feed": "sip", "limit": "10000",
+                     "end": "2024-06-06T03:59:59Z", "adjustment": "raw", "feed": "iex", "limit": "10000",
                      "sort": "asc"}
     assert s.args(1) == {**first, "page_token": "QUFQTHwy"}
     assert s.requests[0].headers["APCA-API-KEY-ID"] == KEY_ID
@@ -119,6 +120,45 @@ def test_daily_bars_follow_every_page_and_give_exact_rows(httpserver: HTTPServer
         ("TSLA", date(2024, 6, 4), 174.775, 177.76, 174.0, 174.77, 60056330.0, 175.6, 850000, 2),
         ("TSLA", date(2024, 6, 5), 175.35, 176.15, 172.13, 175.0, 57953769.0, 174.2, 800000, 2),
     ]
+
+
+def recent_sip_refused(page: dict) -> Callable[[Request], Response]:
+    """Alpaca's rule for Free/Basic plans: SIP data of the last 15 minutes -> 403; otherwise `page`."""
+
+    def handler(request: Request) -> Response:
+        end = datetime.fromisoformat(request.args["end"].replace("Z", "+00:00"))
+        if request.args.get("feed") == "sip" and end > datetime.now(UTC) - timedelta(minutes=15):
+            return json_response({"message": "subscription does not permit querying recent SIP data"}, 403)
+        return json_response(page)
+
+    return handler
+
+
+def test_default_feed_is_iex_and_sip_ends_15_minutes_ago(httpserver: HTTPServer) -> None:
+    s = script(httpserver, BARS, recent_sip_refused(PAGE_2))
+    today = datetime.now(UTC).date()
+    recent = Query("bars_1d", today - timedelta(days=5), today + timedelta(days=10), ("TSLA",))
+
+    provider, _ = make(httpserver)
+    assert len(provider.extract(recent)) == 1
+    assert s.args()["feed"] == "iex"  # every plan may query IEX data, however recent
+
+    sip, _ = make(httpserver, feed="sip")
+    before = datetime.now(UTC)
+    assert len(sip.extract(recent)) == 1  # not refused: the request stops 15 minutes ago
+    end = datetime.fromisoformat(s.args()["end"].replace("Z", "+00:00"))
+    assert s.args()["feed"] == "sip"
+    assert before - timedelta(minutes=15, seconds=1) <= end <= datetime.now(UTC) - timedelta(minutes=15)
+    assert s.count == 2
+
+    future = Query("bars_1d", today + timedelta(days=3), today + timedelta(days=10), ("TSLA",))
+    assert sip.extract(future) == []  # nothing it may ask for yet
+    assert s.count == 2
+
+    plus, _ = make(httpserver, feed="sip", sip_delay_minutes=0)  # Algo Trader Plus
+    with pytest.raises(EntitlementError, match="recent SIP data"):
+        plus.extract(recent)  # this key is Basic: the server refuses, typed and final
+    assert s.count == 3
 
 
 def test_bar_repeated_across_pages_collapses_in_the_pipeline(httpserver: HTTPServer) -> None:

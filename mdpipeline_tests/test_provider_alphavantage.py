@@ -91,6 +91,11 @@ BURST = {"Information": "Thank you for using Alpha Vantage! Please consider spre
                         "more sparingly (1 request per second). You may subscribe to any of the premium plans at "
                         "https://www.alphavantage.co/premium/ to lift the free key rate limit (25 requests per day), "
                         "raise the per-minute rate limit, and enable all premium features."}
+# What a free key gets for outputsize=full on TIME_SERIES_DAILY (premium since 2024): it names
+# TIME_SERIES_DAILY, so a "daily" test run before the "premium" test took it for the daily quota.
+PREMIUM_FULL = {"Information": "Thank you for using Alpha Vantage! The outputsize=full parameter value is a premium "
+                               "feature for the TIME_SERIES_DAILY endpoint. You may subscribe to any of the premium "
+                               "plans at https://www.alphavantage.co/premium/ to instantly unlock all premium features"}
 INVALID = {"Error Message": "Invalid API call. Please retry or visit the documentation "
                             "(https://www.alphavantage.co/documentation/) for TIME_SERIES_DAILY."}
 
@@ -171,6 +176,32 @@ def test_compact_output_for_recent_ranges(httpserver: HTTPServer, make: Make) ->
     assert s.args()["outputsize"] == "compact"  # the latest 100 sessions cover it
 
 
+def test_outputsize_is_compact_exactly_when_the_latest_100_sessions_cover_the_range(
+        httpserver: HTTPServer, make: Make) -> None:
+    s = script(httpserver, "/query", json_response(daily_body()))
+    provider, _ = make()
+    today = datetime.now(UTC).date()
+    recent = session_dates(today - timedelta(days=200), today)
+    provider.extract(q("bars_1d", recent[-100], recent[-1]))
+    provider.extract(q("bars_1d", recent[-101], recent[-101]))
+    assert [s.args(i)["outputsize"] for i in range(2)] == ["compact", "full"]
+
+
+def test_premium_outputsize_is_a_final_entitlement_error_with_a_hint(httpserver: HTTPServer, make: Make) -> None:
+    s = script(httpserver, "/query", json_response(PREMIUM_FULL))
+    provider, sleep = make()
+    with pytest.raises(EntitlementError) as info:
+        provider.extract(q("bars_1d", date(2024, 6, 3), date(2024, 6, 5)))  # long ago: outputsize=full
+    assert s.args()["outputsize"] == "full"
+    assert s.count == 1  # final: not retried, and not taken for the daily quota
+    assert sleep.waits == []
+    assert info.value.hint is not None
+    assert "outputsize=full is premium" in info.value.hint
+    assert "outputsize=compact" in info.value.hint
+    assert "https://www.alphavantage.co/premium/" in str(info.value)
+    assert provider.fetch_stats()["rate_limited"] == 0
+
+
 def test_intraday_month_requests_and_utc_bar_starts(httpserver: HTTPServer, make: Make) -> None:
     feb = script(httpserver, "/query", json_response(intraday_body({
         "2024-02-29 09:31:00": ("180.8100", "180.9000", "180.6000", "180.7000", "310245"),
@@ -236,6 +267,7 @@ def test_no_sessions_no_requests(httpserver: HTTPServer, make: Make) -> None:
 @pytest.mark.parametrize(("body", "error", "match"), [
     (INVALID, BadRequestError, "Invalid API call"),
     (PREMIUM, EntitlementError, "premium endpoint"),
+    (PREMIUM_FULL, EntitlementError, "outputsize=full parameter value is a premium feature"),
     (DAILY_QUOTA, RateLimitError, "25 requests per day"),
     ({"Error Message": "the parameter apikey is invalid or missing."}, EntitlementError, "apikey"),
 ])
@@ -250,7 +282,13 @@ def test_error_bodies_fail_typed_without_retry(httpserver: HTTPServer, make: Mak
     assert KEY not in str(info.value)
 
 
-@pytest.mark.parametrize(("body", "wait"), [(RATE_NOTE, 60.0), (BURST, 1.0)])
+BURST_2 = {"Information": "Thank you for using Alpha Vantage! Please consider spreading out your free API requests "
+                          "more sparingly (1 request per second). You may subscribe to any of the premium plans at "
+                          "https://www.alphavantage.co/premium/ to lift the free key rate limit (25 requests per "
+                          "day), raise the per-second burst limit, and instantly unlock all premium endpoints."}
+
+
+@pytest.mark.parametrize(("body", "wait"), [(RATE_NOTE, 60.0), (BURST, 1.0), (BURST_2, 1.0)])
 def test_rate_limit_bodies_wait_and_retry(httpserver: HTTPServer, make: Make, body: dict, wait: float) -> None:
     s = script(httpserver, "/query", json_response(body), json_response(daily_body()))
     provider, sleep = make()

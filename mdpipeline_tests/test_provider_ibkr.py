@@ -288,6 +288,21 @@ def test_error_body_with_200_is_a_bad_request(httpserver: HTTPServer) -> None:
     assert s.count == 1
 
 
+@pytest.mark.parametrize("error", [
+    "No market data permissions for NASDAQ STK",
+    "Historical Market Data Service error message:No market data permissions for NYSE STK",
+])
+def test_missing_market_data_permissions_are_an_entitlement_error(httpserver: HTTPServer, error: str) -> None:
+    s = script(httpserver, HISTORY, json_response({"error": error}))
+    provider, sleep = pinned(httpserver)
+    with pytest.raises(EntitlementError, match="No market data permissions") as info:
+        provider.extract(days(date(2024, 6, 3), date(2024, 6, 5)))
+    assert s.count == 1  # final: not retried
+    assert sleep.waits == []
+    assert info.value.hint is not None
+    assert "Market Data Subscriptions" in info.value.hint
+
+
 def test_holiday_and_empty_answer(httpserver: HTTPServer) -> None:
     s = script(httpserver, HISTORY, json_response(history([])))
     provider, _ = pinned(httpserver)

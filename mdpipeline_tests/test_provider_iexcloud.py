@@ -56,13 +56,33 @@ def daily_row(day: str, o: float, h: float, lo: float, c: float, v: int, split: 
             "fLow": lo / split, "fVolume": v * split, "label": "Jun 7, 24", "change": 0, "changePercent": 0}
 
 
+def minute(hhmm: str, label: str, iex: tuple | None, market: tuple | None) -> dict:
+    """A chart row as IEX Cloud documented it: the IEX-exchange-only fields (`open` .. `numberOfTrades`)
+    beside the consolidated ones (`marketOpen` .. `marketNumberOfTrades`); (open, high, low, close,
+    average, volume, notional, trades) each, None for a minute without trades there."""
+    def fields(prefix: str, values: tuple | None) -> dict:
+        names = ("open", "high", "low", "close", "average", "volume", "notional", "numberOfTrades")
+        if values is None:
+            values = (None, None, None, None, None, 0, 0, 0)
+        key = (lambda n: prefix + n[0].upper() + n[1:]) if prefix else (lambda n: n)
+        return {key(n): v for n, v in zip(names, values, strict=True)}
+
+    return {"date": "2024-06-03", "minute": hhmm, "label": label, **fields("", iex), **fields("market", market),
+            "changeOverTime": 0, "marketChangeOverTime": 0}
+
+
 MINUTES = [
-    {"date": "2024-06-03", "minute": "09:30", "label": "09:30 AM", "high": 193.4, "low": 192.52, "open": 192.9,
-     "close": 193.3, "average": 192.961, "volume": 11532, "notional": 2225227.1, "numberOfTrades": 112},
-    {"date": "2024-06-03", "minute": "09:31", "label": "09:31 AM", "high": None, "low": None, "open": None,
-     "close": None, "average": None, "volume": 0, "notional": 0, "numberOfTrades": 0},
-    {"date": "2024-06-03", "minute": "15:59", "label": "3:59 PM", "high": 194.1, "low": 193.98, "open": 194.0,
-     "close": 194.03, "average": 194.046, "volume": 40122, "notional": 7785525.7, "numberOfTrades": 388},
+    # 09:30: IEX traded 11,532 shares, about 1% of the consolidated 1,154,102.
+    minute("09:30", "09:30 AM", (192.9, 193.4, 192.52, 193.3, 192.961, 11532, 2225227.1, 112),
+           (192.9, 193.62, 192.52, 193.32, 193.01, 1154102, 222753227.0, 10542)),
+    # 09:31: no trade on IEX, trades elsewhere: the consolidated fields carry the minute.
+    minute("09:31", "09:31 AM", None, (193.33, 193.5, 193.1, 193.2, 193.28, 402311, 77758669.1, 4120)),
+    # 15:59: consolidated fields null (not available): the IEX fields are used.
+    {**minute("15:59", "3:59 PM", (194.0, 194.1, 193.98, 194.03, 194.046, 40122, 7785525.7, 388), None),
+     **dict.fromkeys(("marketOpen", "marketHigh", "marketLow", "marketClose", "marketAverage", "marketVolume",
+                      "marketNotional", "marketNumberOfTrades"))},
+    # 12:00: no trade anywhere: kept with null prices, for validation to quarantine.
+    minute("12:00", "12 PM", None, None),
 ]
 
 
@@ -118,18 +138,32 @@ def test_daily_bars_without_u_fields(httpserver: HTTPServer, make: Make) -> None
         ("AAPL", date(2024, 6, 3), 194.03, 50080539.0)]
 
 
-def test_minute_bars_with_null_minutes(httpserver: HTTPServer, make: Make) -> None:
+def test_minute_bars_use_the_consolidated_market_fields(httpserver: HTTPServer, make: Make) -> None:
     s = script(httpserver, "/stable/stock/AAPL/chart/date/20240603", json_response(MINUTES))
     provider, _ = make()
     payloads = provider.extract(q("bars_1m", date(2024, 6, 3), date(2024, 6, 3)))
     assert payloads[0].request_key == "chart:AAPL:20240603"
     assert "chartByDay" not in s.args()
 
-    frame = provider.transform("bars_1m", payloads)
+    frame = provider.transform("bars_1m", payloads).sort("ts")
     assert frame.schema == pl.Schema(STANDARD_COLUMNS["bars_1m"])
     assert frame.drop("raw_payload_id").rows() == [
+        ("AAPL", datetime(2024, 6, 3, 13, 30, tzinfo=UTC), 192.9, 193.62, 192.52, 193.32, 1154102.0, 193.01, 10542),
+        ("AAPL", datetime(2024, 6, 3, 13, 31, tzinfo=UTC), 193.33, 193.5, 193.1, 193.2, 402311.0, 193.28, 4120),
+        ("AAPL", datetime(2024, 6, 3, 16, 0, tzinfo=UTC), None, None, None, None, 0.0, None, 0),  # for quarantine
+        ("AAPL", datetime(2024, 6, 3, 19, 59, tzinfo=UTC), 194.0, 194.1, 193.98, 194.03, 40122.0, 194.046, 388),
+    ]
+
+
+def test_minute_bars_of_a_server_without_market_fields(httpserver: HTTPServer, make: Make) -> None:
+    iex_only = [{k: v for k, v in row.items() if not k.startswith("market")} for row in MINUTES]
+    script(httpserver, "/stable/stock/AAPL/chart/date/20240603", json_response(iex_only))
+    provider, _ = make()
+    frame = provider.transform("bars_1m", provider.extract(q("bars_1m", date(2024, 6, 3), date(2024, 6, 3))))
+    assert frame.sort("ts").drop("raw_payload_id").rows() == [
         ("AAPL", datetime(2024, 6, 3, 13, 30, tzinfo=UTC), 192.9, 193.4, 192.52, 193.3, 11532.0, 192.961, 112),
-        ("AAPL", datetime(2024, 6, 3, 13, 31, tzinfo=UTC), None, None, None, None, 0.0, None, 0),  # for quarantine
+        ("AAPL", datetime(2024, 6, 3, 13, 31, tzinfo=UTC), None, None, None, None, 0.0, None, 0),
+        ("AAPL", datetime(2024, 6, 3, 16, 0, tzinfo=UTC), None, None, None, None, 0.0, None, 0),
         ("AAPL", datetime(2024, 6, 3, 19, 59, tzinfo=UTC), 194.0, 194.1, 193.98, 194.03, 40122.0, 194.046, 388),
     ]
 

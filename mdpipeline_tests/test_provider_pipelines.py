@@ -142,10 +142,14 @@ def serve_iexcloud(server: HTTPServer) -> None:
                json_response([daily_row(day.isoformat(), o, h, lo, c, int(v), split=split)]),
                query={"chartByDay": "true"})
     for day in DAILY:
+        # The IEX-exchange fields carry about 1% of the volume; the consolidated market* fields are the bar.
         rows = [{"date": day.isoformat(), "minute": ts.astimezone(NEW_YORK).strftime("%H:%M"),
                  "label": ts.astimezone(NEW_YORK).strftime("%I:%M %p"), "open": o, "high": h, "low": lo, "close": c,
-                 "average": round((h + lo + c) / 3, 4), "volume": int(v), "notional": round(v * c, 2),
-                 "numberOfTrades": 100 + i}
+                 "average": round((h + lo + c) / 3, 4), "volume": int(v) // 100, "notional": round(v * c / 100, 2),
+                 "numberOfTrades": 1 + i, "marketOpen": o, "marketHigh": h, "marketLow": lo, "marketClose": c,
+                 "marketAverage": round((h + lo + c) / 3, 4), "marketVolume": int(v),
+                 "marketNotional": round(v * c, 2), "marketNumberOfTrades": 100 + i,
+                 "changeOverTime": 0, "marketChangeOverTime": 0}
                 for i, (ts, (o, h, lo, c, v)) in enumerate(sorted(MINUTES.items())) if ts.date() == day]
         script(server, f"/stable/stock/{SYMBOL}/chart/date/{day:%Y%m%d}", json_response(rows))
     script(server, re.compile(rf"/stable/stock/{SYMBOL}/splits/\w+"), json_response([

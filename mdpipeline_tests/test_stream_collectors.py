@@ -23,6 +23,7 @@ from mdpipeline.stream.collector import Backoff, collect
 from mdpipeline.stream.feeds import AlpacaFeed, FeedError, FinnhubFeed
 from mdpipeline.stream.landing import RawLanding
 from mdpipeline.stream.offsets import read_messages
+from mdpipeline.stream.parse import stream_bars, trade_actions
 from mdpipeline.stream.synthetic import run_synthetic
 
 FAST = Backoff(base=0.05, cap=0.2)
@@ -109,10 +110,11 @@ def _landing(kafka_bootstrap: str, provider: str) -> RawLanding:
     return RawLanding(kafka_bootstrap, topic.name, provider)
 
 
-async def _serve_and_collect(handler, feed_for, landing: RawLanding, frames: int):  # type: ignore[no-untyped-def]
+async def _serve_and_collect(handler, feed_for, landing: RawLanding, frames: int,  # type: ignore[no-untyped-def]
+                             timeout: float = 30):
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        return await asyncio.wait_for(collect(feed_for(port), landing, max_frames=frames, backoff=FAST), 30)
+        return await asyncio.wait_for(collect(feed_for(port), landing, max_frames=frames, backoff=FAST), timeout)
 
 
 def test_alpaca_collector_lands_frames_and_reconnects(kafka_bootstrap: str) -> None:
@@ -139,6 +141,32 @@ def test_alpaca_collector_lands_frames_and_reconnects(kafka_bootstrap: str) -> N
     assert set(raw["provider"]) == {"alpaca"}
     assert (raw["received_at"] <= datetime.now(UTC)).all()
 
+    # Bars by the bar schema (`c` is the close), trades by the trade schema (`c` is the conditions).
+    bars = stream_bars(data)
+    assert bars.select("kind", "symbol", "ts", "open", "high", "low", "close", "volume", "trades", "vwap").rows() == [
+        ("b", "AAPL", datetime(2024, 6, 10, 15, 51, tzinfo=UTC), 126.5, 126.7, 126.4, 126.6, 1200.0, 12, 126.55)]
+    actions = trade_actions(data)
+    assert actions.select("action", "price", "conditions", "sequence", "corrects").rows() == [
+        ("new", 126.55, "@,I", 96921, None), ("cancel", 126.55, "@,I", 96921, None),
+        ("new", 126.56, "@,I", 96925, 96921), ("cancel", 126.56, None, 96925, None)]
+
+
+def test_a_frame_mixing_bars_and_trades_parses_each_by_its_schema() -> None:
+    import polars as pl
+
+    frame = _compact([
+        {"T": "b", "S": "SPY", "o": 388.985, "h": 389.13, "l": 388.975, "c": 389.12, "v": 49378,
+         "t": "2021-02-22T19:15:00Z", "n": 420, "vw": 389.05},
+        {"T": "t", "S": "SPY", "i": 52983525029461, "x": "V", "p": 389.12, "s": 100, "c": ["@"],
+         "t": "2021-02-22T19:15:01.123456789Z", "z": "B"},
+        {"T": "d", "S": "SPY", "o": 387.06, "h": 389.62, "l": 386.74, "c": 389.12, "v": 61000000,
+         "t": "2021-02-22T05:00:00Z", "n": 300000, "vw": 388.4}])
+    raw = pl.DataFrame({"offset": [7], "provider": ["alpaca"], "value": [frame]})
+    bars = stream_bars(raw)
+    assert bars.select("position", "kind", "close", "volume").rows() == [(0, "b", 389.12, 49378.0),
+                                                                          (4, "d", 389.12, 61000000.0)]
+    assert trade_actions(raw).select("position", "price", "conditions").rows() == [(2, 389.12, "@")]
+
 
 def test_alpaca_refused_credentials_stop_the_collector(kafka_bootstrap: str) -> None:
     state = ServerState(batches=[ALPACA_DATA])
@@ -151,6 +179,81 @@ def test_alpaca_refused_credentials_stop_the_collector(kafka_bootstrap: str) -> 
         asyncio.run(_serve_and_collect(_alpaca_handler(state), feed, landing, frames=1))
     assert state.connections == 1  # no retry loop against refused credentials
     assert landing.landed == 0
+
+
+def _alpaca_refusing(state: ServerState, error: dict, *, after_subscription: bool):
+    """An Alpaca server answering the subscription with `error` (or acknowledging it, sending the data
+    batches, then `error`) and keeping the connection open, as Alpaca does for 405."""
+    async def handler(ws: ServerConnection) -> None:
+        state.connections += 1
+        await ws.send(_compact([{"T": "success", "msg": "connected"}]))
+        state.received.append(json.loads(await ws.recv()))
+        await ws.send(_compact([{"T": "success", "msg": "authenticated"}]))
+        sub = json.loads(await ws.recv())
+        state.received.append(sub)
+        if after_subscription:
+            await ws.send(_compact([{"T": "subscription", "trades": sub["trades"], "quotes": [], "bars": []}]))
+            for frame in state.batches[0]:
+                await ws.send(frame)
+        await ws.send(_compact([error]))
+        await ws.wait_closed()
+    return handler
+
+
+@pytest.mark.parametrize("after_subscription", [False, True])
+def test_alpaca_symbol_limit_stops_the_collector(kafka_bootstrap: str, after_subscription: bool) -> None:
+    state = ServerState(batches=[ALPACA_DATA[:1]])
+    landing = _landing(kafka_bootstrap, "alpaca")
+    limit = {"T": "error", "code": 405, "msg": "symbol limit exceeded"}
+
+    def feed(port: int) -> AlpacaFeed:
+        symbols = [f"S{i:03d}" for i in range(68)]
+        return AlpacaFeed("key", "secret", trades=symbols, stream_url=f"ws://127.0.0.1:{port}/v2/iex")
+
+    with pytest.raises(FeedError, match=r"alpaca error 405: symbol limit exceeded .*subscribe fewer"):
+        asyncio.run(_serve_and_collect(_alpaca_refusing(state, limit, after_subscription=after_subscription),
+                                       feed, landing, frames=10, timeout=10))
+    assert state.connections == 1  # stopped: no reconnect loop
+    assert landing.landed == (1 if after_subscription else 0)  # what came before the error is kept
+
+
+def test_alpaca_slow_client_error_reconnects(kafka_bootstrap: str) -> None:
+    state = ServerState(batches=[ALPACA_DATA[:1]])
+    landing = _landing(kafka_bootstrap, "alpaca")
+    slow = {"T": "error", "code": 407, "msg": "slow client"}
+
+    def feed(port: int) -> AlpacaFeed:
+        return AlpacaFeed("key", "secret", trades=["AAPL"], stream_url=f"ws://127.0.0.1:{port}/v2/iex")
+
+    report = asyncio.run(_serve_and_collect(_alpaca_refusing(state, slow, after_subscription=True), feed,
+                                            landing, frames=2, timeout=10))
+    assert report.frames == 2
+    assert state.connections == 2  # a transient error: reconnected, with a gap marker
+    assert len(report.gaps) == 1
+
+
+def test_finnhub_error_frame_stops_the_collector(kafka_bootstrap: str) -> None:
+    trade = _compact({"data": [{"c": ["1"], "p": 195.12, "s": "AAPL", "t": 1718034704208, "v": 100}],
+                      "type": "trade"})
+    error = _compact({"type": "error", "msg": "Subscribing to too many symbols"})
+    state = ServerState(batches=[[trade, error]])
+    landing = _landing(kafka_bootstrap, "finnhub")
+
+    def feed(port: int) -> FinnhubFeed:
+        return FinnhubFeed("tok", ["AAPL", "MSFT"], stream_url=f"ws://127.0.0.1:{port}")
+
+    async def handler(ws: ServerConnection) -> None:
+        state.connections += 1
+        for _ in range(2):
+            state.received.append(json.loads(await ws.recv()))
+        for frame in state.batches[0]:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    with pytest.raises(FeedError, match="finnhub error: Subscribing to too many symbols"):
+        asyncio.run(_serve_and_collect(handler, feed, landing, frames=10, timeout=10))
+    assert state.connections == 1
+    assert landing.landed == 1
 
 
 def test_finnhub_collector_lands_trades_not_pings_and_reconnects(kafka_bootstrap: str) -> None:

@@ -19,10 +19,16 @@ minute bars are regular-session bars, as IBKR's `outsideRth=false` and the synth
 HTTP 429 carries `X-RateLimit-Reset` (epoch seconds) rather than Retry-After; 403 means bad keys or a
 plan that may not query the feed (e.g. recent SIP data) and is an entitlement error. By default Alpaca
 maps a symbol to the company holding it *today* (parameter `asof`); set the `asof` option to change it.
+
+Feed: `iex` by default (every plan may query it); option `feed: sip` for the consolidated tape. Free and
+Basic plans get 403 for SIP requests whose `end` is within the last 15 minutes, so on `sip` the request's
+`end` is capped at now minus `sip_delay_minutes` (15; 0 for Algo Trader Plus), and a range lying wholly
+after that instant is not requested.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -38,6 +44,8 @@ from mdpipeline.providers.http import HttpResult, json_body
 from mdpipeline.providers.rest import RestProvider, credential, payload_from, read_json, regular_hours
 from mdpipeline.sessions import calendar
 
+log = logging.getLogger("mdpipeline.providers")
+
 DEFAULT_BASE_URL = "https://data.alpaca.markets"
 KEY_ENV, SECRET_ENV = "ALPACA_API_KEY_ID", "ALPACA_API_SECRET_KEY"
 BARS_PATH = "/v2/stocks/bars"
@@ -49,7 +57,10 @@ ACTION_TYPES = "forward_split,reverse_split,cash_dividend"
 # Basic plan: 200 requests per minute.
 DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 200 / 60, "burst": 10, "timeout": 30.0}
 OPTIONS = frozenset({"feed", "asof", "extended_hours", "symbols_per_request", "max_pages",
-                     "corporate_actions_lag_days", "corporate_actions_path", "http"})
+                     "corporate_actions_lag_days", "corporate_actions_path", "sip_delay_minutes", "http"})
+# Free and Basic plans may not query SIP data of the last 15 minutes (HTTP 403 "subscription does not
+# permit querying recent SIP data"); Algo Trader Plus may (option sip_delay_minutes: 0).
+SIP_DELAY_MINUTES = 15
 
 _BAR_FIELDS = ("t", "o", "h", "l", "c", "v", "n", "vw")
 _BAR_RENAMES = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume", "n": "trades", "vw": "vwap"}
@@ -78,7 +89,8 @@ class AlpacaProvider(RestProvider):
 
     def configure(self, opts: Mapping[str, Any]) -> None:
         """Options: see the module docstring."""
-        self.feed = str(opts.get("feed", "sip"))
+        self.feed = str(opts.get("feed", "iex")).strip().lower()
+        self.sip_delay = timedelta(minutes=max(0.0, float(opts.get("sip_delay_minutes", SIP_DELAY_MINUTES))))
         self.asof = None if opts.get("asof") is None else str(opts["asof"])
         self.extended_hours = bool(opts.get("extended_hours", False))
         self.symbols_per_request = max(1, int(opts.get("symbols_per_request", 100)))
@@ -108,15 +120,22 @@ class AlpacaProvider(RestProvider):
                 path, params = self.actions_path, self._actions_params(batch, first, last)
             else:
                 path, params = BARS_PATH, self._bars_params(query.dataset, batch, first, last)
+                if params["end"] <= params["start"]:
+                    log.warning("alpaca: %s %s..%s not requested: feed sip allows data up to %s only", batch,
+                                first, last, params["end"])
+                    continue
             key = f"{batch}:{first.isoformat()}:{last.isoformat()}"
             payloads += self._pages(path, params, query.dataset, key, first, last)
         return payloads
 
     def _bars_params(self, dataset: str, symbols: str, first: date, last: date) -> dict[str, Any]:
-        """Start at local midnight of the first session, end just before local midnight after the last."""
+        """Start at local midnight of the first session, end just before local midnight after the last;
+        on the SIP feed, `end` is at most `sip_delay_minutes` (15) ago, which Free/Basic plans may query."""
         tz = calendar(self.calendar_name).tz
         start = datetime.combine(first, datetime.min.time(), tz)
         end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tz) - timedelta(seconds=1)
+        if self.feed == "sip" and self.sip_delay:
+            end = min(end, (datetime.now(UTC) - self.sip_delay).replace(microsecond=0))
         return {"symbols": symbols, "timeframe": TIMEFRAMES[dataset], "start": _rfc3339(start), "end": _rfc3339(end),
                 "adjustment": "raw", "feed": self.feed, "limit": BARS_PAGE_LIMIT, "sort": "asc", "asof": self.asof}
 

@@ -17,12 +17,15 @@ payloads needs no key):
 Errors arrive as HTTP 200 bodies and become typed errors, never "no data": `Error Message` ->
 BadRequestError (EntitlementError for a missing/invalid key), `Note`/`Information` about call frequency
 -> RateLimitError (retried after 60s, or 1s for the per-second burst rule), about the daily quota ->
-RateLimitError that is not retried, about premium endpoints/features or the demo key -> EntitlementError.
+RateLimitError that is not retried (and marks the shared daily quota spent), "is a premium endpoint /
+feature" or the demo key -> EntitlementError with a hint (`outputsize=full` on TIME_SERIES_DAILY is a
+premium feature: a free key only gets the latest 100 sessions, `compact`).
 Free tier: 25 requests per day and 5 per minute, the default HttpPolicy (`http:` option overrides).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -44,34 +47,55 @@ KEY_ENV = "ALPHAVANTAGE_API_KEY"
 PATH = "/query"
 DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 5 / 60, "burst": 1, "daily_limit": 25, "timeout": 30.0}
 COMPACT_SESSIONS = 100  # what outputsize=compact returns
+PREMIUM_URL = "https://www.alphavantage.co/premium/"
+_PREMIUM = re.compile(r"\bis a premium (endpoint|feature)")  # not "unlock all premium endpoints"
 _DAILY_FUNCTIONS = ("TIME_SERIES_DAILY", "TIME_SERIES_DAILY_ADJUSTED")
 _PRICE_FIELDS = {"1. open": "open", "2. high": "high", "3. low": "low", "4. close": "close"}
 _DATA_KEYS = ("Meta Data", "data")  # a body holding data is never an error, whatever else it says
 
 
 def classify(resp: requests.Response) -> None:
-    """HTTP 200 error bodies -> typed errors (see the module docstring)."""
+    """HTTP 200 error bodies -> typed errors (see the module docstring).
+
+    The order matters, because the texts overlap: the daily-quota text invites to "the premium plans",
+    the premium-feature text names `TIME_SERIES_DAILY`, and the burst text mentions "25 requests per
+    day" and the "per-minute rate limit". So the specific wording is tested first: "is a premium
+    endpoint/feature" (an entitlement), then the per-second burst rule, then the per-minute frequency,
+    then the daily quota.
+    """
     body = json_body(resp)
     if not isinstance(body, dict) or any(k in body for k in _DATA_KEYS):
         return
     if "Error Message" in body:
         message = str(body["Error Message"])
         if "apikey" in message.lower():
-            raise EntitlementError(f"Error Message: {message}")
+            raise EntitlementError(f"Error Message: {message}", hint=f"set {KEY_ENV} to a valid key")
         raise BadRequestError(f"Error Message: {message}")
     text = body.get("Note") or body.get("Information")
     if text is None:
         return
     message, low = f"{'Note' if 'Note' in body else 'Information'}: {text}", str(text).lower()
-    if "per minute" in low or "call frequency" in low:
-        raise RateLimitError(message, retry_after=60.0)
+    if _PREMIUM.search(low):
+        raise EntitlementError(message, hint=_premium_hint(low))
     if "per second" in low or "spreading out" in low or "burst" in low:
         raise RateLimitError(message, retry_after=1.0)
-    if "per day" in low or "daily" in low:
-        raise RateLimitError(message, retryable=False)
+    if "per minute" in low or "call frequency" in low:
+        raise RateLimitError(message, retry_after=60.0)
+    if "per day" in low or "daily rate limit" in low:
+        raise RateLimitError(message, retryable=False, daily=True)
     if "premium" in low or "demo" in low or "api key" in low:
-        raise EntitlementError(message)
+        raise EntitlementError(message, hint=f"a free key from {DEFAULT_BASE_URL}/support/#api-key in {KEY_ENV}"
+                               if "demo" in low else f"a premium plan: {PREMIUM_URL}")
     raise RateLimitError(message)
+
+
+def _premium_hint(low: str) -> str:
+    """What to do about a premium-only request, naming the parameter when the answer names it."""
+    if "outputsize" in low:
+        return (f"outputsize=full is premium ({PREMIUM_URL}); a free key gets outputsize=compact, the latest "
+                f"{COMPACT_SESSIONS} sessions: fetch ranges within them, or set the provider option "
+                "outputsize: compact to accept that older sessions stay empty")
+    return f"this endpoint needs a premium plan ({PREMIUM_URL}); e.g. use daily_function: TIME_SERIES_DAILY"
 
 
 class AlphaVantageProvider(RestProvider):

@@ -15,13 +15,16 @@ class RateLimitError(ProviderError):
 
     `retry_after` is the delay the provider asked for, in seconds, when it said; `retryable` is False
     when waiting cannot help within a run (a daily quota is spent, or Retry-After exceeds the policy's
-    `max_retry_after`).
+    `max_retry_after`). `daily` is True when the provider said its daily quota is spent: the HTTP
+    client then marks the provider's shared daily quota as used up, so other processes stop asking.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *, retryable: bool = True,
+                 daily: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.retryable = retryable
+        self.daily = daily
 
 
 class ProviderUnavailableError(ProviderError):
@@ -33,7 +36,15 @@ class BadRequestError(ProviderError):
 
 
 class EntitlementError(ProviderError):
-    """401/403, "You don't have access to this resource", plan limits: the key may not do this. Never retried."""
+    """401/403, "You don't have access to this resource", plan limits: the key may not do this. Never retried.
+
+    `hint` says what would make the call possible (a plan, a parameter, a setting) when the provider's
+    answer tells; it is also appended to the message, so logs and the CLI show it.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{message} (hint: {hint})" if hint else message)
+        self.hint = hint
 
 
 class MalformedPayloadError(ProviderError):
@@ -52,6 +63,11 @@ class CircuitOpenError(ProviderError):
     """The provider's circuit breaker is open: the call was not made."""
 
 
+class QuotaStoreError(ProviderError):
+    """The database holding the shared request quotas cannot be used: the call was not made (sending it
+    unaccounted could overrun a quota other processes share). Not retried, not counted by the breaker."""
+
+
 __all__ = [
     "BadRequestError",
     "CircuitOpenError",
@@ -59,5 +75,6 @@ __all__ = [
     "MalformedPayloadError",
     "ProviderError",
     "ProviderUnavailableError",
+    "QuotaStoreError",
     "RateLimitError",
 ]

@@ -3,9 +3,12 @@
 One `HttpClient` per provider instance; what must be shared by every client of one provider (the
 circuit breaker, the token bucket, the daily quota, the concurrency slots) lives in a module-level
 registry keyed by the provider *name*, so two assets of one provider in one process respect one limit.
+The daily quota and the token bucket go further when the client has a database URL: they are held in
+the database (`mdpipeline.providers.limits`), so every process and run shares them.
 
 Per attempt, in this order: breaker check (open -> `CircuitOpenError`, no request), daily quota
-(spent -> `RateLimitError`, no request), token bucket wait, concurrency slot, the request, then
+(spent -> `RateLimitError`, no request; the provider's own "daily quota spent" answer marks the day
+spent for everyone), token bucket wait, concurrency slot, the request, then
 classification: the provider's `classify` hook first (it sees every response and may raise a typed
 error, e.g. for an HTTP 200 rate-limit body), then the status code (429 -> RateLimitError,
 401/403 -> EntitlementError, other 4xx/3xx -> BadRequestError, 5xx -> ProviderUnavailableError).
@@ -47,8 +50,10 @@ from mdpipeline.providers.errors import (
     EntitlementError,
     MalformedPayloadError,
     ProviderUnavailableError,
+    QuotaStoreError,
     RateLimitError,
 )
+from mdpipeline.providers.limits import Limits, TokenBucket, limits_for, zone
 
 log = logging.getLogger("mdpipeline.providers")
 
@@ -69,7 +74,8 @@ class HttpPolicy:
     backoff_max: float = 30.0
     rate_per_second: float | None = None  # token bucket refill; None = unlimited
     burst: int = 1
-    daily_limit: int | None = None  # hard cap per UTC day, counted per request in this process
+    daily_limit: int | None = None  # hard cap per provider day, counted per request (shared via the database)
+    quota_timezone: str = "UTC"  # where the provider's day starts (its documented reset), e.g. America/New_York
     max_concurrent: int | None = None
     breaker_fail_max: int = 5
     breaker_reset_timeout: float = 60.0
@@ -87,6 +93,9 @@ class HttpPolicy:
             raise ProviderError(
                 f"unknown http policy option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**{**defaults, **given})
+
+    def __post_init__(self) -> None:
+        zone(self.quota_timezone)
 
 
 @dataclass
@@ -225,67 +234,6 @@ for _name in ("urllib3.connectionpool", "mdpipeline.providers"):
     logging.getLogger(_name).addFilter(_LOG_FILTER)
 
 
-class TokenBucket:
-    """A thread-safe token bucket that reserves: `reserve()` takes a token now and says how long to wait.
-
-    Reserving (the balance may go negative) serves callers in order without a polling loop, and works
-    with an injected fake `sleep` in tests.
-    """
-
-    def __init__(self, rate_per_second: float | None, burst: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.Lock()
-        self._clock = clock
-        self.configure(rate_per_second, burst)
-        self._tokens = float(self.burst)
-        self._updated = clock()
-
-    def configure(self, rate_per_second: float | None, burst: int) -> None:
-        """Change the refill rate and capacity (keeps the current balance, capped)."""
-        if rate_per_second is not None and rate_per_second <= 0:
-            raise ProviderError(f"rate_per_second must be positive or None, got {rate_per_second}")
-        with self._lock:
-            self.rate = rate_per_second
-            self.burst = max(1, int(burst))
-            if hasattr(self, "_tokens"):
-                self._tokens = min(self._tokens, float(self.burst))
-
-    def reserve(self) -> float:
-        """Take one token; seconds the caller must wait before using it (0 when one was available)."""
-        with self._lock:
-            if self.rate is None:
-                return 0.0
-            now = self._clock()
-            self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            self._tokens -= 1.0
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-
-class DailyQuota:
-    """Requests per UTC day, counted in this process (the provider's own answer stays authoritative)."""
-
-    def __init__(self, limit: int | None) -> None:
-        self._lock = threading.Lock()
-        self.limit = limit
-        self._day = datetime.now(UTC).date()
-        self.used = 0
-
-    def take(self, provider: str) -> None:
-        """Count one request; RateLimitError (not retryable) when today's quota is spent."""
-        with self._lock:
-            now = datetime.now(UTC)
-            if now.date() != self._day:
-                self._day, self.used = now.date(), 0
-            if self.limit is not None and self.used >= self.limit:
-                midnight = datetime.combine(self._day + timedelta(days=1), datetime.min.time(), UTC)
-                raise RateLimitError(
-                    f"{provider}: daily limit of {self.limit} requests reached for {self._day} (UTC); "
-                    f"no request sent; the quota resets at {midnight:%Y-%m-%d %H:%M} UTC",
-                    retry_after=(midnight - now).total_seconds(), retryable=False)
-            self.used += 1
-
-
 def _counts_for_breaker(exc: BaseException) -> bool:
     """Transport failures trip the breaker; any real answer from the provider does not."""
     return isinstance(exc, ProviderUnavailableError) or (
@@ -313,9 +261,10 @@ class _BreakerListener(pybreaker.CircuitBreakerListener):
 
 
 class _Shared:
-    """What every client of one provider name shares."""
+    """What every client of one provider name shares in this process: the breaker, the concurrency slots,
+    and the request limits (held in the database when the client has a database URL)."""
 
-    def __init__(self, provider: str, policy: HttpPolicy) -> None:
+    def __init__(self, provider: str, policy: HttpPolicy, database_url: str | None) -> None:
         self.provider = provider
         self.opened_at: datetime | None = None
         self.last_failure = ""
@@ -323,18 +272,21 @@ class _Shared:
             fail_max=policy.breaker_fail_max, reset_timeout=policy.breaker_reset_timeout,
             exclude=[lambda e: not _counts_for_breaker(e)], listeners=[_BreakerListener(self)],
             name=provider, throw_new_error_on_trip=False)
-        self.bucket = TokenBucket(policy.rate_per_second, policy.burst)
-        self.quota = DailyQuota(policy.daily_limit)
+        self.database_url = database_url or None
+        self.limits: Limits = limits_for(provider, self.database_url)
         self.max_concurrent: int | None = None
         self.slots: threading.BoundedSemaphore | None = None
-        self.configure(policy)
+        self.configure(policy, database_url)
 
-    def configure(self, policy: HttpPolicy) -> None:
-        """Apply `policy` (the latest client's policy wins)."""
+    def configure(self, policy: HttpPolicy, database_url: str | None) -> None:
+        """Apply `policy` (the latest client's wins); a client with a database URL moves the limits there,
+        one without leaves them where they are (never back from the database into this process)."""
         self.breaker.fail_max = policy.breaker_fail_max
         self.breaker.reset_timeout = policy.breaker_reset_timeout
-        self.bucket.configure(policy.rate_per_second, policy.burst)
-        self.quota.limit = policy.daily_limit
+        if database_url and database_url != self.database_url:
+            self.database_url = database_url
+            self.limits = limits_for(self.provider, database_url)
+        self.limits.configure(policy.rate_per_second, policy.burst, policy.daily_limit, policy.quota_timezone)
         if policy.max_concurrent != self.max_concurrent:
             self.max_concurrent = policy.max_concurrent
             self.slots = threading.BoundedSemaphore(policy.max_concurrent) if policy.max_concurrent else None
@@ -388,13 +340,13 @@ _REGISTRY: dict[str, _Shared] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def _shared_for(provider: str, policy: HttpPolicy) -> _Shared:
+def _shared_for(provider: str, policy: HttpPolicy, database_url: str | None) -> _Shared:
     with _REGISTRY_LOCK:
         shared = _REGISTRY.get(provider)
         if shared is None:
-            shared = _REGISTRY[provider] = _Shared(provider, policy)
+            shared = _REGISTRY[provider] = _Shared(provider, policy, database_url)
         else:
-            shared.configure(policy)
+            shared.configure(policy, database_url)
         return shared
 
 
@@ -406,7 +358,8 @@ def breaker_state(provider: str) -> str:
 
 
 def reset_shared_state(provider: str | None = None) -> None:
-    """Forget breakers, buckets and quotas (of one provider, or all): for tests and long-lived workers."""
+    """Forget breakers, buckets and quotas (of one provider, or all) of this process: for tests and
+    long-lived workers. Quotas held in the database are not touched: they belong to every process."""
     with _REGISTRY_LOCK:
         if provider is None:
             _REGISTRY.clear()
@@ -420,7 +373,10 @@ class HttpClient:
     def __init__(self, provider: str, base_url: str, policy: HttpPolicy, *, secrets: Sequence[str] = (),
                  default_params: Mapping[str, str] | None = None, default_headers: Mapping[str, str] | None = None,
                  classify: Callable[[requests.Response], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, verify: bool | str = True) -> None:
+                 sleep: Callable[[float], None] = time.sleep, verify: bool | str = True,
+                 database_url: str | None = None) -> None:
+        """`database_url`: where the provider's daily quota and token bucket are held for every process
+        (`ops.provider_quota`); None keeps them in this process."""
         if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
             raise ProviderError(f"{provider}: base URL must be http(s)://..., got {base_url!r}")
         self.provider = provider
@@ -436,7 +392,7 @@ class HttpClient:
         self._sleep = sleep
         self._verify = verify
         self._session = requests.Session()
-        self._shared = _shared_for(provider, policy)
+        self._shared = _shared_for(provider, policy, database_url)
         self._backoff = tenacity.wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)
 
     @property
@@ -507,11 +463,11 @@ class HttpClient:
         shared = self._shared
         shared.check_closed()
         try:
-            shared.quota.take(self.provider)
+            shared.limits.take()
         except RateLimitError:
             self.stats.rate_limited += 1
             raise
-        wait = shared.bucket.reserve()
+        wait = shared.limits.reserve()
         if wait > 0:
             self.stats.throttled_seconds += wait
             self._sleep(wait)
@@ -526,12 +482,21 @@ class HttpClient:
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
                     self._cap_retry_after(exc)
+                    if exc.daily:
+                        self._exhaust_quota()
                 shared.record(exc)
                 if before != pybreaker.STATE_OPEN and shared.breaker.current_state == pybreaker.STATE_OPEN:
                     self.stats.breaker_opened += 1
                 raise
         shared.record(None)
         return result
+
+    def _exhaust_quota(self) -> None:
+        """The provider said its daily quota is spent: mark the shared day spent (best effort)."""
+        try:
+            self._shared.limits.exhaust()
+        except QuotaStoreError as err:
+            log.warning("%s: could not mark the daily quota as spent: %s", self.provider, err)
 
     def _cap_retry_after(self, exc: RateLimitError) -> None:
         """A Retry-After beyond the policy's `max_retry_after` is not waited for: fail now, say why."""

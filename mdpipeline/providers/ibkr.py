@@ -49,6 +49,10 @@ US_EXCHANGES = ("NASDAQ", "NYSE", "ARCA", "AMEX", "BATS", "IEX")
 # Documented pacing: 10 requests per second per session; history: 5 concurrent requests.
 DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 10.0, "burst": 5, "max_concurrent": 5, "timeout": 60.0}
 OPTIONS = frozenset({"conids", "exchanges", "volume_multiplier", "max_period_days", "verify_tls", "http"})
+# Error texts that mean the account may not see this data ("No market data permissions for NYSE STK").
+_NOT_ENTITLED = ("permission", "not subscribed", "subscription")
+_PERMISSIONS_HINT = ("the IBKR account lacks the market-data subscription for this exchange: add it in Client "
+                     "Portal (Settings > Market Data Subscriptions), or switch the symbol to another provider")
 _SCALE_TOLERANCE = 0.005  # relative difference under which two highs are "the same price"
 
 
@@ -221,13 +225,20 @@ def _read_history(payload: RawPayload) -> pl.DataFrame:
 
 
 def _classify(resp: requests.Response) -> None:
-    """401: the gateway is not logged in; an `error` body with HTTP 200 is a refused request."""
+    """401: the gateway is not logged in. An `error` body about market-data permissions (whatever the
+    status) is an entitlement error; any other `error` body with HTTP 200 is a refused request."""
     if resp.status_code == 401:
         raise EntitlementError("HTTP 401: the Client Portal gateway session is not authenticated "
                                "(log in through the gateway's web page, then retry)")
     body = json_body(resp)
-    if resp.status_code == 200 and isinstance(body, dict) and body.get("error"):
-        raise BadRequestError(f"HTTP 200 with error: {str(body['error'])[:200]}")
+    error = body.get("error") if isinstance(body, dict) else None
+    if not error:
+        return
+    text = str(error)[:200]
+    if any(word in text.lower() for word in _NOT_ENTITLED):
+        raise EntitlementError(f"HTTP {resp.status_code} with error: {text}", hint=_PERMISSIONS_HINT)
+    if resp.status_code == 200:
+        raise BadRequestError(f"HTTP 200 with error: {text}")
 
 
 __all__ = ["IbkrProvider", "price_divisor"]

@@ -10,9 +10,12 @@ Requests, one per symbol and session (holidays are never asked for):
   uVolume, open, ...}]`. The unadjusted `u*` fields are used; a compatible server without them is read
   from `open`/`high`/`low`/`close`/`volume` (which IEX Cloud split-adjusts).
 - bars_1m: `/stock/{symbol}/chart/date/{YYYYMMDD}` -> `[{date, minute: "09:30", label, open, high, low,
-  close, average, volume, numberOfTrades}]`; `minute` is the bar *start* in New York time (09:30 covers
-  09:30-09:31). Minutes without IEX trades have null prices: the rows are kept, and validation
-  quarantines them with a reason. `average` becomes vwap and `numberOfTrades` trades.
+  close, average, volume, numberOfTrades, marketOpen, marketHigh, marketLow, marketClose, marketAverage,
+  marketVolume, marketNumberOfTrades, ...}]`; `minute` is the bar *start* in New York time (09:30 covers
+  09:30-09:31). The plain fields count trades on the IEX exchange only (about 1% of the volume); the
+  consolidated `market*` fields are used, and the IEX fields only for a row whose `market*` fields are
+  all null or absent. Minutes without trades have null prices: the rows are kept, and validation
+  quarantines them with a reason. `(market)Average` becomes vwap, `(market)NumberOfTrades` trades.
 - corporate_actions (one request each per symbol, the smallest IEX range reaching back to the start):
   `/stock/{symbol}/splits/{range}` (ratio = toFactor / fromFactor: IEX's own `ratio` is the inverse)
   and `/stock/{symbol}/dividends/{range}` (`exDate`, `amount`, `currency`; a non-cash `flag` is kept as
@@ -109,14 +112,22 @@ class IexCloudProvider(RestProvider):
         rows = _rows(payload)
         if rows is None:
             return empty_standard_frame("bars_1m")
-        frame = rows.select(*(_text(rows, c) for c in _PRICES), vwap=_text(rows, "average"),
-                            trades=_text(rows, "numberOfTrades"), symbol=pl.lit(_symbol(payload)))
+        frame = rows.select(**_consolidated(rows), symbol=pl.lit(_symbol(payload)))
         local = pl.concat_str(_text(rows, "date").str.replace_all("-", ""), pl.lit(" "), _text(rows, "minute"))
         zone = str(calendar(self.calendar_name).tz)
         ts = rows.select(local.str.to_datetime("%Y%m%d %H:%M", time_unit="us", strict=False)
                          .dt.replace_time_zone(zone, ambiguous="null", non_existent="null")
                          .dt.convert_time_zone("UTC").alias("ts")).to_series()
         return cast_to_standard(frame, "bars_1m", payload.payload_id).with_columns(ts)
+
+
+def _consolidated(rows: pl.DataFrame) -> dict[str, pl.Expr]:
+    """Minute fields from the consolidated `market*` columns; a row whose market fields are all null (or a
+    server without them) is read from the IEX-exchange-only fields instead, never a mix of both."""
+    fields = {**{c: c for c in _PRICES}, "vwap": "average", "trades": "numberOfTrades"}
+    market = {out: _text(rows, "market" + name[0].upper() + name[1:]) for out, name in fields.items()}
+    has_market = pl.any_horizontal(e.is_not_null() for e in market.values())
+    return {out: pl.when(has_market).then(market[out]).otherwise(_text(rows, name)) for out, name in fields.items()}
 
 
 def _daily_frame(payload: RawPayload) -> pl.DataFrame:

@@ -52,6 +52,7 @@ class RestProvider:
         self.calendar_name = calendar_name
         self.base_url: str | None = settings.base_urls.get(self.name) or self.default_base_url
         self.policy = HttpPolicy.from_options(setup.options, **self.default_policy)
+        self.database_url = settings.database_url or None  # holds the request quotas for every process
         self._sleep = sleep
         self._client: HttpClient | None = None
         self.configure(setup.options)
@@ -68,7 +69,8 @@ class RestProvider:
         """The HTTP client, built on first use (credentials are read only to fetch)."""
         if self._client is None:
             options = self.client_options()
-            self._client = HttpClient(self.name, self.base_url or "", self.policy, sleep=self._sleep, **options)
+            self._client = HttpClient(self.name, self.base_url or "", self.policy, sleep=self._sleep,
+                                      database_url=self.database_url, **options)
         return self._client
 
     def fetch_stats(self) -> dict[str, object]:

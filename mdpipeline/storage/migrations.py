@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from mdpipeline.storage.provider_quota import DDL as PROVIDER_QUOTA_DDL
+
 # Time-partitioned tables: name -> (partition column, chunk interval).
 TIME_PARTITIONED: dict[str, tuple[str, str]] = {
     "md.bars_1d": ("session_date", "1 year"),
@@ -363,6 +365,11 @@ def _compressed_payloads(conn: psycopg.Connection, timescale: bool) -> None:
     )
 
 
+def _provider_quota(conn: psycopg.Connection, timescale: bool) -> None:
+    """Request limits shared by every process: daily quotas per provider day, token-bucket slots."""
+    conn.execute(PROVIDER_QUOTA_DDL)
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -370,4 +377,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "outbox, stream offsets and gaps", _outbox_and_streams),
     Migration(4, "stream gap repair outcomes", _stream_gap_repair),
     Migration(5, "compressed raw payloads with their symbols", _compressed_payloads),
+    Migration(6, "provider request quotas shared across processes", _provider_quota),
 )

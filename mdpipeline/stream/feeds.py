@@ -9,9 +9,13 @@ run its handshake, and asks it whether each received frame carries data (landed 
   `{"action":"subscribe","trades":[...],"quotes":[...],"bars":[...]}` answered by `{"T":"subscription"}`.
   Data types: `t` trade, `q` quote, `b`/`u`/`d` bars, `c` trade correction, `x` trade cancel/error,
   `s` status, `l` LULD. Heartbeats are websocket pings (answered by the websockets library).
+  Errors `[{"T":"error","code","msg"}]` may come at any time: those a reconnect cannot fix (bad
+  credentials, 405 symbol limit exceeded, 408/409 plan) stop the collector with a FeedError; others
+  (406 connection limit, 407 slow client, 500) drop the connection so the collector reconnects.
 - Finnhub (`wss://ws.finnhub.io?token=...`): the client sends `{"type":"subscribe","symbol":"AAPL"}`
   per symbol; trades arrive as `{"type":"trade","data":[{"s","p","t" (ms),"v","c"}]}`; heartbeats as
-  `{"type":"ping"}`.
+  `{"type":"ping"}`; an `{"type":"error","msg":...}` frame (e.g. a refused subscription) stops the
+  collector with a FeedError carrying the message.
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ from websockets.asyncio.client import ClientConnection
 ALPACA_STREAM_URL = "wss://stream.data.alpaca.markets/v2/iex"
 FINNHUB_STREAM_URL = "wss://ws.finnhub.io"
 ALPACA_DATA_TYPES = frozenset({"t", "q", "b", "u", "d", "c", "x", "s", "l"})
-# Alpaca error codes after which reconnecting cannot help (bad credentials, subscription, protocol misuse).
-ALPACA_FATAL_CODES = frozenset({400, 401, 402, 403, 404, 409, 410, 412})
+# Alpaca error codes after which reconnecting cannot help (bad credentials, symbol limit, plan, protocol misuse).
+ALPACA_FATAL_CODES = frozenset({400, 401, 402, 403, 404, 405, 408, 409, 410, 412})
+_ALPACA_HINTS = {
+    402: "check ALPACA_API_KEY_ID / ALPACA_API_SECRET_KEY",
+    405: "the plan limits how many symbols one connection may subscribe: subscribe fewer (--symbols)",
+    409: "the plan does not include this feed: use the iex feed (MDP_ALPACA_STREAM_URL=.../v2/iex)",
+}
 
 
 class FeedError(RuntimeError):
@@ -92,17 +101,27 @@ class AlpacaFeed:
         """Read control frames until the expected one; data frames cannot come before subscription."""
         while True:
             for m in json.loads(_text(await ws.recv())):
-                if m.get("T") == "error":
-                    text = f"alpaca error {m.get('code')}: {m.get('msg')}"
-                    if m.get("code") in ALPACA_FATAL_CODES:
-                        raise FeedError(text)
-                    raise ConnectionError(text)  # e.g. 406 connection limit, 429: retry with backoff
+                _raise_alpaca_error(m)
                 if m.get("T") == kind and (msg is None or m.get("msg") == msg):
                     return
 
     def is_data(self, frame: str) -> bool:
         messages = json.loads(_text(frame))
+        for m in messages:
+            _raise_alpaca_error(m)
         return any(m.get("T") in ALPACA_DATA_TYPES for m in messages)
+
+
+def _raise_alpaca_error(message: dict) -> None:
+    """FeedError for an error a reconnect cannot fix, ConnectionError (reconnect) for others."""
+    if message.get("T") != "error":
+        return
+    code = message.get("code")
+    text = f"alpaca error {code}: {message.get('msg')}"
+    if code in ALPACA_FATAL_CODES:
+        hint = _ALPACA_HINTS.get(code)
+        raise FeedError(f"{text} ({hint})" if hint else text)
+    raise ConnectionError(text)  # e.g. 406 connection limit, 407 slow client, 500: retry with backoff
 
 
 @dataclass
@@ -128,4 +147,7 @@ class FinnhubFeed:
             await ws.send(json.dumps({"type": "subscribe", "symbol": symbol}))
 
     def is_data(self, frame: str) -> bool:
-        return json.loads(_text(frame)).get("type") == "trade"
+        message = json.loads(_text(frame))
+        if message.get("type") == "error":
+            raise FeedError(f"finnhub error: {message.get('msg') or _text(frame)}")
+        return message.get("type") == "trade"

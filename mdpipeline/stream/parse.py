@@ -1,8 +1,16 @@
-"""Raw frames -> one row per trade action, columnar (polars JSON decoding, no Python per message).
+"""Raw frames -> one row per trade action, or per streamed bar; columnar (polars JSON decoding, no Python
+per message).
 
-Output columns (`TRADE_ACTIONS`): raw `offset` and `position` (order within the frame), `provider`,
+Trade actions (`TRADE_ACTIONS`): raw `offset` and `position` (order within the frame), `provider`,
 `symbol`, `ts` (UTC, ns), `action` (`new` | `cancel`), `price`, `size`, `exchange`, `conditions`
 (codes joined by ","), `sequence` (the provider's trade id), `corrects` (the trade a correction replaces).
+
+Bars (`STREAM_BARS`): `offset`, `position`, `provider`, `kind` (`b` minute bar, `u` updated minute bar,
+`d` daily bar), `symbol`, `ts` (bar start, UTC), `open`, `high`, `low`, `close`, `volume`, `trades`, `vwap`.
+
+An Alpaca frame is a JSON array mixing message types whose fields share names with different types
+(`c` is a trade's list of conditions but a bar's close), so each message is decoded by the schema of
+its own type `T`: the frame is split into its (flat) message objects, and each type is decoded apart.
 """
 
 from __future__ import annotations
@@ -14,11 +22,23 @@ TRADE_ACTIONS: dict[str, pl.DataType] = {
     "ts": pl.Datetime("ns", "UTC"), "action": pl.String(), "price": pl.Float64(), "size": pl.Float64(),
     "exchange": pl.String(), "conditions": pl.String(), "sequence": pl.Int64(), "corrects": pl.Int64(),
 }
-_ALPACA = pl.List(pl.Struct({
-    "T": pl.String, "S": pl.String, "i": pl.Int64, "x": pl.String, "p": pl.Float64, "s": pl.Float64,
+_ALPACA_TRADE = pl.Struct({  # trades `t`, cancels/errors `x`, corrections `c`
+    "S": pl.String, "i": pl.Int64, "x": pl.String, "p": pl.Float64, "s": pl.Float64,
     "c": pl.List(pl.String), "t": pl.String, "oi": pl.Int64, "op": pl.Float64, "os": pl.Float64,
     "oc": pl.List(pl.String), "ci": pl.Int64, "cp": pl.Float64, "cs": pl.Float64, "cc": pl.List(pl.String),
-}))
+})
+_ALPACA_BAR = pl.Struct({  # bars `b`, updated bars `u`, daily bars `d`: `c` is the close
+    "S": pl.String, "o": pl.Float64, "h": pl.Float64, "l": pl.Float64, "c": pl.Float64, "v": pl.Float64,
+    "t": pl.String, "n": pl.Int64, "vw": pl.Float64,
+})
+STREAM_BARS: dict[str, pl.DataType] = {
+    "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "kind": pl.String(),
+    "symbol": pl.String(), "ts": pl.Datetime("ns", "UTC"), "open": pl.Float64(), "high": pl.Float64(),
+    "low": pl.Float64(), "close": pl.Float64(), "volume": pl.Float64(), "trades": pl.Int64(), "vwap": pl.Float64(),
+}
+BAR_TYPES = ("b", "u", "d")
+_TRADE_TYPES = ("t", "x", "c")
+_MESSAGE = r"\{[^{}]*\}"  # one Alpaca message: a flat object (its arrays hold strings without braces)
 _FINNHUB = pl.Struct({"type": pl.String, "data": pl.List(pl.Struct({
     "s": pl.String, "p": pl.Float64, "t": pl.Int64, "v": pl.Float64, "c": pl.List(pl.String)}))})
 # Frames of these providers are Alpaca-shaped (the synthetic feed imitates Alpaca).
@@ -42,13 +62,22 @@ def _actions(frame: pl.DataFrame, position: pl.Expr, action: str, price: str, si
     )
 
 
+def _alpaca_messages(raw: pl.DataFrame, types: tuple[str, ...], schema: pl.Struct) -> pl.DataFrame:
+    """Messages of `types` from Alpaca frames, each decoded with `schema`; `_pos` is 2 x its index in the
+    frame (room for a correction's two actions), `T` its type."""
+    return (
+        raw.select("offset", "provider", pl.col("value").str.extract_all(_MESSAGE).alias("m"))
+        .explode("m").drop_nulls("m")
+        .with_columns((pl.int_range(pl.len()).over("offset") * 2).alias("_pos"),
+                      pl.col("m").str.json_path_match("$.T").alias("T"))
+        .filter(pl.col("T").is_in(types))
+        .with_columns(pl.col("m").str.json_decode(schema)).unnest("m")
+    )
+
+
 def alpaca_actions(raw: pl.DataFrame) -> pl.DataFrame:
     """Trades (`t`), cancels/errors (`x`) and corrections (`c`: a cancel, then the corrected trade)."""
-    messages = (
-        raw.select("offset", "provider", pl.col("value").str.json_decode(_ALPACA).alias("m"))
-        .explode("m").drop_nulls("m").unnest("m")
-        .with_columns((pl.int_range(pl.len()).over("offset") * 2).alias("_pos"))
-    )
+    messages = _alpaca_messages(raw, _TRADE_TYPES, _ALPACA_TRADE)
     pos = pl.col("_pos")
     parts = [
         _actions(messages.filter(pl.col("T") == "t"), pos, "new", "p", "s", "c", "i", None),
@@ -57,6 +86,17 @@ def alpaca_actions(raw: pl.DataFrame) -> pl.DataFrame:
         _actions(messages.filter(pl.col("T") == "c"), pos + 1, "new", "cp", "cs", "cc", "ci", "oi"),
     ]
     return pl.concat([p.cast(TRADE_ACTIONS) for p in parts]).sort("offset", "position")  # type: ignore[arg-type]
+
+
+def alpaca_bars(raw: pl.DataFrame) -> pl.DataFrame:
+    """Minute (`b`), updated minute (`u`) and daily (`d`) bars, by the bar schema (`c` is the close)."""
+    bars = _alpaca_messages(raw, BAR_TYPES, _ALPACA_BAR)
+    return bars.select(
+        "offset", pl.col("_pos").alias("position"), "provider", pl.col("T").alias("kind"),
+        pl.col("S").alias("symbol"), _rfc3339("t").alias("ts"), pl.col("o").alias("open"),
+        pl.col("h").alias("high"), pl.col("l").alias("low"), pl.col("c").alias("close"),
+        pl.col("v").alias("volume"), pl.col("n").alias("trades"), pl.col("vw").alias("vwap"),
+    ).cast(STREAM_BARS).sort("offset", "position")  # type: ignore[arg-type]
 
 
 def finnhub_actions(raw: pl.DataFrame) -> pl.DataFrame:
@@ -85,5 +125,17 @@ def trade_actions(raw: pl.DataFrame) -> pl.DataFrame:
         elif provider == "finnhub":
             parts.append(finnhub_actions(frames))
         else:
+            raise ValueError(f"no parser for raw frames of provider {provider!r}")
+    return pl.concat(parts).sort("offset", "position")
+
+
+def stream_bars(raw: pl.DataFrame) -> pl.DataFrame:
+    """Bars in data frames of any provider (columns offset, provider, value), in raw order (Finnhub's
+    trade stream has none)."""
+    parts = [pl.DataFrame(schema=STREAM_BARS)]
+    for (provider,), frames in raw.group_by("provider", maintain_order=True):
+        if provider in ALPACA_SHAPED:
+            parts.append(alpaca_bars(frames))
+        elif provider != "finnhub":
             raise ValueError(f"no parser for raw frames of provider {provider!r}")
     return pl.concat(parts).sort("offset", "position")
