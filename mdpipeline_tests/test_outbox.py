@@ -43,7 +43,9 @@ def _run(defs: dg.Definitions, select: str | None = None) -> dg.ExecuteInProcess
 
 
 def _pending(conn: psycopg.Connection) -> int:
-    row = conn.execute("select count(*) from ops.outbox where published_at is null").fetchone()
+    """Pending daily-bar announcements (the run also announces minute-bar sessions and corporate actions)."""
+    row = conn.execute("select count(*) from ops.outbox where published_at is null and topic = %s",
+                       (BARS_1D.name,)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -59,14 +61,18 @@ def test_store_writes_the_outbox_in_the_data_transaction(database_url: str, kafk
     stored = _run(defs, select="not group:published")
     assert stored.success
     with connect(database_url) as conn:
-        rows = pending(conn, provider="synthetic")
+        rows = pending(conn, provider="synthetic", topics=(BARS_1D.name,))
         headers = json.loads(rows["headers"][0])
     assert rows.height == BARS
     assert set(rows["event_id"]) == _expected_ids(database_url)
     assert set(rows["topic"]) == {BARS_1D.name}
+    with connect(database_url) as conn:  # minute bars: one announcement per instrument session
+        sessions = conn.execute("select count(*) from ops.outbox where topic = 'md.bars.1m.v1'").fetchone()
+    assert sessions == (BARS,)
     assert headers == lineage_headers(stored.run_id, START, END, "synthetic")
 
-    # A store that fails half-way leaves both the old bars and the old pending announcements.
+    # A store that fails half-way (here: while queueing the announcements, after the bars were compared)
+    # leaves both the old bars and the old pending announcements.
     with connect(database_url) as conn:
         conn.execute("""
             create function reject_0612() returns trigger language plpgsql as $$
@@ -74,11 +80,11 @@ def test_store_writes_the_outbox_in_the_data_transaction(database_url: str, kafk
               if new.session_date = date '2024-06-12' then raise exception 'disk full (simulated)'; end if;
               return new;
             end $$;
-            create trigger reject_0612 before insert on md.bars_1d for each row execute function reject_0612();
+            create trigger reject_0612 before insert on ops.outbox for each row execute function reject_0612();
         """)
     assert not _run(defs, select="not group:published").success
     with connect(database_url) as conn:
-        after = pending(conn, provider="synthetic")
+        after = pending(conn, provider="synthetic", topics=(BARS_1D.name,))
     assert after["outbox_id"].to_list() == rows["outbox_id"].to_list()
 
 
