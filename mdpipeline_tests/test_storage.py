@@ -112,8 +112,9 @@ def test_reloading_unchanged_rows_keeps_when_they_were_learnt(conn: psycopg.Conn
 def test_a_reload_with_fewer_rows_than_stored_changes_nothing_unless_deletes_are_allowed(
         conn: psycopg.Connection) -> None:
     days = [date(2024, 6, 3), date(2024, 6, 4), date(2024, 6, 5)]
-    two = pl.concat([_bars(days, provider="file"), _bars(days, provider="file").with_columns(pl.lit(2, dtype=pl.Int64).alias("instrument_id"),
-                                                           pl.lit("MSFT").alias("symbol"))])
+    msft = _bars(days, provider="file").with_columns(pl.lit(2, dtype=pl.Int64).alias("instrument_id"),
+                                                     pl.lit("MSFT").alias("symbol"))
+    two = pl.concat([_bars(days, provider="file"), msft])
     replace_range(conn, "md.bars_1d", two, provider="file", start=days[0], end=days[-1])
     only_aapl = _bars(days, provider="file", close=11.0)  # a vendor file that no longer holds MSFT
     with pytest.raises(ShrinkError, match=r"lacks 3 stored rows .*MSFT 2024-06-03.*--allow-deletes"):
