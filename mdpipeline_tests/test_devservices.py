@@ -31,6 +31,7 @@ from mdpipeline.devservices import (
 from mdpipeline.devservices.broker import BrokerError
 from mdpipeline.devservices.kafka_dist import ENV_KAFKA_HOME, KafkaDistError, kafka_dist, kafka_version
 from mdpipeline.devservices.postgres import find_bindir
+from mdpipeline.devservices.stack import LOCAL_INSTANCE
 from mdpipeline.distribute.subscriber import end_offsets
 
 
@@ -171,14 +172,19 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
     try:
         stack = dev_up(root)
         env = _read_env(root / ".env")
+        dagster_url = stack.database_url.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0]
         assert env == {
             "POLYGON_API_KEY": "secret",
             "MDP_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
             "MDP_DATABASE_URL": stack.database_url,
             "DAGSTER_HOME": str(root / ".mdpipeline" / "dagster"),
+            "MDP_DAGSTER_DATABASE_URL": dagster_url + "/dagster",
+            "DAGSTER_EVENT_BATCH_SIZE": "1000",
         }
         assert stack.dagster_home.is_absolute()
-        assert (stack.dagster_home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+        assert (stack.dagster_home / "dagster.yaml").read_text() == LOCAL_INSTANCE.read_text()
+        with psycopg.connect(stack.database_url.rsplit("/", 1)[0] + "/dagster") as conn:  # Dagster's own database
+            assert conn.execute("select 1").fetchone() == (1,)
         with psycopg.connect(stack.database_url) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
 
@@ -250,12 +256,11 @@ def _consume_one(servers: str, topic: str) -> tuple[bytes | None, bytes | None]:
     raise AssertionError(f"no message on {topic} within 30 s")
 
 
-def test_dagster_home_copies_repo_config_once(tmp_path: Path) -> None:
+def test_dagster_home_gets_the_local_instance_config_once(tmp_path: Path) -> None:
     from mdpipeline.devservices.stack import _ensure_dagster_home
 
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\nconcurrency: {}\n")
-    home = _ensure_dagster_home(tmp_path, tmp_path / ".mdpipeline" / "dagster")
-    assert (home / "dagster.yaml").read_text() == (tmp_path / "dagster.yaml").read_text()
+    home = _ensure_dagster_home(tmp_path / ".mdpipeline" / "dagster")
+    assert (home / "dagster.yaml").read_text() == LOCAL_INSTANCE.read_text()
     (home / "dagster.yaml").write_text("# edited locally\n")
-    _ensure_dagster_home(tmp_path, home)
+    _ensure_dagster_home(home)
     assert (home / "dagster.yaml").read_text() == "# edited locally\n"  # never overwritten
