@@ -128,8 +128,9 @@ def replace_range(
         ensure_partitions(conn, table, start, end)  # no-op when they exist (the common case)
         stored = conn.execute(sql.SQL("select exists (select 1 from {} where {})").format(target, scope.where()))
         if not stored.fetchone()[0]:  # type: ignore[index]
-            with conn.cursor() as cur:
-                loaded = copy_frame(cur, table, frame) if frame.height else 0
+            keys = list(TABLE_KEYS[table])
+            with conn.cursor() as cur:  # in key order: the primary-key index grows at its ends, not everywhere
+                loaded = copy_frame(cur, table, frame.sort(keys)) if frame.height else 0
             return LoadResult(rows=frame.height, inserted=loaded, updated=0, deleted=0, first_load=True,
                               changed=_sessions(frame))
         return _reload(conn, table, target, frame, scope, allow_deletes)
