@@ -180,6 +180,7 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
             "DAGSTER_HOME": str(root / ".mdpipeline" / "dagster"),
             "MDP_DAGSTER_DATABASE_URL": dagster_url + "/dagster",
             "DAGSTER_EVENT_BATCH_SIZE": "1000",
+            "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1",
         }
         assert stack.dagster_home.is_absolute()
         assert (stack.dagster_home / "dagster.yaml").read_text() == LOCAL_INSTANCE.read_text()

@@ -258,6 +258,7 @@ def dagster_ui(ui_database_url: str, kafka_bootstrap: str, pg_server_url: str,
         "MDP_DAGSTER_DATABASE_URL": pg_server_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
         + "/" + storage,
         "DAGSTER_EVENT_BATCH_SIZE": "1000",
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1",
         "PYTHONUNBUFFERED": "1",
     })
     ui = DagsterDev(home=home, env=env, port=free_port())

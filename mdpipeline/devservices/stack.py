@@ -11,8 +11,9 @@ All state lives under `<root>/.mdpipeline`:
 - `dev.json` ports and pids, so `status` and `down` (in another process) find the services and the
   next `up` reuses the same ports when they are still free.
 
-`up` also writes MDP_DATABASE_URL, MDP_KAFKA_BOOTSTRAP_SERVERS, DAGSTER_HOME, MDP_DAGSTER_DATABASE_URL
-and DAGSTER_EVENT_BATCH_SIZE into `<root>/.env`, keeping the other lines. `down` stops both cleanly;
+`up` also writes MDP_DATABASE_URL, MDP_KAFKA_BOOTSTRAP_SERVERS, DAGSTER_HOME, MDP_DAGSTER_DATABASE_URL,
+DAGSTER_EVENT_BATCH_SIZE and DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS into `<root>/.env`,
+keeping the other lines. `down` stops both cleanly;
 the database, the topics and their messages survive it.
 """
 
@@ -35,6 +36,7 @@ ENV_BOOTSTRAP = "MDP_KAFKA_BOOTSTRAP_SERVERS"
 ENV_DAGSTER_HOME = "DAGSTER_HOME"
 ENV_DAGSTER_DATABASE_URL = "MDP_DAGSTER_DATABASE_URL"  # Dagster's own storage (runs, events, schedules)
 ENV_EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE"
+ENV_PLANNED_SUBSET = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"  # one planned event per asset and run
 EVENT_BATCH_SIZE = "1000"
 DAGSTER_DATABASE = "dagster"
 LOCAL_INSTANCE = Path(__file__).with_name("dagster.yaml")
@@ -157,6 +159,7 @@ def dev_up(root: Path | None = None) -> DevStack:
             ENV_DAGSTER_HOME: str(dagster_home),
             ENV_DAGSTER_DATABASE_URL: dagster_url,
             ENV_EVENT_BATCH_SIZE: EVENT_BATCH_SIZE,
+            ENV_PLANNED_SUBSET: "1",
         },
     )
     return DevStack(database_url, bootstrap_servers, dagster_home)
