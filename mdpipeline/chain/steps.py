@@ -10,6 +10,7 @@ at all, and re-running a range converges to the same state whatever chunking the
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -187,12 +188,12 @@ def normalize_chunk(chain: Chain, chunk: Chunk) -> NormalizedChunk:
 
 @dataclass(frozen=True)
 class StoreInput:
-    """A chunk made ready to commit: its stamped rows in key order, its rejects and its announcements."""
+    """A chunk made ready to commit: its stamped rows, its rejects, the scope it replaces, message headers."""
 
     frame: pl.DataFrame
     rejects: pl.DataFrame
-    announced: pl.DataFrame
     scope: StoreScope
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ class Stored:
 
 def prepare_store(chain: Chain, chunk: Chunk, range_start: date, range_end: date,
                   allow_deletes: bool = False) -> StoreInput:
-    """Read the chunk's canonical rows and rejects and build its announcements (no database access).
+    """Read the chunk's canonical rows and rejects (no database access).
 
     `range_start`/`range_end` (the run's session range) go into the messages' lineage headers.
     """
@@ -218,22 +219,25 @@ def prepare_store(chain: Chain, chunk: Chunk, range_start: date, range_end: date
     scope = StoreScope(provider=chain.provider, start=chunk.start, end=chunk.end, symbols=symbols,
                        instruments=_instruments(chain.symbology, symbols, chunk), run_id=chain.run_id,
                        allow_deletes=allow_deletes)
-    headers = lineage_headers(chain.run_id, range_start, range_end, chain.provider)
-    return StoreInput(frame=frame, rejects=chain.read("normalized", REJECTS, chunk),
-                      announced=ds.announce(frame, headers), scope=scope)
+    return StoreInput(frame=frame, rejects=chain.read("normalized", REJECTS, chunk), scope=scope,
+                      headers=lineage_headers(chain.run_id, range_start, range_end, chain.provider))
 
 
 def store_chunk(chain: Chain, chunk: Chunk, conn: psycopg.Connection, ready: StoreInput) -> Stored:
-    """Commit the chunk's canonical rows, its quarantine and its outbox rows in one transaction."""
+    """Commit the chunk's canonical rows, its quarantine and its outbox rows in one transaction.
+
+    The messages are built in a background thread while the database loads the rows.
+    """
     ds = chain.dataset
     if ds.table in TIME_PARTITIONED:
         ensure_partitions(conn, ds.table, chunk.start, chunk.end)  # short transactions of their own
-    with conn.transaction():
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdp-announce") as pool, conn.transaction():
+        announcing = pool.submit(ds.announce, ready.frame, ready.headers)
         loaded = ds.store(conn, ready.frame, ready.scope)
         quarantined = replace_quarantine(conn, ready.rejects, dataset=ds.name, provider=chain.provider,
                                          stage=STAGES, start=chunk.start, end=chunk.end, run_id=chain.run_id,
                                          symbols=ready.scope.symbols, without_symbol=chunk.group == 0)
-        announced = ready.announced
+        announced = announcing.result()
         if ds.announces_changes and not loaded.first_load:
             changed = loaded.changed.select(pl.col("instrument_id").cast(pl.String).alias("key"), "session_date")
             announced = announced.join(changed, on=["key", "session_date"], how="semi")
