@@ -70,7 +70,7 @@ def test_report_counts_stored_quarantined_and_checked_rows(ran: str, database_ur
     checks = {(c["asset"], c["check"]): c for c in daily["checks"]}
     assert set(checks) == {
         ("validated/synthetic/bars_1d", "quarantine"), ("validated/synthetic/bars_1d", "schema"),
-        *(("normalized/synthetic/bars_1d", name) for name in (
+        *(("md/synthetic/bars_1d", name) for name in (
             "completeness", "staleness", "return_outliers", "price_gaps", "volume_spikes", "quality_metrics")),
         ("md/synthetic/bars_1d", "divergence"),
     }
@@ -81,8 +81,8 @@ def test_report_counts_stored_quarantined_and_checked_rows(ran: str, database_ur
     assert quarantine["partitions"] == [["2024-06-03", "2024-06-14"]]
     schema = checks[("validated/synthetic/bars_1d", "schema")]
     assert (schema["passed"], schema["severity"], schema["metrics"]["on_quarantine"]) == (1, "ERROR", "publish_valid")
-    assert checks[("normalized/synthetic/bars_1d", "completeness")]["failed"] == 1
-    assert checks[("normalized/synthetic/bars_1d", "staleness")]["failed"] == 0
+    assert checks[("md/synthetic/bars_1d", "completeness")]["failed"] == 1
+    assert checks[("md/synthetic/bars_1d", "staleness")]["failed"] == 0
 
     minute = found[("synthetic", "bars_1m")]
     assert minute["rows_stored"] == SYMBOLS * SESSIONS * MINUTES - 2
