@@ -10,17 +10,17 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import polars as pl
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from mdpipeline.output import print_table
 from mdpipeline.settings import Settings, load_env
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
     from mdpipeline.chain.progress import ChunkReport
+    from mdpipeline.universe import Universe
 
 app = typer.Typer(help="mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster.",
                   no_args_is_help=True, add_completion=False)
@@ -41,6 +41,30 @@ def _date(value: str, name: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
+
+
+def _universe() -> Universe:
+    """The universe file the settings point at."""
+    from mdpipeline.universe import load_universe
+
+    return load_universe(Settings.from_env().universe_path)
+
+
+def _check(problem: str | None, hint: str | None = None) -> None:
+    """Exit 2 with `problem` (a bad argument) when there is one."""
+    if problem is not None:
+        err_console.print(f"[red]{problem}[/]" + (f"\n{hint}" if hint else ""), highlight=False)
+        raise typer.Exit(2)
+
+
+def _check_reading(symbols: list[str], provider: str | None) -> None:
+    """Exit 2 unless the symbols were ever held by an instrument and the provider is enabled."""
+    from mdpipeline.arguments import unknown_providers, unknown_symbols
+
+    universe = _universe()
+    if provider is not None:
+        _check(unknown_providers(universe, [provider]))
+    _check(unknown_symbols(universe, symbols, served=False))
 
 
 def _settings() -> Settings:
@@ -84,12 +108,28 @@ def dev_prepare() -> None:
 
 
 @dev_app.command("status")
-def dev_status() -> None:
-    """Show whether the local services run."""
+def dev_status(
+    fmt: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
+) -> None:
+    """Show whether the local services run, where, and where they keep their data."""
     from mdpipeline.devservices import dev_status as status
 
+    if fmt not in ("table", "json"):
+        err_console.print("[red]--format must be table or json[/]")
+        raise typer.Exit(2)
     st = status(Path.cwd())
-    console.print(st)
+    services = [
+        {"service": "postgresql", "running": st.postgres_running, "address": st.database_url,
+         "directory": str(st.data_dir)},
+        {"service": "kafka", "running": st.broker_running, "address": st.bootstrap_servers,
+         "directory": str(st.broker_dir) if st.broker_dir else None},
+    ]
+    if fmt == "json":
+        sys.stdout.write(json.dumps(services, indent=2) + "\n")
+        return
+    print_table(console, "local services", ("service", "running", "address", "directory"),
+                [(x["service"], "yes" if x["running"] else "no", x["address"] or "", x["directory"] or "")
+                 for x in services])
 
 
 @app.command()
@@ -132,14 +172,21 @@ def replay(
 
 def _run_range(start: date, end: date, providers: list[str] | None, symbols: str | None, select: str | None,
                allow_deletes: bool = False) -> None:
+    from mdpipeline.arguments import unknown_providers, unknown_symbols
     from mdpipeline.orchestration.chain import ALLOW_DELETES_TAG
     from mdpipeline.orchestration.definitions import build_definitions
     from mdpipeline.orchestration.progress import listening
     from mdpipeline.orchestration.runner import NoSessionsError, materialize_range
 
+    wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else None
+    universe = _universe()
+    if providers:
+        _check(unknown_providers(universe, providers), "Enable it in the universe file (MDP_UNIVERSE).")
+    if wanted:
+        _check(unknown_symbols(universe, wanted, providers), "The universe file (MDP_UNIVERSE) lists instruments"
+               " and which provider serves which symbols.")
     settings = _settings()
     _prepare(settings)
-    wanted = [s.strip().upper() for s in symbols.split(",")] if symbols else None
     defs = build_definitions(settings, symbols=wanted)
     tags = {ALLOW_DELETES_TAG: "true"} if allow_deletes else {}
     try:
@@ -186,12 +233,8 @@ def _print_run(result: object) -> None:
     from mdpipeline.orchestration.summary import run_summary
 
     summary = run_summary(result)  # type: ignore[arg-type]
-    table = Table(title=f"run {summary.run_id} — {'succeeded' if summary.success else 'FAILED'}")
-    for col in ("asset", "rows / messages", "checks"):
-        table.add_column(col)
-    for row in summary.assets:
-        table.add_row(row.asset, row.count, row.checks)
-    console.print(table)
+    print_table(console, f"run {summary.run_id} — {'succeeded' if summary.success else 'FAILED'}",
+                ("asset", "rows / messages", "checks"), [(r.asset, r.count, r.checks) for r in summary.assets])
     for failure in summary.failures:
         err_console.print(f"[red]{failure}[/]")
 
@@ -233,16 +276,21 @@ def bars(
     except ValueError:
         err_console.print(f"[red]--as-of {as_of!r} is not an ISO 8601 time[/]")
         raise typer.Exit(2) from None
+    if fmt not in ("table", "csv", "json"):
+        err_console.print("[red]--format must be table, csv or json[/]")
+        raise typer.Exit(2)
+    symbols = [s.strip().upper() for s in symbol.split(",") if s.strip()]
+    _check_reading(symbols, provider)
     with connect(_settings().database_url) as conn:
-        frame = read_bars(conn, symbol.split(","), _date(start, "--start"), _date(end, "--end"),
+        frame = read_bars(conn, symbols, _date(start, "--start"), _date(end, "--end"),
                           adjust=adjust, as_of=cutoff, provider=provider, interval=interval)  # type: ignore[arg-type]
     if fmt == "csv":
         sys.stdout.write(frame.write_csv())
     elif fmt == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
-            console.print(str(frame))
+        print_table(console, f"{', '.join(symbols)} {interval} bars ({adjust})", frame.columns,
+                    frame.rows(), right=[c for c, t in frame.schema.items() if t.is_numeric()])
 
 
 @app.command()
@@ -364,6 +412,7 @@ def lineage(
             session = datetime.fromisoformat(ts).date()
         except ValueError:
             raise typer.BadParameter(f"{ts!r} is not a date or timestamp", param_hint="TS") from None
+    _check_reading([symbol.strip().upper()], provider)
     settings = _settings()
     with connect(settings.database_url) as conn:
         found = bar_lineage(conn, symbol, session, provider)
@@ -400,8 +449,8 @@ def quality(
     fmt: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
 ) -> None:
     """Quality of [start, end] per provider and dataset: rows stored, quarantined by check, latest check results."""
+    from mdpipeline.arguments import unknown_providers
     from mdpipeline.quality.report import quality_report, report_json
-    from mdpipeline.settings import PROVIDERS
     from mdpipeline.storage.database import connect
 
     first, last = _date(start, "--start"), _date(end, "--end")
@@ -411,9 +460,8 @@ def quality(
     if fmt not in ("table", "json"):
         err_console.print("[red]--format must be table or json[/]")
         raise typer.Exit(2)
-    if provider is not None and provider not in PROVIDERS:
-        err_console.print(f"[red]--provider must be one of {', '.join(PROVIDERS)}[/]")
-        raise typer.Exit(2)
+    if provider is not None:
+        _check(unknown_providers(_universe(), [provider]))
     with connect(_settings().database_url) as conn:
         found = quality_report(conn, first, last, provider)
     if fmt == "json":
@@ -422,29 +470,26 @@ def quality(
     if not found:
         console.print(f"no stored rows, quarantined rows or check results between {first} and {last}")
         return
-    table = Table(title=f"quality {first} .. {last}")
-    for col in ("provider", "dataset", "stored", "quarantined", "completeness", "flags", "divergence"):
-        table.add_column(col, justify="right" if col in ("stored", "completeness") else "left")
+    rows = []
     for q in found:
         complete = q.completeness
         diverged = q.divergence
-        table.add_row(
+        rows.append((
             q.provider, q.dataset, "" if q.rows_stored is None else str(q.rows_stored),
             _counts(q.rows_quarantined, q.quarantined_by_check),
             f"{complete['completeness_pct']:.2f}% ({complete['missing']} missing)" if complete else "",
             ", ".join(f"{k} {v}" for k, v in q.flags_by_kind.items()) or "none",
             f"{diverged['pairs_flagged']}/{diverged['pairs_compared']} pairs over {diverged['threshold_bps']:g} bps"
             if diverged else "",
-        )
-    console.print(table)
-    checks = Table(title="latest check results")
-    for col in ("asset", "check", "results", "failed", "severity", "last checked (UTC)"):
-        checks.add_column(col, justify="right" if col in ("results", "failed") else "left")
-    for q in found:
-        for c in q.checks:
-            checks.add_row(c.asset, c.check, str(c.results), f"[red]{c.failed}[/]" if c.failed else "0", c.severity,
-                           f"{c.last_checked_at:%Y-%m-%d %H:%M:%S}" if c.last_checked_at else "")
-    console.print(checks)
+        ))
+    print_table(console, f"quality {first} .. {last}",
+                ("provider", "dataset", "stored", "quarantined", "completeness", "flags", "divergence"), rows,
+                right=("stored", "completeness"))
+    print_table(console, "latest check results",
+                ("asset", "check", "results", "failed", "severity", "last checked (UTC)"),
+                [(c.asset, c.check, str(c.results), f"[red]{c.failed}[/]" if c.failed else "0", c.severity,
+                  f"{c.last_checked_at:%Y-%m-%d %H:%M:%S}" if c.last_checked_at else "")
+                 for q in found for c in q.checks], right=("results", "failed"))
 
 
 def _counts(total: int, by_name: dict[str, int]) -> str:
