@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mdpipeline.universe import Universe
 
 app = typer.Typer(help="mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 dev_app = typer.Typer(help="Local PostgreSQL and Apache Kafka broker for the embedded default.",
                       no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
@@ -383,10 +383,54 @@ def serve(
         server.server_close()
 
 
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the full traceback of an error instead of one line and a hint.")] = False) -> None:
+    """mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster."""
+    _state["debug"] = debug
+
+
+_state = {"debug": False}
+
+
+def _expected_errors() -> dict[type[BaseException], str]:
+    """Errors a user can meet in normal operation, each with what to try next."""
+    import psycopg
+    from confluent_kafka import KafkaException
+
+    from mdpipeline.devservices.broker import BrokerError
+    from mdpipeline.devservices.kafka_dist import KafkaDistError
+    from mdpipeline.devservices.postgres import PostgresError
+    from mdpipeline.distribute.publisher import PublishError
+    from mdpipeline.providers.base import ProviderError
+    from mdpipeline.stream.feeds import FeedError
+
+    return {
+        PostgresError: "`mdpipeline dev status` shows the local services; the server log is under .mdpipeline/logs",
+        BrokerError: "`mdpipeline dev status` shows the local services; the broker log is under .mdpipeline/logs",
+        KafkaDistError: "run ./scripts/bootstrap.sh (or `mdpipeline dev prepare`) to fetch the broker's jars",
+        psycopg.OperationalError: "is the database up? `mdpipeline dev up` starts the local one (MDP_DATABASE_URL)",
+        KafkaException: "is the broker up? `mdpipeline dev up` starts the local one (MDP_KAFKA_BOOTSTRAP_SERVERS)",
+        PublishError: "the messages stay in the outbox; run the publish step again once the broker answers",
+        ProviderError: "see docs/providers.md for the provider's credentials, limits and base URL",
+        FeedError: "see docs/providers.md for the real-time feeds",
+    }
+
+
 def main() -> None:
-    """Entry point of the `mdpipeline` script."""
+    """Entry point of the `mdpipeline` script: expected errors are one line and a hint (`--debug`: traceback)."""
     load_env()
-    app()
+    try:
+        app(standalone_mode=True)
+    except Exception as err:
+        hints = _expected_errors()
+        hint = next((h for kind, h in hints.items() if isinstance(err, kind)), None)
+        if hint is None or _state["debug"] or "--debug" in sys.argv:
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        err_console.print(f"[red]error:[/] {first}", highlight=False, soft_wrap=True)
+        err_console.print(f"hint: {hint} (--debug shows the details)", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 

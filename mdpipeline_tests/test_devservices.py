@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -265,3 +267,24 @@ def test_dagster_home_gets_the_local_instance_config_once(tmp_path: Path) -> Non
     (home / "dagster.yaml").write_text("# edited locally\n")
     _ensure_dagster_home(home)
     assert (home / "dagster.yaml").read_text() == "# edited locally\n"  # never overwritten
+
+
+@needs_postgres
+def test_a_failed_dev_up_stops_what_it_started_and_says_so_in_one_line(shared_tmp: Path) -> None:
+    root = shared_tmp / "half"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MDP_", "DAGSTER_HOME"))}
+    env["JAVA_HOME"] = str(shared_tmp / "no-java-here")  # the broker cannot start: no JVM
+    cli = str(Path(sys.executable).parent / "mdpipeline")
+    try:
+        up = subprocess.run([cli, "dev", "up"], cwd=root, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert "Traceback" not in up.stderr
+        assert up.stderr.startswith("error: ")
+        assert "hint: " in up.stderr
+        status = dev_status(root)
+        assert not status.postgres_running  # PostgreSQL had been started by this call: it was stopped again
+        assert not status.broker_running
+    finally:
+        dev_down(root)

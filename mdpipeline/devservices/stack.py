@@ -146,9 +146,17 @@ def dev_up(root: Path | None = None) -> DevStack:
     state = _read_state(paths)
     postgres = _postgres(paths, state)
     broker = _broker(paths, state)
-    database_url = postgres.start()
-    dagster_url = postgres.ensure_database(DAGSTER_DATABASE).replace("postgresql://", "postgresql+psycopg2://", 1)
-    bootstrap_servers = broker.start()
+    running = (postgres.is_running(), broker.is_running())
+    try:
+        database_url = postgres.start()
+        dagster_url = postgres.ensure_database(DAGSTER_DATABASE).replace("postgresql://", "postgresql+psycopg2://", 1)
+        bootstrap_servers = broker.start()
+    except BaseException:  # a half-started stack is stopped again: only what this call started
+        if not running[1]:
+            broker.stop()
+        if not running[0]:
+            postgres.stop()
+        raise
     _write_state(paths, postgres, broker)
     dagster_home = _ensure_dagster_home(paths.dagster_home)
     update_env_file(
