@@ -203,10 +203,9 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
                 " values (%s, %s, %s, %s, %s, %s)",
                 (ds.topic.name, provider, start, end, messages, context.run.run_id),
             )
-        partitions = report.partitions.get(ds.topic.name, {})
         return dg.MaterializeResult(metadata={"messages": messages, "topic": ds.topic.name,
                                               "dead_lettered": report.confirmed.get(DEAD_LETTER.name, 0),
-                                              "partitions": {str(k): v for k, v in partitions.items()}})
+                                              "batches": report.batches})
 
     return [raw, validated, normalized, stored, published]
 
