@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from mdpipeline.devservices.postgres import free_port
 from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events, lineage_headers
 from mdpipeline.distribute.outbox import outbox_rows, pending, replace_pending
 from mdpipeline.distribute.relay import drain
-from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, ensure_topics
+from mdpipeline.distribute.subscriber import end_offsets
+from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, TopicSpec, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.bars import read_bars_1d
@@ -170,3 +172,26 @@ def test_unserializable_and_refused_messages_go_to_the_dead_letter_topic(
                           " order by event_id").fetchall()
     assert len(stored) == 2
     assert _pending(conn) == 0
+
+
+def test_concurrent_relays_of_a_topic_never_send_the_same_rows(database_url: str, kafka_bootstrap: str) -> None:
+    topic = TopicSpec(f"test.relay.{uuid.uuid4().hex[:8]}", partitions=3)
+    ensure_topics(kafka_bootstrap, (topic,))
+    frame = canonical_bars(3000, START)
+    rows = outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": "concurrent"}).with_columns(
+        pl.lit(topic.name).alias("topic"))  # md.bars.1d.v1 messages, on a topic of this test's own
+    with connect(database_url) as conn, conn.transaction():
+        replace_pending(conn, rows, provider="synthetic", start=START, end=START, topics=(topic.name,))
+
+    def relay() -> int:
+        with connect(database_url) as conn:
+            return drain(conn, kafka_bootstrap, topics=(topic.name,), batch_size=200).total
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        sent = [f.result() for f in [pool.submit(relay) for _ in range(3)]]
+    assert sum(sent) == rows.height  # the relays took turns: every row sent by exactly one of them
+    ends = end_offsets(kafka_bootstrap, topic.name)
+    assert sum(high - low for low, high in ends.values()) == rows.height  # on the topic exactly once
+    with connect(database_url) as conn:
+        assert conn.execute("select count(*) from ops.outbox where topic = %s and published_at is null",
+                            (topic.name,)).fetchone() == (0,)
