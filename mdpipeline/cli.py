@@ -57,14 +57,31 @@ def _check(problem: str | None, hint: str | None = None) -> None:
         raise typer.Exit(2)
 
 
-def _check_reading(symbols: list[str], provider: str | None) -> None:
-    """Exit 2 unless the symbols were ever held by an instrument and the provider is enabled."""
+def _check_reading(symbols: list[str], provider: str | None, database_url: str) -> None:
+    """Exit 2 unless each symbol was held by an instrument and the provider is enabled, in the universe
+    file or in what the database holds (it may have been filled from another universe file)."""
+    import psycopg
+
     from mdpipeline.arguments import unknown_providers, unknown_symbols
+    from mdpipeline.storage.database import connect
 
     universe = _universe()
-    if provider is not None:
+    stored_symbols: set[str] = set()
+    stored = False
+    known = set(universe.symbology["symbol"].to_list())
+    enabled = provider is None or (provider in universe.providers and universe.providers[provider].enabled)
+    if not enabled or not set(symbols) <= known:  # look at what the database holds only when it matters
+        try:
+            with connect(database_url) as conn:
+                stored_symbols = {r[0] for r in conn.execute("select distinct symbol from ref.symbology")}
+                stored = provider is not None and conn.execute(
+                    "select exists (select 1 from raw.payloads where provider = %s)", (provider,)
+                ).fetchone() == (True,)
+        except psycopg.OperationalError:
+            pass  # unreachable: the universe file alone decides (and the read itself will say why it fails)
+    if provider is not None and not stored:
         _check(unknown_providers(universe, [provider]))
-    _check(unknown_symbols(universe, symbols, served=False))
+    _check(unknown_symbols(universe, [s for s in symbols if s not in stored_symbols], served=False))
 
 
 def _settings() -> Settings:
@@ -280,7 +297,7 @@ def bars(
         err_console.print("[red]--format must be table, csv or json[/]")
         raise typer.Exit(2)
     symbols = [s.strip().upper() for s in symbol.split(",") if s.strip()]
-    _check_reading(symbols, provider)
+    _check_reading(symbols, provider, _settings().database_url)
     with connect(_settings().database_url) as conn:
         frame = read_bars(conn, symbols, _date(start, "--start"), _date(end, "--end"),
                           adjust=adjust, as_of=cutoff, provider=provider, interval=interval)  # type: ignore[arg-type]
@@ -456,7 +473,7 @@ def lineage(
             session = datetime.fromisoformat(ts).date()
         except ValueError:
             raise typer.BadParameter(f"{ts!r} is not a date or timestamp", param_hint="TS") from None
-    _check_reading([symbol.strip().upper()], provider)
+    _check_reading([symbol.strip().upper()], provider, _settings().database_url)
     settings = _settings()
     with connect(settings.database_url) as conn:
         found = bar_lineage(conn, symbol, session, provider)
