@@ -18,7 +18,7 @@ from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.orchestration.summary import RunSummary, run_summary
 from mdpipeline.settings import Settings
 from mdpipeline.storage.database import connect
-from mdpipeline.storage.migrations import migrate
+from mdpipeline.storage.migrations import migrate, storage_layout
 
 # The six steps as Dagster asset groups, run in dependency order over the demo range. Enrichment
 # has two halves: reference data and corporate actions before storing, adjustment factors after.
@@ -80,9 +80,11 @@ def _print_summary(console: Console, settings: Settings, summaries: list[RunSumm
                 "select coalesce(sum(messages), 0) from ops.publications where run_id = any(%s)",
                 ([s.run_id for s in summaries],)).fetchone(),
         }
+        layout = storage_layout(conn)
     table = Table(title="demo summary")
     table.add_column("layer")
     table.add_column("count", justify="right")
+    table.add_row("storage layout", layout)
     for name, row in counts.items():
         table.add_row(name, str(row[0] if row else 0))
     table.add_row("checks passed", str(sum(s.checks_passed for s in summaries)))
