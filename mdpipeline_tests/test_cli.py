@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from mdpipeline.devservices import timescaledb_installed
 from mdpipeline.distribute.subscriber import end_offsets
 from mdpipeline.distribute.topics import BARS_1D
 
@@ -36,6 +38,7 @@ def demo_dir() -> Iterator[Path]:
     try:
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "demo succeeded" in demo.stdout
+        (root / "demo.out").write_text(demo.stdout)
         yield root
     finally:
         _cli(root, "dev", "down")
@@ -52,6 +55,12 @@ def test_demo_leaves_bars_payloads_and_messages(demo_dir: Path) -> None:
     rows = json.loads(bars.stdout)
     assert [r["session_date"] for r in rows] == ["2024-06-07", "2024-06-10"]
     assert rows[0]["close"] > 5 * rows[1]["close"]  # raw prices: the 10-for-1 split is not adjusted away
+
+    layout = "timescaledb" if timescaledb_installed() else "postgres-partitioned"
+    assert re.search(rf"storage layout\s*│\s*{layout}", (demo_dir / "demo.out").read_text())
+    status = _cli(demo_dir, "dev", "status")
+    preloaded = "preloaded" if layout == "timescaledb" else "not preloaded"
+    assert f"storage layout: {layout} (TimescaleDB {preloaded})" in status.stdout
 
     tail = _cli(demo_dir, "tail", "md.bars.1d.v1", "--from-beginning", "--limit", "3")
     assert tail.returncode == 0, tail.stderr
