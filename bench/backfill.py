@@ -135,7 +135,7 @@ def main() -> None:
         env["MDP_CHUNK_ROWS"] = str(args.chunk_rows)
     try:
         cli(workdir, env, "dev", "up")
-        cli(workdir, env, "migrate")
+        migrated = cli(workdir, env, "migrate")
         dotenv = dict(line.split("=", 1) for line in (workdir / ".env").read_text().splitlines() if "=" in line)
         url = dotenv["MDP_DATABASE_URL"].strip('"')
         seconds, peak, output = run_backfill(workdir, env, start, end)
@@ -155,6 +155,7 @@ def main() -> None:
     store = steps.get("md__synthetic__bars_1m", 0.0)
     print(f"backfill: {args.symbols} symbols x {len(sessions)} sessions ({start} .. {end}),"
           f" chunk budget {args.chunk_rows or 'default'} rows")
+    print(f"  storage                {migrated.stdout.strip().rsplit('layout: ', 1)[-1]:>14}")
     print(f"  bars stored            {bars:>14,} ({minute:,} one-minute, {daily:,} daily)")
     print(f"  wall time              {seconds:>14.1f} s")
     print(f"  end to end             {bars / seconds:>14,.0f} bars/s")

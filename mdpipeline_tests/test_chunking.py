@@ -87,6 +87,7 @@ def test_the_plan_cuts_sessions_and_symbols_within_the_budget() -> None:
     assert all(len(c.symbols) * c.sessions * 390 <= 1000 for c in grouped)
 
 
+@pytest.mark.both_layouts
 def test_many_chunks_give_exactly_what_one_chunk_gives(database_url: str, other_database_url: str,
                                                      kafka_bootstrap: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,6 +107,7 @@ def test_many_chunks_give_exactly_what_one_chunk_gives(database_url: str, other_
     assert chunks["validated/synthetic/bars_1d"] == 5 * 2  # groups of 4 and 2 symbols
 
 
+@pytest.mark.both_layouts
 def test_a_failure_in_chunk_k_leaves_earlier_chunks_whole_and_a_rerun_converges(
         database_url: str, other_database_url: str, kafka_bootstrap: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
