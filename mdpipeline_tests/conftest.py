@@ -44,9 +44,13 @@ DEFAULT_LAYOUT = available_layouts()[0]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests marked `both_layouts` run once per available layout (the `layout` fixture)."""
+    """Tests marked `both_layouts` run once per available layout (the `layout` fixture); those also marked
+    `timescaledb` only on that one."""
     if "layout" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_layouts"):
-        metafunc.parametrize("layout", available_layouts(), indirect=True)
+        layouts = available_layouts()
+        if metafunc.definition.get_closest_marker("timescaledb"):
+            layouts = [layout for layout in layouts if layout != POSTGRES_PARTITIONED] or layouts[:1]
+        metafunc.parametrize("layout", layouts, indirect=True)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 import urllib.request
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ from mdpipeline.serve.server import make_server
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
 from mdpipeline.storage.migrations import storage_layout
-from mdpipeline.storage.rollups import ROLLUPS, refresh_rollups
+from mdpipeline.storage.rollups import ROLLUPS, bucket_expression, refresh_rollups, utc_bucket_offset
+from mdpipeline.storage.storage_config import RollupConfig
 from mdpipeline_tests.conftest import PgServers
 
 pytestmark = pytest.mark.both_layouts
@@ -125,6 +126,21 @@ def test_a_correction_shows_in_the_rollups_and_as_of_reads_roll_up_what_was_know
     # As of a time after the correction, the as-of path (aggregating at read time) agrees with the stored roll-up.
     assert rows(read_bars(conn, "AAPL", SUMMER, SUMMER, interval="15m", as_of=corrected_at)) == rows(
         read_bars(conn, "AAPL", SUMMER, SUMMER, interval="15m"))
+
+
+@pytest.mark.timescaledb
+def test_without_refresh_after_load_the_refresh_policy_catches_up(conn: psycopg.Connection) -> None:
+    load(conn, minute_bars(SUMMER), SUMMER)  # refreshed: the hourly buckets are materialized
+    replace_range(conn, "md.bars_1m", minute_bars(SUMMER, learnt=LEARNT + timedelta(days=1), shift=1.0),
+                  provider="file", start=SUMMER, end=SUMMER)
+    assert refresh_rollups(conn, SUMMER, SUMMER, RollupConfig(refresh_after_load=False)) == []
+    old = [expected(SUMMER, 0, 59), expected(SUMMER, 60, 74)]
+    assert rows(read_bars(conn, "AAPL", SUMMER, SUMMER, interval="1h")) == old  # stale until the policy runs
+    job = conn.execute("select job_id from timescaledb_information.jobs where hypertable_name = 'bars_1h'"
+                       " and proc_name = 'policy_refresh_continuous_aggregate'").fetchone()
+    conn.execute("call run_job(%s)", job)  # what TimescaleDB's scheduler does every refresh_every
+    assert rows(read_bars(conn, "AAPL", SUMMER, SUMMER, interval="1h")) == [
+        expected(SUMMER, 0, 59, shift=1.0), expected(SUMMER, 60, 74, shift=1.0)]
 
 
 def test_adjusted_rollups_scale_prices_and_volumes(conn: psycopg.Connection) -> None:
@@ -231,3 +247,35 @@ def _database(servers: PgServers, layout: str) -> str:
         admin.execute(sql.SQL("create database {} template {}").format(
             sql.Identifier(name), sql.Identifier(servers.template(layout))))
     return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def test_utc_buckets_are_used_only_where_they_equal_the_exchange_clock() -> None:
+    def offsets(zone: str, opens: time) -> list[int | None]:
+        return [utc_bucket_offset(i, RollupConfig(timezone=zone, session_open=opens)) for i in ROLLUPS]
+    assert offsets("America/New_York", time(9, 30)) == [0, 0, 30]  # 09:30 EST/EDT = 14:30/13:30 UTC: hours from :30
+    assert offsets("Europe/London", time(8, 0)) == [0, 0, 0]
+    assert offsets("Asia/Kolkata", time(9, 15)) == [0, 0, 45]  # +05:30: 09:15 local = 03:45 UTC
+    assert offsets("Australia/Lord_Howe", time(10, 0)) == [0, 0, None]  # a 30-minute DST shift: local buckets
+
+
+def test_utc_and_exchange_clock_buckets_agree_all_year(conn: psycopg.Connection) -> None:
+    config = RollupConfig(timezone="America/New_York", session_open=time(9, 30))
+    forms = [(cagg, in_zone) for cagg in ((False, True) if storage_layout(conn) == "timescaledb" else (False,))
+             for in_zone in (False, True)]
+    for interval in ROLLUPS:
+        exprs = [bucket_expression(interval, config, cagg, in_zone) for cagg, in_zone in forms]
+        # Every 7 minutes of a year, but for the nights of the two DST changes (00:00-04:00 New York), when a
+        # bucket on the local clock can start at a local time that does not exist or exists twice, so that the
+        # zone form puts bars in a bucket starting after them; the UTC form has no such hours. No exchange trades
+        # then.
+        query = sql.SQL("select ts, {} from (select generate_series(timestamptz '2024-01-01', '2024-12-31',"
+                        " '7 minutes') union all values (timestamptz '2024-01-02 14:30+00'), ('2024-07-02 13:30+00'))"
+                        " as times (ts) where ts not between '2024-03-10 05:00+00' and '2024-03-10 08:00+00'"
+                        " and ts not between '2024-11-03 04:00+00' and '2024-11-03 09:00+00'").format(
+            sql.SQL(", ").join(exprs))
+        buckets = conn.execute(query).fetchall()
+        assert len(buckets) > 70_000
+        assert all(len(set(row[1:])) == 1 for row in buckets), interval
+        opens = {row[1] for row in buckets if row[0] in (datetime(2024, 1, 2, 14, 30, tzinfo=UTC),
+                                                         datetime(2024, 7, 2, 13, 30, tzinfo=UTC))}
+        assert opens == {datetime(2024, 1, 2, 14, 30, tzinfo=UTC), datetime(2024, 7, 2, 13, 30, tzinfo=UTC)}

@@ -15,13 +15,14 @@ aggregate the minute bars known at that time with the same SQL on both layouts (
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg import sql
 
 from mdpipeline.storage.partitions import time_bounds
-from mdpipeline.storage.storage_config import RollupConfig
+from mdpipeline.storage.storage_config import RollupConfig, load_storage_config
 
 # interval name -> (PostgreSQL interval, minutes)
 ROLLUPS: dict[str, tuple[str, int]] = {"5m": ("5 minutes", 5), "15m": ("15 minutes", 15), "1h": ("1 hour", 60)}
@@ -42,10 +43,39 @@ def bucket_offset(interval: str, config: RollupConfig) -> int:
     return (config.session_open.hour * 60 + config.session_open.minute) % minutes
 
 
-def _bucket(interval: str, config: RollupConfig, cagg: bool) -> sql.Composable:
-    """The bucket start of `ts`: TimescaleDB's time_bucket in the exchange's time zone, or the same with date_bin."""
-    width, offset = sql.Literal(ROLLUPS[interval][0]), sql.Literal(f"{bucket_offset(interval, config)} minutes")
-    tz = sql.Literal(config.timezone)
+def utc_bucket_offset(interval: str, config: RollupConfig) -> int | None:
+    """The offset (minutes) of UTC buckets equal to the exchange-clock buckets, when there are such.
+
+    That is when every UTC offset the time zone ever uses is the same modulo the bucket width (New
+    York's -5 h and -4 h are whole hours, so its 09:30-aligned hourly buckets are the UTC hours
+    from :30). Bucketing in UTC then gives the same buckets without a time-zone conversion per row,
+    which makes refreshes and reads markedly faster. None when the zone's offsets differ within the
+    width (e.g. a 30-minute DST shift).
+    """
+    width = ROLLUPS[interval][1]
+    zone = ZoneInfo(config.timezone)
+    offsets = {int(datetime(year, month, 1, 12, tzinfo=zone).utcoffset().total_seconds()) // 60 % width  # type: ignore[union-attr]
+               for year in range(1990, 2051) for month in range(1, 13)}
+    if len(offsets) != 1:
+        return None
+    return (bucket_offset(interval, config) - offsets.pop()) % width
+
+
+def bucket_expression(interval: str, config: RollupConfig, cagg: bool, in_zone: bool = False) -> sql.Composable:
+    """The bucket start of `ts` on the exchange's clock: time_bucket (continuous aggregates) or date_bin.
+
+    In UTC when that gives the same buckets (`utc_bucket_offset`), else (or with `in_zone`) in the
+    exchange's time zone.
+    """
+    width = sql.Literal(ROLLUPS[interval][0])
+    utc = None if in_zone else utc_bucket_offset(interval, config)
+    if utc is not None:
+        offset = sql.Literal(f"{utc} minutes")
+        if cagg:
+            return sql.SQL("time_bucket({w}::interval, ts, \"offset\" => {o}::interval)").format(w=width, o=offset)
+        return sql.SQL("date_bin({w}::interval, ts, timestamptz '2000-01-03 00:00+00' + {o}::interval)").format(
+            w=width, o=offset)
+    offset, tz = sql.Literal(f"{bucket_offset(interval, config)} minutes"), sql.Literal(config.timezone)
     if cagg:
         return sql.SQL("time_bucket({w}::interval, ts, {tz}, \"offset\" => {o}::interval)").format(
             w=width, tz=tz, o=offset)
@@ -68,14 +98,16 @@ def rollup_query(interval: str, config: RollupConfig, source: sql.Composable, ca
         " (case when count(trades) = count(*) then sum(trades) end)::bigint as trades,"
         " max(ingested_at) as ingested_at, count(*) as bars"
         " from {source} group by instrument_id, symbol, session_date, provider, 5"
-    ).format(bucket=_bucket(interval, config, cagg), first=first, last=last, source=source)
+    ).format(bucket=bucket_expression(interval, config, cagg), first=first, last=last, source=source)
 
 
 def _signature(interval: str, config: RollupConfig, cagg: bool) -> str:
     """What a roll-up's definition depends on, stored as its comment (a change rebuilds it)."""
     kind = "continuous aggregate" if cagg else "view"
-    return (f"mdpipeline roll-up of md.bars_1m: {ROLLUPS[interval][0]} buckets in {config.timezone},"
-            f" offset {bucket_offset(interval, config)} minutes ({kind}, v1)")
+    utc = utc_bucket_offset(interval, config)
+    where = f"UTC, offset {utc}" if utc is not None else f"{config.timezone}, offset {bucket_offset(interval, config)}"
+    return (f"mdpipeline roll-up of md.bars_1m: {ROLLUPS[interval][0]} buckets aligned on the open at"
+            f" {config.session_open:%H:%M} {config.timezone} ({where} minutes; {kind}, v2)")
 
 
 def create_rollups(conn: psycopg.Connection, config: RollupConfig, timescale: bool) -> list[str]:
@@ -97,8 +129,12 @@ def create_rollups(conn: psycopg.Connection, config: RollupConfig, timescale: bo
         name = sql.Identifier(*view.split("."))
         body = rollup_query(interval, config, sql.SQL("md.bars_1m"), cagg=timescale)
         if timescale:
+            # One index for the reads (instrument, bucket) instead of one per grouping column: refreshes
+            # insert into the materialization, and every index slows them down.
             conn.execute(sql.SQL("create materialized view {} with (timescaledb.continuous,"
-                                 " timescaledb.materialized_only = false) as {} with no data").format(name, body))
+                                 " timescaledb.materialized_only = false, timescaledb.create_group_indexes = false)"
+                                 " as {} with no data").format(name, body))
+            conn.execute(sql.SQL("create index on {} (instrument_id, ts)").format(name))
         else:
             conn.execute(sql.SQL("create view {} as {}").format(name, body))
         conn.execute(sql.SQL("comment on view {} is {}").format(name, sql.Literal(wanted)))
@@ -115,12 +151,15 @@ def _is_cagg(conn: psycopg.Connection, view: str) -> bool:
                         " and view_name = %s", (schema, name)).fetchone() is not None
 
 
-def refresh_rollups(conn: psycopg.Connection, start: date, end: date) -> list[str]:
+def refresh_rollups(conn: psycopg.Connection, start: date, end: date, config: RollupConfig | None = None) -> list[str]:
     """Bring the continuous aggregates up to date for the sessions [start, end] (after a load changed them).
 
     Only invalidated buckets are recomputed. A no-op on the plain layout (views aggregate at read
-    time). Must run outside a transaction (TimescaleDB refuses a refresh inside one).
+    time), and when the configuration's `refresh_after_load` is off (the refresh policy catches up
+    within `refresh_every`). Must run outside a transaction (TimescaleDB refuses a refresh inside one).
     """
+    if not (config or load_storage_config().rollups).refresh_after_load:
+        return []
     refreshed: list[str] = []
     for interval in ROLLUPS:
         view = rollup_view(interval)

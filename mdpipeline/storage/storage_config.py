@@ -44,6 +44,7 @@ class RollupConfig:
     session_open: time = time(9, 30)
     refresh_every: str = "15 minutes"
     refresh_lag: str = "1 hour"
+    refresh_after_load: bool = True  # the store step refreshes the loaded range (else the policy catches up)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ def _interval(value: Any, where: str) -> str | None:
     if not _INTERVAL.match(text):
         raise StorageConfigError(f"{where}: {value!r} is not an interval such as '30 days' or '5 years'")
     return text
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise StorageConfigError(f"{where}: {value!r} is not true or false")
+    return value
 
 
 def parse_storage_config(doc: dict[str, Any]) -> StorageConfig:
@@ -105,7 +112,8 @@ def parse_storage_config(doc: dict[str, Any]) -> StorageConfig:
             timezone=timezone, session_open=session_open,
             refresh_every=_interval(rollups.get("refresh_every", "15 minutes"), "rollups.refresh_every")
             or "15 minutes",
-            refresh_lag=_interval(rollups.get("refresh_lag", "1 hour"), "rollups.refresh_lag") or "1 hour"),
+            refresh_lag=_interval(rollups.get("refresh_lag", "1 hour"), "rollups.refresh_lag") or "1 hour",
+            refresh_after_load=_flag(rollups.get("refresh_after_load", True), "rollups.refresh_after_load")),
     )
 
 
