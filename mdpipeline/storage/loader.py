@@ -141,17 +141,13 @@ def replace_range(
                              " refusing to load")
     if table not in TABLE_KEYS or "ingested_at" not in frame.columns:
         raise ValueError(f"{table} has no known key or the frame carries no ingested_at: cannot diff it")
-    revisions = REVISIONS.get(table)
-    partitioned = [table, revisions] if revisions else [table]
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        for name in partitioned:
-            ensure_partitions(conn, name, start, end)  # own short transactions, outside the load's
+        ensure_partitions(conn, table, start, end)  # own short transaction, outside the load's
     target = sql.Identifier(*table.split("."))
     with_ts = "ts" in TABLE_KEYS[table]
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"mdpipeline.load:{table}:{provider}",))
-        for name in partitioned:
-            ensure_partitions(conn, name, start, end)  # no-op when they exist (the common case)
+        ensure_partitions(conn, table, start, end)  # no-op when they exist (the common case)
         stored = conn.execute(sql.SQL("select exists (select 1 from {} where {})").format(
             target, scope.where(ts=with_ts)))
         if not stored.fetchone()[0]:  # type: ignore[index]

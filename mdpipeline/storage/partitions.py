@@ -35,11 +35,19 @@ def _bounds(interval: str, day: date) -> tuple[date, date, str]:
 def ensure_partitions(conn: psycopg.Connection, table: str, start: date, end: date) -> list[str]:
     """Create the missing partitions of `table` covering [start, end]; no-op on TimescaleDB (chunks are automatic).
 
-    Existing partitions are looked up first, so the common case (all there) takes no lock at all.
-    Returns the names of the partitions that cover the range.
+    The partitions of the table's revision table (where a re-load keeps superseded bars) are made
+    with them, so that a load never has to create one inside its own transaction. Existing
+    partitions are looked up first, so the common case (all there) takes no lock at all. Returns the
+    names of the partitions of `table` that cover the range.
     """
     if storage_layout(conn) == "timescaledb":
         return []
+    if f"{table}_revisions" in TIME_PARTITIONED:
+        _ensure(conn, f"{table}_revisions", start, end)
+    return _ensure(conn, table, start, end)
+
+
+def _ensure(conn: psycopg.Connection, table: str, start: date, end: date) -> list[str]:
     _, interval = TIME_PARTITIONED[table]
     schema, name = table.split(".")
     wanted: list[tuple[str, date, date]] = []
