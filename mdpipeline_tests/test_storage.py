@@ -50,6 +50,9 @@ def test_plain_postgres_partitions_and_retention(conn: psycopg.Connection) -> No
     with conn.transaction():
         names = ensure_partitions(conn, "md.bars_1m", date(2024, 1, 15), date(2024, 3, 2))
     assert names == ["md.bars_1m_m202401", "md.bars_1m_m202402", "md.bars_1m_m202403"]
+    revisions = conn.execute("select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
+                             " where i.inhparent = 'md.bars_1m_revisions'::regclass order by 1").fetchall()
+    assert revisions == [("bars_1m_revisions_m202401",), ("bars_1m_revisions_m202402",), ("bars_1m_revisions_m202403",)]
     kind = conn.execute("select relkind from pg_class where oid = 'md.bars_1m'::regclass").fetchone()
     assert kind == ("p",)
     with conn.transaction():
