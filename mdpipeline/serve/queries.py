@@ -1,14 +1,17 @@
-"""What the read API serves: stored daily bars and data-quality records, by symbol and session range."""
+"""What the read API serves: stored bars (1d, 1m and the 5m/15m/1h roll-ups) and data-quality records,
+by symbol and session range. Server-independent: any HTTP layer maps its routes onto `BARS` and `quality`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 import polars as pl
 import psycopg
 
-from mdpipeline.storage.bars import read_bars_1d
+from mdpipeline.storage.bars import read_bars_1d, read_bars_1m, read_rollup
 from mdpipeline.storage.reader import read_frame
+from mdpipeline.storage.rollups import ROLLUPS
 
 QUARANTINE: dict[str, pl.DataType] = {
     "dataset": pl.String(), "provider": pl.String(), "stage": pl.String(), "session_date": pl.Date(),
@@ -17,10 +20,26 @@ QUARANTINE: dict[str, pl.DataType] = {
 }
 
 
-def bars_1d(conn: psycopg.Connection, symbols: list[str], start: date, end: date,
-            provider: str | None) -> pl.DataFrame:
-    """Stored daily bars (without internal lineage columns)."""
-    return read_bars_1d(conn, start=start, end=end, provider=provider, symbols=symbols).drop("raw_payload_id")
+Query = Callable[[psycopg.Connection, list[str], date, date, str | None], pl.DataFrame]
+
+
+def bars_query(interval: str) -> Query:
+    """The query of stored bars of `interval`: 1d, 1m, or a roll-up of 1m (5m, 15m, 1h); no raw_payload_id."""
+    def query(conn: psycopg.Connection, symbols: list[str], start: date, end: date,
+              provider: str | None) -> pl.DataFrame:
+        scope = {"start": start, "end": end, "provider": provider, "symbols": symbols}
+        if interval == "1d":
+            frame = read_bars_1d(conn, **scope)  # type: ignore[arg-type]
+        elif interval == "1m":
+            frame = read_bars_1m(conn, **scope)  # type: ignore[arg-type]
+        else:
+            frame = read_rollup(conn, interval, **scope)  # type: ignore[arg-type]
+        return frame.drop([c for c in ("raw_payload_id",) if c in frame.columns])
+    return query
+
+
+BARS: dict[str, Query] = {interval: bars_query(interval) for interval in ("1d", "1m", *ROLLUPS)}
+bars_1d = BARS["1d"]
 
 
 def quality(conn: psycopg.Connection, symbols: list[str], start: date, end: date,

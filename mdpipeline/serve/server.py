@@ -2,6 +2,7 @@
 
     GET /health
     GET /v1/bars/1d?symbol=AAPL[,MSFT]&start=YYYY-MM-DD&end=YYYY-MM-DD[&provider=P][&format=json|arrow|parquet]
+    GET /v1/bars/1m, /v1/bars/5m, /v1/bars/15m, /v1/bars/1h  (the same parameters; 5m..1h: roll-ups of 1m)
     GET /v1/quality?symbol=...&start=...&end=...[&provider=P][&format=...]
 
 The format comes from `format=` or the Accept header (`application/json`,
@@ -13,22 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from datetime import date
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import polars as pl
 import psycopg
 
 from mdpipeline.serve.formats import MEDIA_TYPES, encode, negotiate
-from mdpipeline.serve.queries import bars_1d, quality
+from mdpipeline.serve.queries import BARS, Query, quality
 from mdpipeline.storage.database import connect
 
 log = logging.getLogger(__name__)
-Query = Callable[[psycopg.Connection, list[str], date, date, str | None], pl.DataFrame]
-ROUTES: dict[str, Query] = {"/v1/bars/1d": bars_1d, "/v1/quality": quality}
+ROUTES: dict[str, Query] = {**{f"/v1/bars/{interval}": q for interval, q in BARS.items()}, "/v1/quality": quality}
 MAX_DAYS = 366 * 30
 
 
@@ -67,7 +65,7 @@ def make_handler(database_url: str) -> type[BaseHTTPRequestHandler]:
                 return
             route = ROUTES.get(url.path)
             if route is None:
-                self._error(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; see /v1/bars/1d, /v1/quality")
+                self._error(HTTPStatus.NOT_FOUND, f"no such path {url.path!r}; see {', '.join(ROUTES)}")
                 return
             query = parse_qs(url.query)
             try:
