@@ -59,7 +59,7 @@ def test_demo_leaves_bars_payloads_and_messages(demo_dir: Path) -> None:
     assert rows[0]["close"] > 5 * rows[1]["close"]  # raw prices: the 10-for-1 split is not adjusted away
 
     layout = "timescaledb" if timescaledb_installed() else "postgres-partitioned"
-    assert re.search(rf"storage layout\s*│\s*{layout}", (demo_dir / "demo.out").read_text())
+    assert re.search(rf"storage layout\s*[│|]?\s*{layout}\b", (demo_dir / "demo.out").read_text())
     status = _cli(demo_dir, "dev", "status")
     preloaded = "preloaded" if layout == "timescaledb" else "not preloaded"
     assert f"storage layout: {layout} (TimescaleDB {preloaded})" in status.stdout
