@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 from mdpipeline.distribute.topics import raw_stream_topic
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.stream.gap_repair import AlpacaTrades, SyntheticTrades, TradeSource, open_gaps, repair_gaps
-from mdpipeline.stream.offsets import next_range, stored_offset
+from mdpipeline.stream.offsets import next_range, processed
 from mdpipeline.stream.process import process_range
 
 STREAM_PROVIDERS = ("alpaca", "finnhub", "synthetic")
@@ -93,7 +93,7 @@ def raw_stream_sensor(
                     tags={TOPIC_TAG: topic, PARTITION_TAG: str(partition)}, statuses=_UNFINISHED))
                 if busy:
                     continue
-                found = next_range(kafka.bootstrap_servers, topic, partition, stored_offset(conn, topic, partition),
+                found = next_range(kafka.bootstrap_servers, topic, partition, processed(conn, topic, partition),
                                    max_messages=max_messages)
                 if found is not None:
                     requests.append(range_run_request(context, topic, partition, *found))

@@ -219,6 +219,10 @@ class _SecretLogFilter(logging.Filter):
                 self._secrets |= secrets
                 self._redact = Redactor(sorted(self._secrets))
 
+    def redact(self, text: str) -> str:
+        """`text` with every registered secret replaced."""
+        return self._redact(text) if self._redact.secrets else text
+
     def filter(self, record: logging.LogRecord) -> bool:
         redact = self._redact
         if redact.secrets:
@@ -232,6 +236,16 @@ class _SecretLogFilter(logging.Filter):
 _LOG_FILTER = _SecretLogFilter()
 for _name in ("urllib3.connectionpool", "mdpipeline.providers"):
     logging.getLogger(_name).addFilter(_LOG_FILTER)
+
+
+def register_secrets(secrets: Sequence[str]) -> None:
+    """Add secrets (e.g. a websocket feed's credentials) to those redacted from every filtered logger."""
+    _LOG_FILTER.add(frozenset(s for s in secrets if s))
+
+
+def redact_registered(text: str) -> str:
+    """`text` with every registered secret replaced by `***`."""
+    return _LOG_FILTER.redact(text)
 
 
 def _counts_for_breaker(exc: BaseException) -> bool:
@@ -590,5 +604,7 @@ __all__ = [
     "json_body",
     "parse_json",
     "parse_retry_after",
+    "redact_registered",
+    "register_secrets",
     "reset_shared_state",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import psycopg
 
 from mdpipeline.storage.provider_quota import DDL as PROVIDER_QUOTA_DDL
+from mdpipeline.storage.stream_state import DDL as STREAM_STATE_DDL
 
 # Time-partitioned tables: name -> (partition column, chunk interval).
 TIME_PARTITIONED: dict[str, tuple[str, str]] = {
@@ -370,6 +371,11 @@ def _provider_quota(conn: psycopg.Connection, timescale: bool) -> None:
     conn.execute(PROVIDER_QUOTA_DDL)
 
 
+def _stream_state(conn: psycopg.Connection, timescale: bool) -> None:
+    """Collector coverage, topic incarnations of processed offsets, gaps found by the real-time job."""
+    conn.execute(STREAM_STATE_DDL)
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -378,4 +384,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "stream gap repair outcomes", _stream_gap_repair),
     Migration(5, "compressed raw payloads with their symbols", _compressed_payloads),
     Migration(6, "provider request quotas shared across processes", _provider_quota),
+    Migration(7, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
 )
