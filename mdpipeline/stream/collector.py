@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,21 @@ class Timeouts:
     read: float | None = None  # the next message on an open connection (quiet markets are legitimate)
     ping_interval: float = 20.0  # keepalive: a ping this often,
     ping_timeout: float = 20.0  # and the connection is dead when its pong takes longer than this
+
+    @classmethod
+    def from_env(cls) -> Timeouts:
+        """MDP_STREAM_OPEN_TIMEOUT, _HANDSHAKE_TIMEOUT, _READ_TIMEOUT (0: none), _PING_INTERVAL, _PING_TIMEOUT."""
+        def seconds(name: str, default: float | None) -> float | None:
+            value = os.environ.get(f"MDP_STREAM_{name}")
+            if value is None or not value.strip():
+                return default
+            number = float(value)
+            return number if number > 0 else None
+        return cls(open=seconds("OPEN_TIMEOUT", cls.open) or cls.open,
+                   handshake=seconds("HANDSHAKE_TIMEOUT", cls.handshake) or cls.handshake,
+                   read=seconds("READ_TIMEOUT", cls.read),
+                   ping_interval=seconds("PING_INTERVAL", cls.ping_interval) or cls.ping_interval,
+                   ping_timeout=seconds("PING_TIMEOUT", cls.ping_timeout) or cls.ping_timeout)
 
 
 @dataclass
