@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from mdpipeline.distribute.topics import raw_stream_topic
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.orchestration.run_limits import max_runtime_tags
 from mdpipeline.stream.gap_repair import AlpacaTrades, SyntheticTrades, TradeSource, open_gaps, repair_gaps
 from mdpipeline.stream.offsets import next_range, processed
 from mdpipeline.stream.process import process_range
@@ -54,7 +55,8 @@ def process_raw_range(
     })
 
 
-@dg.job(name=JOB_NAME, description="Real-time ticks: one explicit raw offset range per run (launched by the sensor).")
+@dg.job(name=JOB_NAME, description="Real-time ticks: one explicit raw offset range per run (launched by the sensor).",
+        tags=max_runtime_tags("REALTIME"))
 def realtime_ticks_job() -> None:
     process_raw_range()
 
@@ -137,7 +139,8 @@ def repair_stream_gaps(
     return dg.Output(report.total("inserted"), metadata=metadata)
 
 
-@dg.job(name=GAP_JOB_NAME, description="Gap repair: backfill and reconcile the intervals raw streams missed.")
+@dg.job(name=GAP_JOB_NAME, description="Gap repair: backfill and reconcile the intervals raw streams missed.",
+        tags=max_runtime_tags("GAP_REPAIR"))
 def stream_gap_repair_job() -> None:
     repair_stream_gaps()
 

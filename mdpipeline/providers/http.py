@@ -20,6 +20,10 @@ BadRequestError and EntitlementError are never retried. The breaker (pybreaker) 
 *attempt* that is a transport failure (ProviderUnavailableError or a truncated body); any other
 answer from the provider counts as a success, since the source is alive.
 
+Timeouts: `timeout` bounds connecting and each wait for bytes; `deadline` (default $MDP_HTTP_DEADLINE or
+300 s) bounds a whole response, body included: a server that trickles its body in never trips the
+per-read timeout, so a watchdog interrupts the read at the deadline (ProviderUnavailableError, retried).
+
 Secrets (`secrets=`, default header values, and default params named like credentials) are replaced
 by `***` in every URL, message, log line and `HttpResult`; exceptions from `requests` (whose messages
 hold the full URL) are never chained, and a log filter redacts them from urllib3's DEBUG request lines.
@@ -31,6 +35,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,6 +67,7 @@ REDACTED = "***"
 CREDENTIAL_PARAMS = frozenset({"apikey", "api_key", "apiKey", "token", "key", "secret", "access_token"})
 USER_AGENT = "mdpipeline/0.1 (+https://github.com/mdpipeline)"
 _SNIPPET = 200
+DEFAULT_DEADLINE = 300.0  # seconds for a whole response (a slow-drip body never trips the per-read timeout)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class HttpPolicy:
     """Timeouts, retries, limits and breaker settings of one provider (from the universe file)."""
 
     timeout: float = 10.0  # seconds to connect, and between bytes when reading (requests semantics)
+    deadline: float | None = None  # seconds for a whole response, body included; None: MDP_HTTP_DEADLINE or 300
     max_attempts: int = 5
     backoff_initial: float = 0.5  # tenacity wait_random_exponential multiplier
     backoff_max: float = 30.0
@@ -96,6 +103,13 @@ class HttpPolicy:
 
     def __post_init__(self) -> None:
         zone(self.quota_timezone)
+
+    def response_deadline(self) -> float:
+        """Seconds a whole response may take: `deadline`, else $MDP_HTTP_DEADLINE, else 300."""
+        if self.deadline is not None:
+            return self.deadline
+        raw = os.environ.get("MDP_HTTP_DEADLINE", "").strip()
+        return float(raw) if raw else DEFAULT_DEADLINE
 
 
 @dataclass
@@ -381,6 +395,35 @@ def reset_shared_state(provider: str | None = None) -> None:
             _REGISTRY.pop(provider, None)
 
 
+class _Watchdog:
+    """Interrupts a response still being read when its deadline passes (urllib3's `shutdown` ends a blocked
+    read in another thread), so a body that trickles in byte by byte cannot hold the caller for hours."""
+
+    def __init__(self, seconds: float) -> None:
+        self.started = time.monotonic()
+        self.seconds = seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def watch(self, resp: requests.Response) -> None:
+        def interrupt() -> None:
+            self.fired = True
+            with contextlib.suppress(Exception):
+                resp.raw.shutdown()
+
+        remaining = self.seconds - (time.monotonic() - self.started)
+        if remaining <= 0:
+            interrupt()
+            return
+        self._timer = threading.Timer(remaining, interrupt)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class HttpClient:
     """GETs against one provider's base URL, with the policy's retries, limits and breaker."""
 
@@ -527,10 +570,25 @@ class HttpClient:
                                   f"{self._reason(exc)}") from None
         shown = self.redact(prepared)
         sent = dict(parse_qsl(urlsplit(prepared).query, keep_blank_values=True))  # as sent, URL query included
+        deadline = self.policy.response_deadline()
+        watchdog = _Watchdog(deadline)
         try:
             resp = self._session.get(url, params=params, headers=self.default_headers, verify=self._verify,
-                                     timeout=(self.policy.timeout, self.policy.timeout), allow_redirects=False)
+                                     timeout=(self.policy.timeout, self.policy.timeout), allow_redirects=False,
+                                     stream=True)
+            try:
+                watchdog.watch(resp)
+                body = resp.content
+            finally:
+                watchdog.cancel()
+                resp.close()
+            if watchdog.fired:
+                raise requests.exceptions.ChunkedEncodingError("deadline")
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+            if watchdog.fired:
+                raise ProviderUnavailableError(
+                    f"{self.provider}: GET {shown}: the response was not complete after {deadline:g}s (deadline; "
+                    "a body trickling in never trips the per-read timeout)") from None
             raise MalformedPayloadError(
                 f"{self.provider}: GET {shown}: body truncated in transit ({self._reason(exc)})",
                 truncated=True) from None
@@ -538,10 +596,14 @@ class HttpClient:
             raise ProviderUnavailableError(
                 f"{self.provider}: GET {shown}: timed out after {self.policy.timeout:g}s") from None
         except requests.exceptions.RequestException as exc:
+            if watchdog.fired:
+                raise ProviderUnavailableError(
+                    f"{self.provider}: GET {shown}: the response was not complete after {deadline:g}s (deadline)") \
+                    from None
             raise ProviderUnavailableError(f"{self.provider}: GET {shown}: {self._reason(exc)}") from None
         result = HttpResult(
             url=shown, endpoint=urlsplit(url).path, params=self.redact.params(sent), status=resp.status_code,
-            content_type=resp.headers.get("Content-Type", ""), body=resp.content, fetched_at=datetime.now(UTC))
+            content_type=resp.headers.get("Content-Type", ""), body=body, fetched_at=datetime.now(UTC))
         self._classify(resp, shown)
         return result
 

@@ -9,7 +9,7 @@ before the stored offset (truncated), or when retention deleted frames before th
 processing does not wait or skip silently: it resumes from the log start (a recreated topic), from the
 first frame landed after the last processed one (a truncated log) or from the low watermark
 (retention), logs why, and the real-time job records the interval as a gap (origin `log_reset`) for
-gap repair. Offsets mirrored into the Kafka consumer group (for lag tooling) are written with a
+gap repair. Offsets mirrored into the Kafka consumer group (for lag tooling) are waited for with a
 deadline, so a hung broker cannot hold a run.
 """
 
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import polars as pl
 import psycopg
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mdpipeline.distribute.subscriber import end_offsets
@@ -282,15 +283,35 @@ def next_range(bootstrap_servers: str, topic: str, partition: int, done: Process
 
 def commit_consumer_offset(bootstrap_servers: str, topic: str, partition: int, next_offset: int,
                            group: str = "mdpipeline-realtime", timeout: float = COMMIT_TIMEOUT) -> bool:
-    """Mirror the processed offset into the Kafka consumer group (for lag tooling); best effort, at most
-    `timeout` seconds (an admin request: a hung or absent broker cannot block the caller)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": int(timeout * 1000)})
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, partition, next_offset)])
-    try:
-        futures = admin.alter_consumer_group_offsets([request], request_timeout=timeout)
-        futures[group].result(timeout=timeout)
-        return True
-    except Exception as exc:  # KafkaException, a timeout of the future: the mirror is not essential
-        log.warning("could not mirror %s[%d] offset %d into group %s within %.0fs: %s", topic, partition,
-                    next_offset, group, timeout, exc)
+    """Mirror the processed offset into the Kafka consumer group (for lag tooling); best effort, waited for at
+    most `timeout` seconds.
+
+    A synchronous commit has no deadline of its own (it waits for the group coordinator), so it runs in a
+    daemon thread: when the broker hangs, the caller goes on and the commit finishes (or not) on its own.
+    (An admin client's alter-offsets request with a timeout would do, but destroying the client while
+    that request is outstanding trips an assertion in librdkafka that aborts the process.)
+    """
+    done = threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def commit() -> None:
+        consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False,
+                             "socket.timeout.ms": max(10_000, int(timeout * 1000))})
+        try:
+            consumer.commit(offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=False)
+        except KafkaException as exc:
+            outcome["error"] = exc
+        finally:
+            consumer.close()
+            done.set()
+
+    threading.Thread(target=commit, name=f"offset-mirror-{topic}", daemon=True).start()
+    if not done.wait(timeout):
+        log.warning("could not mirror %s[%d] offset %d into group %s within %.0fs; left to finish in the background",
+                    topic, partition, next_offset, group, timeout)
         return False
+    if "error" in outcome:
+        log.warning("could not mirror %s[%d] offset %d into group %s: %s", topic, partition, next_offset, group,
+                    outcome["error"])
+        return False
+    return True
