@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -179,13 +179,18 @@ def _chunks(items: list[dict], size: int) -> Iterator[list[dict]]:
         yield items[i:i + size]
 
 
-def alpaca_history(httpserver: HTTPServer, *, seed: int = 7, page: int = 50) -> list[dict[str, str]]:
-    """Serve `GET /v2/stocks/trades` from `synthetic_history` (rest view), paginated; returns the requests."""
+def alpaca_history(httpserver: HTTPServer, *, seed: int = 7, page: int = 50,
+                   faults: list[Callable[[Request], Response]] | None = None) -> list[dict[str, str]]:
+    """Serve `GET /v2/stocks/trades` from `synthetic_history` (rest view), paginated; the first requests get the
+    answers in `faults` instead (one each). Returns the requests (the ones answered with data)."""
     seen: list[dict[str, str]] = []
+    pending = list(faults or [])
 
     def handler(request: Request) -> Response:
         if (request.headers.get("APCA-API-KEY-ID"), request.headers.get("APCA-API-SECRET-KEY")) != (KEY_ID, SECRET_KEY):
             return Response(json.dumps({"message": "forbidden"}), status=403, content_type="application/json")
+        if pending:
+            return pending.pop(0)(request)
         seen.append(dict(request.args))
         start = datetime.fromisoformat(request.args["start"].replace("Z", "+00:00"))
         end = datetime.fromisoformat(request.args["end"].replace("Z", "+00:00"))
@@ -202,3 +207,27 @@ def alpaca_history(httpserver: HTTPServer, *, seed: int = 7, page: int = 50) -> 
 
     httpserver.expect_request("/v2/stocks/trades", method="GET").respond_with_handler(handler)
     return seen
+
+
+def expected_trades(symbols: tuple[str, ...], first: str, last: str, windows: list[tuple[datetime, datetime]],
+                    seed: int = 7) -> set[tuple[str, int, float]]:
+    """(symbol, trade id, price) of every trade printed in [first, last] (RFC 3339 texts): the history's version
+    inside a repair window (cancelled ones gone, corrections applied), the stream's outside."""
+    start, end = trade_time(first), trade_time(last) + timedelta(microseconds=1)
+    rest = {(t["S"], t["i"]): t for t in synthetic_history(symbols, start, end, seed=seed, view="rest")}
+    expected = set()
+    for t in synthetic_history(symbols, start, end, seed=seed, view="stream"):
+        if not first <= t["t"] <= last:
+            continue
+        if any(a <= trade_time(t["t"]) <= b for a, b in windows):
+            known = rest[(t["S"], t["i"])]
+            if known.get("u") != "canceled":
+                expected.add((t["S"], t["i"], known["p"]))
+        else:
+            expected.add((t["S"], t["i"], t["p"]))
+    return expected
+
+
+def trade_time(ts: str) -> datetime:
+    """A synthetic trade's RFC 3339 nanosecond text as a datetime (to the microsecond)."""
+    return datetime.fromisoformat(ts[:26] + "+00:00")

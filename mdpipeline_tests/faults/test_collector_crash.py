@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -42,8 +42,7 @@ from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, 
 from mdpipeline.providers.http import reset_shared_state
 from mdpipeline.stream.collector_state import read_coverage
 from mdpipeline.stream.gap_repair import DEFAULT_MARGIN
-from mdpipeline.stream.synthetic import synthetic_history
-from mdpipeline_tests.faults.alpaca_stream import KEY_ID, SECRET_KEY, AlpacaStream, alpaca_history
+from mdpipeline_tests.faults.alpaca_stream import KEY_ID, SECRET_KEY, AlpacaStream, alpaca_history, expected_trades
 from mdpipeline_tests.faults.invariants import (
     assert_events_consistent,
     assert_no_secret,
@@ -140,26 +139,6 @@ def _repair_everything(database_url: str, servers: str, history_url: str, instan
     assert stream_gap_repair_job.execute_in_process(resources=resources, instance=instance, tags=request.tags).success
 
 
-def _expected(first: str, last: str, windows: list[tuple[datetime, datetime]]) -> set[tuple[str, int, float]]:
-    """Every trade printed in [first, last]: the history's version inside a repair window, the stream's outside."""
-    def at(ts: str) -> datetime:
-        return datetime.fromisoformat(ts[:26] + "+00:00")
-
-    start, end = at(first), at(last) + timedelta(microseconds=1)
-    rest = {(t["S"], t["i"]): t for t in synthetic_history(SYMBOLS, start, end, view="rest")}
-    expected = set()
-    for t in synthetic_history(SYMBOLS, start, end, view="stream"):
-        if not first <= t["t"] <= last:
-            continue
-        if any(a <= at(t["t"]) <= b for a, b in windows):
-            known = rest[(t["S"], t["i"])]
-            if known.get("u") != "canceled":
-                expected.add((t["S"], t["i"], known["p"]))
-        else:
-            expected.add((t["S"], t["i"], t["p"]))
-    return expected
-
-
 def test_collector_killed_and_frozen_then_restarted_loses_nothing(
     database_url: str, conn: psycopg.Connection, kafka_bootstrap: str, stream: AlpacaStream,
     httpserver: HTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -225,7 +204,7 @@ def test_collector_killed_and_frozen_then_restarted_loses_nothing(
     assert requests  # the history was asked
 
     windows = [(a - DEFAULT_MARGIN, b + DEFAULT_MARGIN) for a, b, _ in gaps]
-    expected = _expected(sent[0]["t"], sent[-1]["t"], windows)
+    expected = expected_trades(SYMBOLS, sent[0]["t"], sent[-1]["t"], windows)
     stored = set(conn.execute("select symbol, sequence, price from md.ticks").fetchall())
     first, last = sent[0]["t"][:26], sent[-1]["t"][:26]
     in_range = {t for t in stored if t in expected or _within(conn, t, first, last)}
