@@ -349,17 +349,21 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
 ) -> None:
-    """HTTP read API: /v1/bars/1d and /v1/quality as JSON, Arrow IPC or Parquet (see docs/events.md)."""
-    from mdpipeline.serve.server import make_server
+    """HTTP read API: /v1/bars/1d and /v1/quality as JSON, Arrow IPC or Parquet; OpenAPI at /openapi.json.
 
-    server = make_server(_settings().database_url, host, port)
-    console.print(f"serving on http://{server.server_address[0]}:{server.server_address[1]}")
+    Limits (MDP_SERVE_MAX_SYMBOLS, _MAX_DAYS, _MAX_ROWS), the statement timeout and the connection pool
+    (MDP_SERVE_STATEMENT_TIMEOUT, _POOL_SIZE, _POOL_TIMEOUT) come from the environment; see docs/events.md.
+    """
+    from mdpipeline.serve.limits import ApiLimits
+    from mdpipeline.serve.server import run
+
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        limits = ApiLimits.from_env()
+    except ValueError as err:
+        err_console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"serving on http://{host}:{port} (OpenAPI: /openapi.json, /docs)")
+    run(_settings().database_url, host, port, limits)
 
 
 def main() -> None:

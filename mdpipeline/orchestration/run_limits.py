@@ -15,7 +15,7 @@ runs executed in-process (`mdpipeline backfill`, tests) carry the tag but nothin
 
 from __future__ import annotations
 
-import os
+from mdpipeline.env_numbers import env_number
 
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 DEFAULTS = {"PROVIDER": 14_400, "REALTIME": 1_800, "GAP_REPAIR": 3_600}
@@ -23,17 +23,8 @@ DEFAULTS = {"PROVIDER": 14_400, "REALTIME": 1_800, "GAP_REPAIR": 3_600}
 
 def max_runtime_seconds(kind: str) -> int:
     """The limit of `kind` (PROVIDER, REALTIME, GAP_REPAIR) from MDP_<KIND>_RUN_MAX_RUNTIME or its default."""
-    name = f"MDP_{kind}_RUN_MAX_RUNTIME"
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return DEFAULTS[kind]
-    try:
-        seconds = int(float(raw))
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if seconds <= 0:
-        raise ValueError(f"{name} must be positive (a run without a limit can hold its pool forever)")
-    return seconds
+    seconds = env_number(f"MDP_{kind}_RUN_MAX_RUNTIME")  # positive: a run without a limit can hold its pool forever
+    return DEFAULTS[kind] if seconds is None else int(seconds)
 
 
 def max_runtime_tags(kind: str) -> dict[str, str]:

@@ -35,7 +35,6 @@ import contextlib
 import email.utils
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,6 +47,7 @@ import pybreaker
 import requests
 import tenacity
 
+from mdpipeline.env_numbers import env_number
 from mdpipeline.providers.base import ProviderError, RawPayload
 from mdpipeline.providers.errors import (
     BadRequestError,
@@ -108,8 +108,8 @@ class HttpPolicy:
         """Seconds a whole response may take: `deadline`, else $MDP_HTTP_DEADLINE, else 300."""
         if self.deadline is not None:
             return self.deadline
-        raw = os.environ.get("MDP_HTTP_DEADLINE", "").strip()
-        return float(raw) if raw else DEFAULT_DEADLINE
+        seconds = env_number("MDP_HTTP_DEADLINE")
+        return DEFAULT_DEADLINE if seconds is None else seconds
 
 
 @dataclass

@@ -18,12 +18,13 @@ FIN within about a minute instead of the kernel's two hours. A statement over it
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from mdpipeline.env_numbers import env_number
 
 ENV_PREFIX = "MDP_PG_"
 
@@ -42,16 +43,8 @@ class Timeouts:
         """Defaults, then MDP_PG_<NAME> from the environment, then `overrides` (e.g. a shorter statement limit)."""
         values: dict[str, float | None] = {}
         for name, default in vars(cls()).items():
-            raw = os.environ.get(f"{ENV_PREFIX}{name.upper()}_TIMEOUT")
-            if raw is None or not raw.strip():
-                values[name] = default
-                continue
-            try:
-                seconds = float(raw)
-            except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{name.upper()}_TIMEOUT must be a number of seconds, got {raw!r}") \
-                    from None
-            values[name] = seconds if seconds > 0 else None
+            seconds = env_number(f"{ENV_PREFIX}{name.upper()}_TIMEOUT", allow_zero=True)
+            values[name] = default if seconds is None else (seconds or None)
         values.update(overrides)
         return cls(**values)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from datetime import UTC, datetime
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
+from mdpipeline.env_numbers import env_number
 from mdpipeline.providers.http import Redactor
 from mdpipeline.stream.collector_state import CollectorState
 from mdpipeline.stream.feeds import Feed, FeedError
@@ -74,11 +74,8 @@ class Timeouts:
     def from_env(cls) -> Timeouts:
         """MDP_STREAM_OPEN_TIMEOUT, _HANDSHAKE_TIMEOUT, _READ_TIMEOUT (0: none), _PING_INTERVAL, _PING_TIMEOUT."""
         def seconds(name: str, default: float | None) -> float | None:
-            value = os.environ.get(f"MDP_STREAM_{name}")
-            if value is None or not value.strip():
-                return default
-            number = float(value)
-            return number if number > 0 else None
+            number = env_number(f"MDP_STREAM_{name}", allow_zero=True)
+            return default if number is None else (number or None)
         return cls(open=seconds("OPEN_TIMEOUT", cls.open) or cls.open,
                    handshake=seconds("HANDSHAKE_TIMEOUT", cls.handshake) or cls.handshake,
                    read=seconds("READ_TIMEOUT", cls.read),
