@@ -237,6 +237,10 @@ class _SecretLogFilter(logging.Filter):
         """`text` with every registered secret replaced."""
         return self._redact(text) if self._redact.secrets else text
 
+    def redactor(self) -> Redactor:
+        """The current redactor (its `secrets` are every registered secret)."""
+        return self._redact
+
     def filter(self, record: logging.LogRecord) -> bool:
         redact = self._redact
         if redact.secrets:
@@ -260,6 +264,11 @@ def register_secrets(secrets: Sequence[str]) -> None:
 def redact_registered(text: str) -> str:
     """`text` with every registered secret replaced by `***`."""
     return _LOG_FILTER.redact(text)
+
+
+def registered_secrets() -> frozenset[str]:
+    """Every secret registered so far (for filters that must also catch pieces of them)."""
+    return _LOG_FILTER.redactor().secrets
 
 
 def _counts_for_breaker(exc: BaseException) -> bool:
@@ -668,5 +677,6 @@ __all__ = [
     "parse_retry_after",
     "redact_registered",
     "register_secrets",
+    "registered_secrets",
     "reset_shared_state",
 ]

@@ -78,6 +78,7 @@ CASES: dict[str, tuple[list[Answer], int]] = {  # answers before the data; runs 
 def test_gap_repair_through_a_misbehaving_provider(
     case: str, database_url: str, conn: psycopg.Connection, kafka_bootstrap: str, httpserver: HTTPServer,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    record_property: Callable[[str, object], None],
 ) -> None:
     faults, failing_runs = CASES[case]
     monkeypatch.setenv("ALPACA_API_KEY_ID", KEY_ID)
@@ -124,6 +125,7 @@ def test_gap_repair_through_a_misbehaving_provider(
     if case == "429_retry_after":
         assert outcomes[-1][1] >= 1.0  # waited as asked
     assert served  # the data was fetched in the end
+    record_property("runs", [f"{'ok' if ok else 'failed'} {took:.1f}s" for ok, took in outcomes])
 
     assert conn.execute("select repair_status from ops.stream_gaps").fetchone() == ("repaired",)
     window = [(DISCONNECTED - DEFAULT_MARGIN, RECONNECTED + DEFAULT_MARGIN)]

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 
 import psycopg
@@ -36,7 +37,8 @@ pytestmark = pytest.mark.faults
 MESSAGE_TIMEOUT_MS = 2000
 
 
-def test_frames_the_broker_never_confirms_become_a_gap(conn: psycopg.Connection, own_broker: LocalBroker) -> None:
+def test_frames_the_broker_never_confirms_become_a_gap(conn: psycopg.Connection, own_broker: LocalBroker,
+                                                       record_property: Callable[[str, object], None]) -> None:
     servers = own_broker.bootstrap_servers
     pid = own_broker.pid
     assert pid is not None
@@ -88,4 +90,8 @@ def test_frames_the_broker_never_confirms_become_a_gap(conn: psycopg.Connection,
     uncovered = [t for t in missing
                  if not any(a - DEFAULT_MARGIN <= at(t["t"]) <= b + DEFAULT_MARGIN for a, b, _ in gaps)]
     assert uncovered == [], f"{len(uncovered)} lost trades outside every recorded gap, e.g. {uncovered[:2]}"
+    record_property("failed_deliveries", len(landing.failed))
+    record_property("trades_sent", len(sent))
+    record_property("trades_lost_all_in_gaps", len(missing))
+    record_property("gaps", [f"{(b - a).total_seconds():.1f}s" for a, b, _ in gaps])
     assert_ticks_unique(conn)

@@ -17,6 +17,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -112,7 +113,8 @@ def _collect(kafka_bootstrap: str, stream: AlpacaStream, expect_connections: int
 
 
 def test_bad_websocket_frames_cost_one_frame_each(database_url: str, conn: psycopg.Connection,
-                                                  kafka_bootstrap: str) -> None:
+                                                  kafka_bootstrap: str,
+                                                  record_property: Callable[[str, object], None]) -> None:
     bad = _bad_frames()
     frames, expected_ids = [], []
     for n in range(5):
@@ -190,6 +192,11 @@ def test_bad_websocket_frames_cost_one_frame_each(database_url: str, conn: psyco
 
     events = [e for e in read_topic(kafka_bootstrap, TICKS.name) if e.headers.get("mdp-raw-topic") == topic.name]
     assert len(assert_events_consistent(events)) == len(want)
+    record_property("frames_landed", landing.landed)
+    record_property("frames_quarantined", len(quarantined))
+    record_property("rows_quarantined", len(rows))
+    record_property("ticks_stored", len(stored))
+    record_property("gaps", len(gaps))
     assert_outbox_drained(conn, kafka_bootstrap)
     assert_no_secret([SECRET_KEY, KEY_ID], conn=conn, instance=instance)
 

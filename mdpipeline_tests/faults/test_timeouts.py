@@ -52,7 +52,7 @@ def _bounded(call: Callable[[], Any], limit: float,
             outcome["error"] = exc
 
     started = time.monotonic()
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=run, daemon=True, name=f"bounded-{call}")
     thread.start()
     thread.join(limit)
     took = time.monotonic() - started
@@ -66,13 +66,15 @@ def _bounded(call: Callable[[], Any], limit: float,
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 
-def test_a_long_statement_is_cancelled_at_the_statement_timeout(database_url: str,
+def test_a_long_statement_is_cancelled_at_the_statement_timeout(record_property: Callable[[str, object], None],
+                                                                database_url: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MDP_PG_STATEMENT_TIMEOUT", "1")
     with connect(database_url) as conn:
         _, error, took = _bounded(lambda: conn.execute("select pg_sleep(8)"), 6, on_hang=conn.cancel_safe)
     assert isinstance(error, psycopg.errors.QueryCanceled)
     assert took < 4
+    record_property("seconds_until_failure", round(took, 2))
 
 
 def test_the_default_statement_timeout_is_generous_and_configurable(database_url: str,
@@ -91,7 +93,8 @@ def test_the_default_statement_timeout_is_generous_and_configurable(database_url
         connect(database_url)
 
 
-def test_a_lock_wait_ends_at_the_lock_timeout(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lock_wait_ends_at_the_lock_timeout(database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                              record_property: Callable[[str, object], None]) -> None:
     with connect(database_url) as holder:
         holder.execute("select pg_advisory_lock(4242)")
         monkeypatch.setenv("MDP_PG_LOCK_TIMEOUT", "1")
@@ -102,6 +105,7 @@ def test_a_lock_wait_ends_at_the_lock_timeout(database_url: str, monkeypatch: py
             _, error, took = _bounded(wait_for_lock, 8, on_hang=waiter.cancel_safe)
     assert isinstance(error, psycopg.errors.LockNotAvailable)
     assert took < 4
+    record_property("seconds_until_failure", round(took, 2))
 
 
 def test_an_idle_transaction_is_ended_and_its_locks_released(database_url: str,
@@ -148,18 +152,21 @@ def silent_server() -> Iterator[int]:
 
 
 def test_connecting_to_a_server_that_never_answers_fails_at_the_connect_timeout(
-    silent_server: int, monkeypatch: pytest.MonkeyPatch,
+    silent_server: int, monkeypatch: pytest.MonkeyPatch, record_property: Callable[[str, object], None],
 ) -> None:
     monkeypatch.setenv("MDP_PG_CONNECT_TIMEOUT", "2")
     _, error, took = _bounded(lambda: connect(f"postgresql://nobody@127.0.0.1:{silent_server}/x"), 15)
     assert isinstance(error, psycopg.OperationalError)
     assert took < 8  # libpq applies connect_timeout per address and attempt (2 s each here)
+    record_property("seconds_until_failure", round(took, 2))
 
 
 # --- Kafka ---------------------------------------------------------------------------------------
 
 
-def test_committing_an_offset_to_a_frozen_broker_gives_up_in_time(own_broker: LocalBroker) -> None:
+def test_committing_an_offset_to_a_frozen_broker_gives_up_in_time(
+    own_broker: LocalBroker, record_property: Callable[[str, object], None],
+) -> None:
     servers = own_broker.bootstrap_servers
     topic = raw_stream_topic(f"t-{uuid.uuid4().hex[:8]}")
     ensure_topics(servers, (topic,))
@@ -174,6 +181,7 @@ def test_committing_an_offset_to_a_frozen_broker_gives_up_in_time(own_broker: Lo
     assert error is None
     assert ok is False
     assert took < 6
+    record_property("seconds_until_failure", round(took, 2))
 
 
 # --- websockets ----------------------------------------------------------------------------------
@@ -230,7 +238,8 @@ def _drip(seconds_per_byte: float, size: int, chunked: bool) -> Callable[[Reques
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_a_slow_drip_body_fails_at_the_deadline(httpserver: HTTPServer, chunked: bool) -> None:
+def test_a_slow_drip_body_fails_at_the_deadline(httpserver: HTTPServer, chunked: bool,
+                                                record_property: Callable[[str, object], None]) -> None:
     """One byte every 0.2 s never trips a 1 s read timeout; the whole response must still end at the deadline."""
     reset_shared_state("drip")
     httpserver.expect_request("/slow").respond_with_handler(_drip(0.2, 200, chunked))
@@ -239,6 +248,7 @@ def test_a_slow_drip_body_fails_at_the_deadline(httpserver: HTTPServer, chunked:
     assert isinstance(error, ProviderUnavailableError)
     assert "deadline" in str(error)
     assert took < 4  # deadline + at most one read timeout
+    record_property("seconds_until_failure", round(took, 2))
 
 
 def test_the_deadline_defaults_from_the_environment(httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
