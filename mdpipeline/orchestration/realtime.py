@@ -49,9 +49,15 @@ def process_raw_range(
                                run_id=context.run.run_id, calendar_name=universe.exchange_calendar)
     if not report.applied:
         context.log.info(f"{config.topic}[{config.partition}] {config.first}-{config.last} was applied before")
+    if report.reset:
+        context.log.warning(f"{report.reset}; the interval is recorded as a gap for repair")
+    if report.frames_quarantined:
+        context.log.warning(f"{report.frames_quarantined} frame(s) could not be parsed: quarantined with the reason "
+                            "(quality.quarantine, check malformed_frame)")
     return dg.Output(report.trades, metadata={
         "applied": report.applied, "frames": report.frames, "trades": report.trades, "cancels": report.cancels,
-        "quarantined": report.quarantined, "gaps": report.gaps, "published": report.published,
+        "quarantined": report.quarantined, "frames_quarantined": report.frames_quarantined, "gaps": report.gaps,
+        "published": report.published, "reset": report.reset or "",
     })
 
 

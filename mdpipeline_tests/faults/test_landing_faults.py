@@ -81,8 +81,9 @@ def test_frames_the_broker_never_confirms_become_a_gap(conn: psycopg.Connection,
     assert any("not landed" in reason for _, _, reason in gaps)
     stored = {r[0] for r in conn.execute("select sequence from md.ticks")}
     sent = stream.trades_sent()
+    # Frames the producer gave up on may still have been written once the broker woke up (the requests
+    # were in its socket buffers): reported lost, then found. Whatever is really missing must be in a gap.
     missing = [t for t in sent if t["i"] not in stored]
-    assert missing, "no trade was lost: the fault did not happen"
 
     def at(ts: str) -> datetime:
         return datetime.fromisoformat(ts[:26] + "+00:00")
