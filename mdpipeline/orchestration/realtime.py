@@ -48,7 +48,8 @@ def process_raw_range(
                                first=config.first, last=config.last, symbology=universe.symbology,
                                run_id=context.run.run_id, calendar_name=universe.exchange_calendar)
     if not report.applied:
-        context.log.info(f"{config.topic}[{config.partition}] {config.first}-{config.last} was applied before")
+        context.log.info(f"{config.topic}[{config.partition}] {config.first}-{config.last} was not applied: it was "
+                         "applied before, or it is not where processing resumes (see ops.stream_offsets)")
     if report.reset:
         context.log.warning(f"{report.reset}; the interval is recorded as a gap for repair")
     if report.frames_quarantined:
