@@ -384,5 +384,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "stream gap repair outcomes", _stream_gap_repair),
     Migration(5, "compressed raw payloads with their symbols", _compressed_payloads),
     Migration(6, "provider request quotas shared across processes", _provider_quota),
-    Migration(7, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
+    Migration(9, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
 )

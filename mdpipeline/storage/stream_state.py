@@ -1,4 +1,4 @@
-"""DDL of the real-time path's state beyond offsets and gaps (schema version 7).
+"""DDL of the real-time path's state beyond offsets and gaps (schema version 9).
 
 - `ops.stream_collectors`: one row per running or past collector: until when everything it received
   is confirmed on its raw topic (`covered_until`). A restart after a crash, a kill or a stop lands a
