@@ -76,9 +76,10 @@ def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date) -> 
     return seconds, usage.ru_maxrss * 1024, text
 
 
-def step_seconds(dagster_home: Path) -> dict[str, float]:
-    """Seconds per step of the newest run in the instance."""
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
+def step_seconds(dotenv: dict[str, str]) -> dict[str, float]:
+    """Seconds per step of the newest run in the instance `dev up` configured."""
+    for name in ("DAGSTER_HOME", "MDP_DAGSTER_DATABASE_URL"):
+        os.environ[name] = dotenv[name]
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
@@ -129,22 +130,24 @@ def main() -> None:
     workdir.chmod(0o755)
     (workdir / "universe.yaml").write_text(yaml.safe_dump(universe(args.symbols)))
     env = {**os.environ, "MDP_UNIVERSE": str(workdir / "universe.yaml")}
-    for name in ("MDP_DATABASE_URL", "MDP_KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_HOME", "MDP_FRAMES_DIR"):
+    for name in ("MDP_DATABASE_URL", "MDP_KAFKA_BOOTSTRAP_SERVERS", "DAGSTER_HOME", "MDP_FRAMES_DIR",
+                 "MDP_DAGSTER_DATABASE_URL", "DAGSTER_EVENT_BATCH_SIZE"):
         env.pop(name, None)
     if args.chunk_rows:
         env["MDP_CHUNK_ROWS"] = str(args.chunk_rows)
     try:
         cli(workdir, env, "dev", "up")
         cli(workdir, env, "migrate")
-        dotenv = dict(line.split("=", 1) for line in (workdir / ".env").read_text().splitlines() if "=" in line)
-        url = dotenv["MDP_DATABASE_URL"].strip('"')
+        dotenv = {k: v.strip('"') for k, v in (line.split("=", 1) for line in
+                                                (workdir / ".env").read_text().splitlines() if "=" in line)}
+        url = dotenv["MDP_DATABASE_URL"]
         seconds, peak, output = run_backfill(workdir, env, start, end)
         with psycopg.connect(url) as conn:
             minute = conn.execute("select count(*) from md.bars_1m").fetchone()[0]  # type: ignore[index]
             daily = conn.execute("select count(*) from md.bars_1d").fetchone()[0]  # type: ignore[index]
             messages = conn.execute("select topic, sum(messages) from ops.publications group by 1"
                                     " order by 1").fetchall()
-        steps = step_seconds(Path(dotenv["DAGSTER_HOME"].strip('"')))
+        steps = step_seconds(dotenv)
         copied, copy_rate = copy_baseline(url, start, end)
     finally:
         if not args.keep:

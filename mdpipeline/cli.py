@@ -10,20 +10,20 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import polars as pl
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from mdpipeline.output import print_table
 from mdpipeline.settings import Settings, load_env
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
     from mdpipeline.chain.progress import ChunkReport
+    from mdpipeline.universe import Universe
 
 app = typer.Typer(help="mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 dev_app = typer.Typer(help="Local PostgreSQL and Apache Kafka broker for the embedded default.",
                       no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
@@ -41,6 +41,47 @@ def _date(value: str, name: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)", param_hint=name) from None
+
+
+def _universe() -> Universe:
+    """The universe file the settings point at."""
+    from mdpipeline.universe import load_universe
+
+    return load_universe(Settings.from_env().universe_path)
+
+
+def _check(problem: str | None, hint: str | None = None) -> None:
+    """Exit 2 with `problem` (a bad argument) when there is one."""
+    if problem is not None:
+        err_console.print(f"[red]{problem}[/]" + (f"\n{hint}" if hint else ""), highlight=False)
+        raise typer.Exit(2)
+
+
+def _check_reading(symbols: list[str], provider: str | None, database_url: str) -> None:
+    """Exit 2 unless each symbol was held by an instrument and the provider is enabled, in the universe
+    file or in what the database holds (it may have been filled from another universe file)."""
+    import psycopg
+
+    from mdpipeline.arguments import unknown_providers, unknown_symbols
+    from mdpipeline.storage.database import connect
+
+    universe = _universe()
+    stored_symbols: set[str] = set()
+    stored = False
+    known = set(universe.symbology["symbol"].to_list())
+    enabled = provider is None or (provider in universe.providers and universe.providers[provider].enabled)
+    if not enabled or not set(symbols) <= known:  # look at what the database holds only when it matters
+        try:
+            with connect(database_url) as conn:
+                stored_symbols = {r[0] for r in conn.execute("select distinct symbol from ref.symbology")}
+                stored = provider is not None and conn.execute(
+                    "select exists (select 1 from raw.payloads where provider = %s)", (provider,)
+                ).fetchone() == (True,)
+        except psycopg.OperationalError:
+            pass  # unreachable: the universe file alone decides (and the read itself will say why it fails)
+    if provider is not None and not stored:
+        _check(unknown_providers(universe, [provider]))
+    _check(unknown_symbols(universe, [s for s in symbols if s not in stored_symbols], served=False))
 
 
 def _settings() -> Settings:
@@ -84,12 +125,28 @@ def dev_prepare() -> None:
 
 
 @dev_app.command("status")
-def dev_status() -> None:
-    """Show whether the local services run."""
+def dev_status(
+    fmt: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
+) -> None:
+    """Show whether the local services run, where, and where they keep their data."""
     from mdpipeline.devservices import dev_status as status
 
+    if fmt not in ("table", "json"):
+        err_console.print("[red]--format must be table or json[/]")
+        raise typer.Exit(2)
     st = status(Path.cwd())
-    console.print(st)
+    services = [
+        {"service": "postgresql", "running": st.postgres_running, "address": st.database_url,
+         "directory": str(st.data_dir)},
+        {"service": "kafka", "running": st.broker_running, "address": st.bootstrap_servers,
+         "directory": str(st.broker_dir) if st.broker_dir else None},
+    ]
+    if fmt == "json":
+        sys.stdout.write(json.dumps(services, indent=2) + "\n")
+        return
+    print_table(console, "local services", ("service", "running", "address", "directory"),
+                [(x["service"], "yes" if x["running"] else "no", x["address"] or "", x["directory"] or "")
+                 for x in services])
 
 
 @app.command()
@@ -132,14 +189,21 @@ def replay(
 
 def _run_range(start: date, end: date, providers: list[str] | None, symbols: str | None, select: str | None,
                allow_deletes: bool = False) -> None:
+    from mdpipeline.arguments import unknown_providers, unknown_symbols
     from mdpipeline.orchestration.chain import ALLOW_DELETES_TAG
     from mdpipeline.orchestration.definitions import build_definitions
     from mdpipeline.orchestration.progress import listening
     from mdpipeline.orchestration.runner import NoSessionsError, materialize_range
 
+    wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else None
+    universe = _universe()
+    if providers:
+        _check(unknown_providers(universe, providers), "Enable it in the universe file (MDP_UNIVERSE).")
+    if wanted:
+        _check(unknown_symbols(universe, wanted, providers), "The universe file (MDP_UNIVERSE) lists instruments"
+               " and which provider serves which symbols.")
     settings = _settings()
     _prepare(settings)
-    wanted = [s.strip().upper() for s in symbols.split(",")] if symbols else None
     defs = build_definitions(settings, symbols=wanted)
     tags = {ALLOW_DELETES_TAG: "true"} if allow_deletes else {}
     try:
@@ -186,12 +250,8 @@ def _print_run(result: object) -> None:
     from mdpipeline.orchestration.summary import run_summary
 
     summary = run_summary(result)  # type: ignore[arg-type]
-    table = Table(title=f"run {summary.run_id} — {'succeeded' if summary.success else 'FAILED'}")
-    for col in ("asset", "rows / messages", "checks"):
-        table.add_column(col)
-    for row in summary.assets:
-        table.add_row(row.asset, row.count, row.checks)
-    console.print(table)
+    print_table(console, f"run {summary.run_id} — {'succeeded' if summary.success else 'FAILED'}",
+                ("asset", "rows / messages", "checks"), [(r.asset, r.count, r.checks) for r in summary.assets])
     for failure in summary.failures:
         err_console.print(f"[red]{failure}[/]")
 
@@ -233,16 +293,21 @@ def bars(
     except ValueError:
         err_console.print(f"[red]--as-of {as_of!r} is not an ISO 8601 time[/]")
         raise typer.Exit(2) from None
+    if fmt not in ("table", "csv", "json"):
+        err_console.print("[red]--format must be table, csv or json[/]")
+        raise typer.Exit(2)
+    symbols = [s.strip().upper() for s in symbol.split(",") if s.strip()]
+    _check_reading(symbols, provider, _settings().database_url)
     with connect(_settings().database_url) as conn:
-        frame = read_bars(conn, symbol.split(","), _date(start, "--start"), _date(end, "--end"),
+        frame = read_bars(conn, symbols, _date(start, "--start"), _date(end, "--end"),
                           adjust=adjust, as_of=cutoff, provider=provider, interval=interval)  # type: ignore[arg-type]
     if fmt == "csv":
         sys.stdout.write(frame.write_csv())
     elif fmt == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):
-            console.print(str(frame))
+        print_table(console, f"{', '.join(symbols)} {interval} bars ({adjust})", frame.columns,
+                    frame.rows(), right=[c for c, t in frame.schema.items() if t.is_numeric()])
 
 
 @app.command()
@@ -366,10 +431,54 @@ def serve(
     run(_settings().database_url, host, port, limits)
 
 
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the full traceback of an error instead of one line and a hint.")] = False) -> None:
+    """mdpipeline: market data from providers to TimescaleDB and Kafka, orchestrated by Dagster."""
+    _state["debug"] = debug
+
+
+_state = {"debug": False}
+
+
+def _expected_errors() -> dict[type[BaseException], str]:
+    """Errors a user can meet in normal operation, each with what to try next."""
+    import psycopg
+    from confluent_kafka import KafkaException
+
+    from mdpipeline.devservices.broker import BrokerError
+    from mdpipeline.devservices.kafka_dist import KafkaDistError
+    from mdpipeline.devservices.postgres import PostgresError
+    from mdpipeline.distribute.publisher import PublishError
+    from mdpipeline.providers.base import ProviderError
+    from mdpipeline.stream.feeds import FeedError
+
+    return {
+        PostgresError: "`mdpipeline dev status` shows the local services; the server log is under .mdpipeline/logs",
+        BrokerError: "`mdpipeline dev status` shows the local services; the broker log is under .mdpipeline/logs",
+        KafkaDistError: "run ./scripts/bootstrap.sh (or `mdpipeline dev prepare`) to fetch the broker's jars",
+        psycopg.OperationalError: "is the database up? `mdpipeline dev up` starts the local one (MDP_DATABASE_URL)",
+        KafkaException: "is the broker up? `mdpipeline dev up` starts the local one (MDP_KAFKA_BOOTSTRAP_SERVERS)",
+        PublishError: "the messages stay in the outbox; run the publish step again once the broker answers",
+        ProviderError: "see docs/providers.md for the provider's credentials, limits and base URL",
+        FeedError: "see docs/providers.md for the real-time feeds",
+    }
+
+
 def main() -> None:
-    """Entry point of the `mdpipeline` script."""
+    """Entry point of the `mdpipeline` script: expected errors are one line and a hint (`--debug`: traceback)."""
     load_env()
-    app()
+    try:
+        app(standalone_mode=True)
+    except Exception as err:
+        hints = _expected_errors()
+        hint = next((h for kind, h in hints.items() if isinstance(err, kind)), None)
+        if hint is None or _state["debug"] or "--debug" in sys.argv:
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        err_console.print(f"[red]error:[/] {first}", highlight=False, soft_wrap=True)
+        err_console.print(f"hint: {hint} (--debug shows the details)", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 
@@ -395,6 +504,7 @@ def lineage(
             session = datetime.fromisoformat(ts).date()
         except ValueError:
             raise typer.BadParameter(f"{ts!r} is not a date or timestamp", param_hint="TS") from None
+    _check_reading([symbol.strip().upper()], provider, _settings().database_url)
     settings = _settings()
     with connect(settings.database_url) as conn:
         found = bar_lineage(conn, symbol, session, provider)
@@ -431,8 +541,8 @@ def quality(
     fmt: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
 ) -> None:
     """Quality of [start, end] per provider and dataset: rows stored, quarantined by check, latest check results."""
+    from mdpipeline.arguments import unknown_providers
     from mdpipeline.quality.report import quality_report, report_json
-    from mdpipeline.settings import PROVIDERS
     from mdpipeline.storage.database import connect
 
     first, last = _date(start, "--start"), _date(end, "--end")
@@ -442,9 +552,8 @@ def quality(
     if fmt not in ("table", "json"):
         err_console.print("[red]--format must be table or json[/]")
         raise typer.Exit(2)
-    if provider is not None and provider not in PROVIDERS:
-        err_console.print(f"[red]--provider must be one of {', '.join(PROVIDERS)}[/]")
-        raise typer.Exit(2)
+    if provider is not None:
+        _check(unknown_providers(_universe(), [provider]))
     with connect(_settings().database_url) as conn:
         found = quality_report(conn, first, last, provider)
     if fmt == "json":
@@ -453,29 +562,26 @@ def quality(
     if not found:
         console.print(f"no stored rows, quarantined rows or check results between {first} and {last}")
         return
-    table = Table(title=f"quality {first} .. {last}")
-    for col in ("provider", "dataset", "stored", "quarantined", "completeness", "flags", "divergence"):
-        table.add_column(col, justify="right" if col in ("stored", "completeness") else "left")
+    rows = []
     for q in found:
         complete = q.completeness
         diverged = q.divergence
-        table.add_row(
+        rows.append((
             q.provider, q.dataset, "" if q.rows_stored is None else str(q.rows_stored),
             _counts(q.rows_quarantined, q.quarantined_by_check),
             f"{complete['completeness_pct']:.2f}% ({complete['missing']} missing)" if complete else "",
             ", ".join(f"{k} {v}" for k, v in q.flags_by_kind.items()) or "none",
             f"{diverged['pairs_flagged']}/{diverged['pairs_compared']} pairs over {diverged['threshold_bps']:g} bps"
             if diverged else "",
-        )
-    console.print(table)
-    checks = Table(title="latest check results")
-    for col in ("asset", "check", "results", "failed", "severity", "last checked (UTC)"):
-        checks.add_column(col, justify="right" if col in ("results", "failed") else "left")
-    for q in found:
-        for c in q.checks:
-            checks.add_row(c.asset, c.check, str(c.results), f"[red]{c.failed}[/]" if c.failed else "0", c.severity,
-                           f"{c.last_checked_at:%Y-%m-%d %H:%M:%S}" if c.last_checked_at else "")
-    console.print(checks)
+        ))
+    print_table(console, f"quality {first} .. {last}",
+                ("provider", "dataset", "stored", "quarantined", "completeness", "flags", "divergence"), rows,
+                right=("stored", "completeness"))
+    print_table(console, "latest check results",
+                ("asset", "check", "results", "failed", "severity", "last checked (UTC)"),
+                [(c.asset, c.check, str(c.results), f"[red]{c.failed}[/]" if c.failed else "0", c.severity,
+                  f"{c.last_checked_at:%Y-%m-%d %H:%M:%S}" if c.last_checked_at else "")
+                 for q in found for c in q.checks], right=("results", "failed"))
 
 
 def _counts(total: int, by_name: dict[str, int]) -> str:

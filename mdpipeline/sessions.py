@@ -46,10 +46,3 @@ def session_bounds(start: date, end: date, calendar_name: str = "XNYS") -> pl.Da
         "open": sched["open"].dt.tz_convert("UTC").to_list(),
         "close": sched["close"].dt.tz_convert("UTC").to_list(),
     }).with_columns(pl.col("open", "close").cast(pl.Datetime("us", "UTC")))
-
-
-def non_session_weekdays(start: date, end: date, calendar_name: str = "XNYS") -> list[date]:
-    """Weekdays in [start, end] on which the exchange is closed (holidays)."""
-    sessions = set(session_dates(start, end, calendar_name))
-    days = pl.date_range(start, end, "1d", eager=True)
-    return [d for d in days.to_list() if d.weekday() < 5 and d not in sessions]

@@ -71,8 +71,9 @@ def state(database_url: str) -> dict[str, pl.DataFrame]:
                    " trades from md.bars_1m order by 1, 4, 5",
         "actions": "select instrument_id, symbol, ex_date, action, ratio, amount, provider from ref.corporate_actions"
                    " order by 1, 3, 4",
-        "quarantine": "select dataset, stage, session_date, symbol, check_name, reason, row_data::text as row_data"
-                      " from quality.quarantine order by 1, 2, 3, 4, 5, 7",
+        "quarantine": "select dataset, stage, session_date, symbol, check_name, reason,"
+                      " (row_data - 'raw_payload_id')::text as row_data from quality.quarantine"
+                      " order by 1, 2, 3, 4, 5, 7",
         "events": "select topic, key, event_id, session_date from ops.outbox order by 1, 3",
     }
     with connect(database_url) as conn:

@@ -11,23 +11,26 @@ import os
 import re
 import shlex
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import yaml
 from dagster import DagsterInstance
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.workspace.config_schema import process_workspace_config
+from psycopg import sql as psql
 
 from mdpipeline.devservices.kafka_dist import kafka_version
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-LOCAL_INSTANCE = ROOT / "dagster.yaml"
+LOCAL_INSTANCE = ROOT / "mdpipeline" / "devservices" / "dagster.yaml"
 LOCAL_WORKSPACE = ROOT / "workspace.yaml"
 DEPLOY_INSTANCE = ROOT / "deploy" / "dagster.yaml"
 DEPLOY_WORKSPACE = ROOT / "deploy" / "workspace.yaml"
@@ -480,27 +483,38 @@ def _assert_run_limits(instance: DagsterInstance) -> None:
 
 
 def test_local_instance_loads_as_a_real_dagster_instance(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_server_url: str
 ) -> None:
+    name = f"dagster_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(psql.SQL("create database {}").format(psql.Identifier(name)))
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(LOCAL_INSTANCE, home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("MDP_DAGSTER_DATABASE_URL",
+                       pg_server_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://") + "/" + name)
     instance = DagsterInstance.get()
     try:
         assert instance.root_directory == os.fspath(home)
         _assert_run_limits(instance)
         assert not instance.telemetry_enabled
-        # Dagster's default SQLite storage under DAGSTER_HOME, not PostgreSQL.
-        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        # Runs, events and schedules in the embedded PostgreSQL; the event log keeps pooled connections.
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PooledPostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        assert instance.get_runs() == []
     finally:
         instance.dispose()
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            admin.execute(psql.SQL("drop database {} with (force)").format(psql.Identifier(name)))
 
 
-def test_local_instance_does_not_configure_postgres() -> None:
+def test_local_instance_reads_its_database_from_the_environment() -> None:
     config = _load(LOCAL_INSTANCE)
-    assert "storage" not in config
-    assert "postgres" not in yaml.safe_dump(config).lower()
+    for storage in ("run_storage", "event_log_storage", "schedule_storage"):
+        assert config[storage]["config"] == {"postgres_url": {"env": "MDP_DAGSTER_DATABASE_URL"}}
+    assert "password" not in yaml.safe_dump(config).lower()
     assert config["telemetry"] == {"enabled": False}
 
 

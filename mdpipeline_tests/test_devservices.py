@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from mdpipeline.devservices import (
 from mdpipeline.devservices.broker import BrokerError
 from mdpipeline.devservices.kafka_dist import ENV_KAFKA_HOME, KafkaDistError, kafka_dist, kafka_version
 from mdpipeline.devservices.postgres import find_bindir
+from mdpipeline.devservices.stack import LOCAL_INSTANCE
 from mdpipeline.distribute.subscriber import end_offsets
 
 
@@ -189,14 +192,20 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
         stack = dev_up(root)
         assert stat.S_IMODE((root / ".env").stat().st_mode) == 0o600  # it holds POLYGON_API_KEY
         env = _read_env(root / ".env")
+        dagster_url = stack.database_url.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0]
         assert env == {
             "POLYGON_API_KEY": "secret",
             "MDP_KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap_servers,
             "MDP_DATABASE_URL": stack.database_url,
             "DAGSTER_HOME": str(root / ".mdpipeline" / "dagster"),
+            "MDP_DAGSTER_DATABASE_URL": dagster_url + "/dagster",
+            "DAGSTER_EVENT_BATCH_SIZE": "1000",
+            "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1",
         }
         assert stack.dagster_home.is_absolute()
-        assert (stack.dagster_home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+        assert (stack.dagster_home / "dagster.yaml").read_text() == LOCAL_INSTANCE.read_text()
+        with psycopg.connect(stack.database_url.rsplit("/", 1)[0] + "/dagster") as conn:  # Dagster's own database
+            assert conn.execute("select 1").fetchone() == (1,)
         with psycopg.connect(stack.database_url) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
 
@@ -268,12 +277,32 @@ def _consume_one(servers: str, topic: str) -> tuple[bytes | None, bytes | None]:
     raise AssertionError(f"no message on {topic} within 30 s")
 
 
-def test_dagster_home_copies_repo_config_once(tmp_path: Path) -> None:
+def test_dagster_home_gets_the_local_instance_config_once(tmp_path: Path) -> None:
     from mdpipeline.devservices.stack import _ensure_dagster_home
 
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\nconcurrency: {}\n")
-    home = _ensure_dagster_home(tmp_path, tmp_path / ".mdpipeline" / "dagster")
-    assert (home / "dagster.yaml").read_text() == (tmp_path / "dagster.yaml").read_text()
+    home = _ensure_dagster_home(tmp_path / ".mdpipeline" / "dagster")
+    assert (home / "dagster.yaml").read_text() == LOCAL_INSTANCE.read_text()
     (home / "dagster.yaml").write_text("# edited locally\n")
-    _ensure_dagster_home(tmp_path, home)
+    _ensure_dagster_home(home)
     assert (home / "dagster.yaml").read_text() == "# edited locally\n"  # never overwritten
+
+
+@needs_postgres
+def test_a_failed_dev_up_stops_what_it_started_and_says_so_in_one_line(shared_tmp: Path) -> None:
+    root = shared_tmp / "half"
+    root.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MDP_", "DAGSTER_HOME"))}
+    env["JAVA_HOME"] = str(shared_tmp / "no-java-here")  # the broker cannot start: no JVM
+    cli = str(Path(sys.executable).parent / "mdpipeline")
+    try:
+        up = subprocess.run([cli, "dev", "up"], cwd=root, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert "Traceback" not in up.stderr
+        assert up.stderr.startswith("error: ")
+        assert "hint: " in up.stderr
+        status = dev_status(root)
+        assert not status.postgres_running  # PostgreSQL had been started by this call: it was stopped again
+        assert not status.broker_running
+    finally:
+        dev_down(root)

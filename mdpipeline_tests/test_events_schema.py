@@ -24,9 +24,10 @@ from confluent_kafka import Consumer
 from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.distribute.outbox import outbox_rows, replace_pending
 from mdpipeline.distribute.relay import drain
-from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, ensure_topics
+from mdpipeline.distribute.topics import BARS_1D, BARS_1M, CORPORATE_ACTIONS, DEAD_LETTER, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
+from mdpipeline.storage.database import connect
 from mdpipeline_tests.pipeline_helpers import settings_for
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -93,6 +94,27 @@ def test_bar_messages_match_the_documented_schema(database_url: str, kafka_boots
     values = check_documented(BARS_1D.name, messages)
     assert len(values) == (6 + 3) * 2
     assert all(m.key().decode() == str(v["data"]["instrument_id"]) for m, v in zip(messages, values, strict=True))
+
+    # Minute bars: one message per instrument session, the bars as equal-length arrays in time order.
+    minute = read_plain(kafka_bootstrap, BARS_1M.name, result.run_id)
+    sessions = check_documented(BARS_1M.name, minute)
+    assert len(sessions) == 6 * 2
+    for msg, value in zip(minute, sessions, strict=True):
+        bars = value["data"]["bars"]
+        assert msg.key().decode() == str(value["data"]["instrument_id"])
+        assert {len(v) for v in bars.values()} == {390}
+        assert bars["ts"] == sorted(bars["ts"])
+        assert bars["ts"][0].startswith(value["data"]["session_date"] + "T13:30:00")  # the 09:30 open, UTC in June
+    with connect(database_url) as conn:
+        stored = conn.execute("select count(*), sum(volume) from md.bars_1m where provider = 'synthetic'").fetchone()
+    assert stored == (sum(len(v["data"]["bars"]["ts"]) for v in sessions),
+                      sum(sum(v["data"]["bars"]["volume"]) for v in sessions))
+
+    # Corporate actions: NVDA's 10-for-1 split on 2024-06-10 from both providers.
+    actions = check_documented(CORPORATE_ACTIONS.name, read_plain(kafka_bootstrap, CORPORATE_ACTIONS.name,
+                                                                  result.run_id))
+    assert sorted((a["data"]["provider"], a["data"]["symbol"], a["data"]["action"], a["data"]["ratio"])
+                  for a in actions) == [("file", "NVDA", "split", 10.0), ("synthetic", "NVDA", "split", 10.0)]
 
 
 def test_dead_letters_match_the_documented_schema(conn: psycopg.Connection, kafka_bootstrap: str) -> None:

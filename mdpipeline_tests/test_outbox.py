@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from mdpipeline.devservices.postgres import free_port
 from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events, lineage_headers
 from mdpipeline.distribute.outbox import outbox_rows, pending, replace_pending
 from mdpipeline.distribute.relay import drain
-from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, ensure_topics
+from mdpipeline.distribute.subscriber import end_offsets
+from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, TopicSpec, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.bars import read_bars_1d
@@ -43,7 +45,9 @@ def _run(defs: dg.Definitions, select: str | None = None) -> dg.ExecuteInProcess
 
 
 def _pending(conn: psycopg.Connection) -> int:
-    row = conn.execute("select count(*) from ops.outbox where published_at is null").fetchone()
+    """Pending daily-bar announcements (the run also announces minute-bar sessions and corporate actions)."""
+    row = conn.execute("select count(*) from ops.outbox where published_at is null and topic = %s",
+                       (BARS_1D.name,)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -59,14 +63,18 @@ def test_store_writes_the_outbox_in_the_data_transaction(database_url: str, kafk
     stored = _run(defs, select="not group:published")
     assert stored.success
     with connect(database_url) as conn:
-        rows = pending(conn, provider="synthetic")
+        rows = pending(conn, provider="synthetic", topics=(BARS_1D.name,))
         headers = json.loads(rows["headers"][0])
     assert rows.height == BARS
     assert set(rows["event_id"]) == _expected_ids(database_url)
     assert set(rows["topic"]) == {BARS_1D.name}
+    with connect(database_url) as conn:  # minute bars: one announcement per instrument session
+        sessions = conn.execute("select count(*) from ops.outbox where topic = 'md.bars.1m.v1'").fetchone()
+    assert sessions == (BARS,)
     assert headers == lineage_headers(stored.run_id, START, END, "synthetic")
 
-    # A store that fails half-way leaves both the old bars and the old pending announcements.
+    # A store that fails half-way (here: while queueing the announcements, after the bars were compared)
+    # leaves both the old bars and the old pending announcements.
     with connect(database_url) as conn:
         conn.execute("""
             create function reject_0612() returns trigger language plpgsql as $$
@@ -74,11 +82,11 @@ def test_store_writes_the_outbox_in_the_data_transaction(database_url: str, kafk
               if new.session_date = date '2024-06-12' then raise exception 'disk full (simulated)'; end if;
               return new;
             end $$;
-            create trigger reject_0612 before insert on md.bars_1d for each row execute function reject_0612();
+            create trigger reject_0612 before insert on ops.outbox for each row execute function reject_0612();
         """)
     assert not _run(defs, select="not group:published").success
     with connect(database_url) as conn:
-        after = pending(conn, provider="synthetic")
+        after = pending(conn, provider="synthetic", topics=(BARS_1D.name,))
     assert after["outbox_id"].to_list() == rows["outbox_id"].to_list()
 
 
@@ -164,3 +172,26 @@ def test_unserializable_and_refused_messages_go_to_the_dead_letter_topic(
                           " order by event_id").fetchall()
     assert len(stored) == 2
     assert _pending(conn) == 0
+
+
+def test_concurrent_relays_of_a_topic_never_send_the_same_rows(database_url: str, kafka_bootstrap: str) -> None:
+    topic = TopicSpec(f"test.relay.{uuid.uuid4().hex[:8]}", partitions=3)
+    ensure_topics(kafka_bootstrap, (topic,))
+    frame = canonical_bars(3000, START)
+    rows = outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": "concurrent"}).with_columns(
+        pl.lit(topic.name).alias("topic"))  # md.bars.1d.v1 messages, on a topic of this test's own
+    with connect(database_url) as conn, conn.transaction():
+        replace_pending(conn, rows, provider="synthetic", start=START, end=START, topics=(topic.name,))
+
+    def relay() -> int:
+        with connect(database_url) as conn:
+            return drain(conn, kafka_bootstrap, topics=(topic.name,), batch_size=200).total
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        sent = [f.result() for f in [pool.submit(relay) for _ in range(3)]]
+    assert sum(sent) == rows.height  # the relays took turns: every row sent by exactly one of them
+    ends = end_offsets(kafka_bootstrap, topic.name)
+    assert sum(high - low for low, high in ends.values()) == rows.height  # on the topic exactly once
+    with connect(database_url) as conn:
+        assert conn.execute("select count(*) from ops.outbox where topic = %s and published_at is null",
+                            (topic.name,)).fetchone() == (0,)

@@ -112,22 +112,24 @@ def test_rerun_replaces_the_range_without_duplicates(database_url: str, kafka_bo
     assert len(ids_first) == 6 * SESSIONS
 
 
-def test_failed_run_leaves_previous_rows_untouched(database_url: str, kafka_bootstrap: str) -> None:
+def test_failed_run_leaves_previous_rows_untouched(database_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     defs = build_definitions(settings_for(database_url, kafka_bootstrap))
     assert _run(defs, providers=["synthetic"]).success
     with connect(database_url) as conn:
         before = read_bars_1d(conn, start=START, end=END)
-        # A real failure half-way through the load: the database rejects one session's rows after
-        # the range's old rows were already deleted inside the transaction.
+        # A real failure half-way through the load: the vendor corrected every bar (another seed), and the
+        # database rejects one session's corrections after others were already written in the transaction.
         conn.execute("""
             create function reject_0612() returns trigger language plpgsql as $$
             begin
               if new.session_date = date '2024-06-12' then raise exception 'disk full (simulated)'; end if;
               return new;
             end $$;
-            create trigger reject_0612 before insert on md.bars_1d for each row execute function reject_0612();
+            create trigger reject_0612 before insert or update on md.bars_1d
+                for each row execute function reject_0612();
         """)
-    failed = _run(defs, providers=["synthetic"])
+    corrected = build_definitions(settings_for(database_url, kafka_bootstrap, universe=universe_with(tmp_path, seed=8)))
+    failed = _run(corrected, providers=["synthetic"])
     assert not failed.success
     failures = [e for e in failed.all_events if e.is_step_failure]
     assert any("disk full" in str(e.step_failure_data.error) for e in failures)  # type: ignore[union-attr]

@@ -96,14 +96,14 @@ def test_each_anomaly_kind_is_detected_and_reported(database_url: str, kafka_boo
     clean = _evaluations(history)
     # Three clean months: the soft checks find nothing (no false alarms on ordinary data).
     for name in ("staleness", "return_outliers", "price_gaps", "volume_spikes", "completeness", "quality_metrics"):
-        assert clean[("normalized/synthetic/bars_1d", name)].passed, name
+        assert clean[("md/synthetic/bars_1d", name)].passed, name
 
     with connect(database_url) as conn:
         _insert_split(conn)
     result = _run(defs, START, END, providers=["synthetic"])
     assert result.success  # soft findings warn; they never fail the run
     checks = _evaluations(result)
-    key = "normalized/synthetic/bars_1d"
+    key = "md/synthetic/bars_1d"
     assert {name for (asset, name) in checks if asset == key} >= set(BAR_CHECKS)
     assert all(checks[(key, name)].severity == dg.AssetCheckSeverity.WARN for name in BAR_CHECKS)
 
@@ -146,7 +146,7 @@ def test_each_anomaly_kind_is_detected_and_reported(database_url: str, kafka_boo
             "select check_name, passed, severity, metadata from quality.check_results"
             " where asset_key = %s and partition_start = %s and partition_end = %s",
             (key, START, END)).fetchall()
-    assert {r[0] for r in stored} == set(BAR_CHECKS)
+    assert {r[0] for r in stored} == {*BAR_CHECKS, "divergence"}  # the bar checks and divergence, on md
     by_name = {r[0]: r for r in stored}
     assert by_name["quality_metrics"][1] is False
     assert by_name["quality_metrics"][2] == "WARN"
@@ -160,7 +160,7 @@ def test_unexplained_split_is_flagged(database_url: str, kafka_bootstrap: str, t
     assert _run(defs, date(2024, 4, 1), date(2024, 5, 31), providers=["synthetic"]).success
     result = _run(defs, START, END, providers=["synthetic"])  # nothing in ref.corporate_actions
     checks = _evaluations(result)
-    key = "normalized/synthetic/bars_1d"
+    key = "md/synthetic/bars_1d"
     assert _flagged(checks[(key, "return_outliers")]) == {("NVDA", "2024-06-10")}
     assert "jump" in str(checks[(key, "return_outliers")].metadata["findings"].value)
     assert _flagged(checks[(key, "price_gaps")]) == {("NVDA", "2024-06-10")}
@@ -235,6 +235,7 @@ def test_demo_range_raises_no_false_alarms(database_url: str, kafka_bootstrap: s
     assert len(ours) == 2 * (len(BAR_CHECKS) + 1)  # both providers
     assert all(e.passed for e in ours.values()), [k for k, e in ours.items() if not e.passed]
     for provider in ("synthetic", "file"):
-        returns = checks[(f"normalized/{provider}/bars_1d", "return_outliers")]
+        returns = checks[(f"md/{provider}/bars_1d", "return_outliers")]
         assert returns.metadata["by_kind"].value == {"corporate_action": 1}
         assert _flagged(returns) == {("NVDA", "2024-06-10")}
+

@@ -96,7 +96,7 @@ def test_quality_metrics_are_published_per_provider_and_dataset(database_url: st
     with connect(database_url) as conn:
         row = conn.execute("select metadata from quality.check_results where asset_key = %s and check_name ="
                            " 'quality_metrics' and partition_start = %s and partition_end = %s",
-                           ("normalized/synthetic/bars_1d", START, END)).fetchone()
+                           ("md/synthetic/bars_1d", START, END)).fetchone()
     assert row is not None
     assert {k: v for k, v in metrics.items() if k != "divergence"} == row[0]
 

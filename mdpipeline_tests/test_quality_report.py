@@ -70,7 +70,7 @@ def test_report_counts_stored_quarantined_and_checked_rows(ran: str, database_ur
     checks = {(c["asset"], c["check"]): c for c in daily["checks"]}
     assert set(checks) == {
         ("validated/synthetic/bars_1d", "quarantine"), ("validated/synthetic/bars_1d", "schema"),
-        *(("normalized/synthetic/bars_1d", name) for name in (
+        *(("md/synthetic/bars_1d", name) for name in (
             "completeness", "staleness", "return_outliers", "price_gaps", "volume_spikes", "quality_metrics")),
         ("md/synthetic/bars_1d", "divergence"),
     }
@@ -81,8 +81,8 @@ def test_report_counts_stored_quarantined_and_checked_rows(ran: str, database_ur
     assert quarantine["partitions"] == [["2024-06-03", "2024-06-14"]]
     schema = checks[("validated/synthetic/bars_1d", "schema")]
     assert (schema["passed"], schema["severity"], schema["metrics"]["on_quarantine"]) == (1, "ERROR", "publish_valid")
-    assert checks[("normalized/synthetic/bars_1d", "completeness")]["failed"] == 1
-    assert checks[("normalized/synthetic/bars_1d", "staleness")]["failed"] == 0
+    assert checks[("md/synthetic/bars_1d", "completeness")]["failed"] == 1
+    assert checks[("md/synthetic/bars_1d", "staleness")]["failed"] == 0
 
     minute = found[("synthetic", "bars_1m")]
     assert minute["rows_stored"] == SYMBOLS * SESSIONS * MINUTES - 2
@@ -127,7 +127,7 @@ def test_table_and_filters(ran: str, database_url: str, tmp_path: Path) -> None:
     (("--start", "2024-06-14", "--end", "2024-06-03"), "is after --end"),
     (("--start", "2024-06-31", "--end", "2024-07-03"), "is not a date"),
     (("--start", "2024-06-03", "--end", "2024-06-14", "--format", "csv"), "--format must be table or json"),
-    (("--start", "2024-06-03", "--end", "2024-06-14", "--provider", "nobody"), "--provider must be one of"),
+    (("--start", "2024-06-03", "--end", "2024-06-14", "--provider", "nobody"), "unknown provider nobody"),
 ])
 def test_bad_input_is_a_clear_error(database_url: str, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     out = _cli(tmp_path, database_url, "quality", *args)

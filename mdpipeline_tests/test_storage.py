@@ -11,7 +11,8 @@ import pytest
 from mdpipeline.normalize.bars import STORED_BARS_1D
 from mdpipeline.providers.base import RawPayload
 from mdpipeline.storage.bars import read_bars_1d
-from mdpipeline.storage.loader import replace_range
+from mdpipeline.storage.database import connect
+from mdpipeline.storage.loader import ShrinkError, replace_range
 from mdpipeline.storage.migrations import migrate, storage_layout, timescale_available
 from mdpipeline.storage.partitions import drop_partitions_before, ensure_partitions
 from mdpipeline.storage.raw_store import load_payloads, save_payloads
@@ -56,10 +57,12 @@ def test_replace_range_swaps_exactly_the_range(conn: psycopg.Connection) -> None
     june = [date(2024, 6, d) for d in (3, 4, 5, 6, 7)]
     replace_range(conn, "md.bars_1d", _bars(june), provider="synthetic", start=june[0], end=june[-1])
     replace_range(conn, "md.bars_1d", _bars(june, provider="file"), provider="file", start=june[0], end=june[-1])
-    # Re-load the middle of the range with new prices and one day fewer.
+    # Re-load the middle of the range with new prices and one day fewer (the provider withdrew it).
     middle = [date(2024, 6, 4), date(2024, 6, 6)]
-    replace_range(conn, "md.bars_1d", _bars(middle, close=20.0), provider="synthetic",
-                  start=date(2024, 6, 4), end=date(2024, 6, 6))
+    loaded = replace_range(conn, "md.bars_1d", _bars(middle, close=20.0), provider="synthetic",
+                           start=date(2024, 6, 4), end=date(2024, 6, 6), allow_deletes=True)
+    assert (loaded.first_load, loaded.inserted, loaded.updated, loaded.deleted) == (False, 0, 2, 1)
+    assert loaded.changed.rows() == [(1, date(2024, 6, 4)), (1, date(2024, 6, 5)), (1, date(2024, 6, 6))]
     stored = read_bars_1d(conn, start=june[0], end=june[-1], provider="synthetic")
     assert stored.select("session_date", "close").rows() == [
         (date(2024, 6, 3), 10.0), (date(2024, 6, 4), 20.0), (date(2024, 6, 6), 20.0), (date(2024, 6, 7), 10.0)]
@@ -101,6 +104,44 @@ def test_reloading_unchanged_rows_keeps_when_they_were_learnt(conn: psycopg.Conn
     replace_range(conn, "md.bars_1d", corrected, provider="synthetic", start=days[0], end=days[-1])
     stored = read_bars_1d(conn, start=days[0], end=days[-1])
     assert stored.select("session_date", "close", "ingested_at", "run_id").rows() == [
-        (days[0], 10.0, datetime(2024, 7, 1, 12, 30, 0, 123456, tzinfo=UTC), "r2"),  # unchanged: first learnt
-        (days[1], 10.5, later, "r2"),  # corrected: learnt now
+        (days[0], 10.0, datetime(2024, 7, 1, 12, 30, 0, 123456, tzinfo=UTC), "r1"),  # unchanged: not rewritten
+        (days[1], 10.5, later, "r2"),  # corrected: learnt now, by the run that stored the correction
     ]
+
+
+def test_a_reload_with_fewer_rows_than_stored_changes_nothing_unless_deletes_are_allowed(
+        conn: psycopg.Connection) -> None:
+    days = [date(2024, 6, 3), date(2024, 6, 4), date(2024, 6, 5)]
+    msft = _bars(days, provider="file").with_columns(pl.lit(2, dtype=pl.Int64).alias("instrument_id"),
+                                                     pl.lit("MSFT").alias("symbol"))
+    two = pl.concat([_bars(days, provider="file"), msft])
+    replace_range(conn, "md.bars_1d", two, provider="file", start=days[0], end=days[-1])
+    only_aapl = _bars(days, provider="file", close=11.0)  # a vendor file that no longer holds MSFT
+    with pytest.raises(ShrinkError, match=r"lacks 3 stored rows .*MSFT 2024-06-03.*--allow-deletes"):
+        replace_range(conn, "md.bars_1d", only_aapl, provider="file", start=days[0], end=days[-1])
+    stored = read_bars_1d(conn, start=days[0], end=days[-1])
+    assert stored.height == 6
+    assert set(stored["close"]) == {10.0}  # the refused load changed nothing, not even the AAPL prices
+    # Scoped to the symbols the load is about, MSFT's rows are out of scope and stay.
+    replace_range(conn, "md.bars_1d", only_aapl, provider="file", start=days[0], end=days[-1], symbols=["AAPL"])
+    stored = read_bars_1d(conn, start=days[0], end=days[-1])
+    assert stored.group_by("symbol").agg(pl.col("close").max()).sort("symbol").rows() == [
+        ("AAPL", 11.0), ("MSFT", 10.0)]
+    replace_range(conn, "md.bars_1d", only_aapl, provider="file", start=days[0], end=days[-1],
+                  allow_deletes=True)
+    assert read_bars_1d(conn, start=days[0], end=days[-1])["symbol"].unique().to_list() == ["AAPL"]
+
+
+def test_overlapping_loads_of_one_provider_serialize(database_url: str) -> None:
+    days = [date(2024, 6, 3), date(2024, 6, 4)]
+    with connect(database_url) as first, connect(database_url) as second:
+        replace_range(first, "md.bars_1d", _bars(days), provider="synthetic", start=days[0], end=days[-1])
+        with first.transaction():  # a load in progress holds the (table, provider) lock ...
+            replace_range(first, "md.bars_1d", _bars(days, close=12.0), provider="synthetic",
+                          start=days[0], end=days[-1])
+            second.execute("set lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):  # ... so an overlapping one waits for it
+                second.execute("select pg_advisory_xact_lock(hashtext('mdpipeline.load:md.bars_1d:synthetic'))")
+        replace_range(second, "md.bars_1d", _bars(days, close=13.0), provider="synthetic",
+                      start=days[0], end=days[-1])  # and then goes through: no duplicate-key failure
+        assert read_bars_1d(second, start=days[0], end=days[-1])["close"].to_list() == [13.0, 13.0]

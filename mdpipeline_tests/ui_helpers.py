@@ -27,6 +27,7 @@ import pytest
 import requests
 from psycopg import sql
 
+from mdpipeline.devservices.stack import LOCAL_INSTANCE
 from mdpipeline.sessions import session_dates
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -239,17 +240,25 @@ def ui_database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def dagster_ui(ui_database_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[DagsterDev]:
-    """`dagster dev` (webserver + daemon) against the test database and broker, with the repo's dagster.yaml."""
+def dagster_ui(ui_database_url: str, kafka_bootstrap: str, pg_server_url: str,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
+    """`dagster dev` (webserver + daemon) against the test database and broker, with the local instance
+    config `dev up` installs (Dagster's storage in a database of its own on the test server)."""
     home = tmp_path_factory.mktemp("dagster-home")
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(LOCAL_INSTANCE, home / "dagster.yaml")
+    storage = f"dagster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(storage)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MDP_", "DAGSTER_"))}
     env.update({
         "DAGSTER_HOME": str(home),
         "MDP_DATABASE_URL": ui_database_url,
         "MDP_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "MDP_FRAMES_DIR": str(home / "frames"),
+        "MDP_DAGSTER_DATABASE_URL": pg_server_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
+        + "/" + storage,
+        "DAGSTER_EVENT_BATCH_SIZE": "1000",
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1",
         "PYTHONUNBUFFERED": "1",
     })
     ui = DagsterDev(home=home, env=env, port=free_port())

@@ -51,7 +51,7 @@ class StoreScope:
 
 Normalizer = Callable[[pl.DataFrame, str, pl.DataFrame, str], Normalized]
 Storer = Callable[[psycopg.Connection, pl.DataFrame, StoreScope], LoadResult]
-Announcer = Callable[[pl.DataFrame, LoadResult, dict[str, str]], pl.DataFrame]
+Announcer = Callable[[pl.DataFrame, dict[str, str]], pl.DataFrame]
 Screen = Callable[[pl.DataFrame, date, date, str], pl.DataFrame]
 
 
@@ -72,13 +72,14 @@ class Dataset:
     canonical_schema: type[pa.DataFrameModel]
     normalize: Normalizer
     store: Storer
-    announce: Announcer
+    announce: Announcer  # outbox rows announcing (some of) a stored frame
     topic: TopicSpec
     table: str
     stored_layer: str = "md"  # asset key prefix of the stored layer: md/<provider>/<name> or ref/...
     stored_group: str = "md"
     screen: Screen | None = None  # extra validation after the schema (findings; errors are quarantined)
     event_unit: str = "bar"  # what one message carries, for docs and metadata
+    announces_changes: bool = False  # True: only new or changed (instrument, session)s are announced
 
     def stored_key(self, provider: str) -> tuple[str, str, str]:
         """Asset key path of the stored layer."""
@@ -98,18 +99,17 @@ def _store_actions(conn: psycopg.Connection, frame: pl.DataFrame, scope: StoreSc
                                     symbols=scope.symbols, allow_deletes=scope.allow_deletes)
 
 
-def _every_bar(frame: pl.DataFrame, loaded: LoadResult, headers: dict[str, str]) -> pl.DataFrame:
+def _every_bar(frame: pl.DataFrame, headers: dict[str, str]) -> pl.DataFrame:
     """Daily bars: every stored bar is announced again on each run (consumers dedupe by event id)."""
     return outbox_rows(frame, BARS_1D.name, BARS_1D_EVENT_FIELDS, headers)
 
 
-def _changed_sessions(frame: pl.DataFrame, loaded: LoadResult, headers: dict[str, str]) -> pl.DataFrame:
-    """Minute bars: one message per instrument session that is new or changed."""
-    changed = frame.join(loaded.changed, on=["instrument_id", "session_date"], how="semi")
-    return session_outbox_rows(changed, BARS_1M.name, headers)
+def _sessions(frame: pl.DataFrame, headers: dict[str, str]) -> pl.DataFrame:
+    """Minute bars: one message per instrument session (the store keeps those that are new or changed)."""
+    return session_outbox_rows(frame, BARS_1M.name, headers)
 
 
-def _every_action(frame: pl.DataFrame, loaded: LoadResult, headers: dict[str, str]) -> pl.DataFrame:
+def _every_action(frame: pl.DataFrame, headers: dict[str, str]) -> pl.DataFrame:
     """Corporate actions: every action of the range is announced on each run."""
     return outbox_rows(frame.with_columns(pl.col("ex_date").alias("session_date")), CORPORATE_ACTIONS.name,
                        CORPORATE_ACTIONS_EVENT_FIELDS, headers)
@@ -142,8 +142,8 @@ BARS_1M_DATASET = Dataset(
     validated_columns={**STANDARD_COLUMNS["bars_1m"], "session_date": pl.Date()},
     canonical_columns=CANONICAL_BARS_1M, stored_columns=STORED_BARS_1M, standard_schema=StandardBars1m,
     canonical_schema=NormalizedBars1m, normalize=normalize_bars_1m, store=_store_bars("md.bars_1m"),
-    announce=_changed_sessions, topic=BARS_1M, table="md.bars_1m", screen=_minute_window,
-    event_unit="instrument session",
+    announce=_sessions, topic=BARS_1M, table="md.bars_1m", screen=_minute_window,
+    event_unit="instrument session", announces_changes=True,
 )
 CORPORATE_ACTIONS_DATASET = Dataset(
     # Two rows differing only in amount are two dividends (regular + special), not a conflict.

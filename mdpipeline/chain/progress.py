@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mdpipeline.chunks import Chunk
 
@@ -34,6 +36,7 @@ class ChunkReport:
 
 
 Reporter = Callable[[ChunkReport], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,33 @@ class StepTotals:
 def run_chunks(step: str, asset: str, chunks: Sequence[Chunk], body: Callable[[Chunk], int],
                report: Reporter | None = None) -> StepTotals:
     """Run `body` on each chunk in order (it returns the chunk's rows), reporting after each one."""
+    return run_pipelined(step, asset, chunks, lambda chunk: chunk, lambda chunk, _: body(chunk), report,
+                         ahead=False)
+
+
+def run_pipelined(step: str, asset: str, chunks: Sequence[Chunk], prepare: Callable[[Chunk], T],
+                  commit: Callable[[Chunk, T], int], report: Reporter | None = None, *,
+                  ahead: bool = True) -> StepTotals:
+    """Run `prepare` then `commit` on each chunk in order, preparing chunk k+1 in a background thread
+    while chunk k commits (`ahead`), so the two cores overlap: e.g. reading and encoding the next
+    chunk while the database ingests this one. `commit` returns the chunk's rows.
+
+    At most two chunks are in memory. `prepare` must not use the connection `commit` uses. An error
+    in either stops the loop; the chunks committed before it stay committed.
+    """
     started = time.perf_counter()
     total = 0
-    for done, chunk in enumerate(chunks, start=1):
-        rows = body(chunk)
-        total += rows
-        if report is not None:
-            report(ChunkReport(step=step, asset=asset, chunk=chunk, done=done, chunks=len(chunks), rows=rows,
-                               total_rows=total, elapsed=time.perf_counter() - started))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mdp-{step}") as pool:
+        pending: Future[T] | None = pool.submit(prepare, chunks[0]) if ahead and chunks else None
+        for done, chunk in enumerate(chunks, start=1):
+            if pending is not None:
+                prepared = pending.result()
+                pending = pool.submit(prepare, chunks[done]) if done < len(chunks) else None
+            else:
+                prepared = prepare(chunk)
+            rows = commit(chunk, prepared)
+            total += rows
+            if report is not None:
+                report(ChunkReport(step=step, asset=asset, chunk=chunk, done=done, chunks=len(chunks), rows=rows,
+                                   total_rows=total, elapsed=time.perf_counter() - started))
     return StepTotals(chunks=len(chunks), rows=total, seconds=time.perf_counter() - started)

@@ -10,8 +10,9 @@ at all, and re-running a range converges to the same state whatever chunking the
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import polars as pl
 import psycopg
@@ -22,7 +23,7 @@ from mdpipeline.distribute.events import lineage_headers
 from mdpipeline.distribute.outbox import enqueue
 from mdpipeline.distribute.topics import DEAD_LETTER
 from mdpipeline.normalize.bars import stamp
-from mdpipeline.providers.base import Provider, Query
+from mdpipeline.providers.base import Provider, Query, RawPayload
 from mdpipeline.providers.reconcile import prefer_latest_payload
 from mdpipeline.quality.validate import Validation, conforms, validate
 from mdpipeline.sessions import with_session_date
@@ -83,9 +84,13 @@ class Ingested:
     sessions: int
 
 
-def ingest(chain: Chain, source: Provider, chunk: Chunk, conn: psycopg.Connection) -> Ingested:
-    """Fetch the chunk from the provider and store the payloads untouched in `raw.payloads`."""
-    payloads = source.extract(Query(chain.dataset.name, chunk.start, chunk.end, named_symbols(chunk) or ()))
+def fetch(chain: Chain, source: Provider, chunk: Chunk) -> list[RawPayload]:
+    """The provider's payloads answering the chunk (no database access)."""
+    return source.extract(Query(chain.dataset.name, chunk.start, chunk.end, named_symbols(chunk) or ()))
+
+
+def ingest(chain: Chain, payloads: list[RawPayload], conn: psycopg.Connection) -> Ingested:
+    """Store a chunk's payloads untouched in `raw.payloads`."""
     stored, new = save_payloads(conn, payloads, chain.run_id)
     return Ingested(payloads=len(stored), new_payloads=new, bytes=sum(len(p.body) for p in stored),
                     sessions=len({p.session_date for p in stored}))
@@ -101,19 +106,24 @@ class Validated:
     schema_error: str | None
 
 
-def validate_chunk(chain: Chain, source: Provider, chunk: Chunk, conn: psycopg.Connection,
+def parse_chunk(chain: Chain, source: Provider, chunk: Chunk, conn: psycopg.Connection) -> pl.DataFrame:
+    """The chunk's rows parsed from its stored payloads, each from the freshest payload holding it,
+    with its place (`__place`)."""
+    ds = chain.dataset
+    payloads = load_payloads(conn, chain.provider, ds.name, chunk.start, chunk.end, symbols=named_symbols(chunk))
+    parsed = with_session_date(source.transform(ds.name, payloads), chain.calendar_name)
+    return prefer_latest_payload(_in_chunk(parsed, payloads, chunk, ds.date_column), payloads, list(ds.latest_key))
+
+
+def validate_chunk(chain: Chain, chunk: Chunk, frame: pl.DataFrame, conn: psycopg.Connection,
                    record_rejects: bool = False) -> Validated:
-    """Parse the chunk's stored payloads, validate, and write valid rows and rejects to the frame store.
+    """Validate a chunk's parsed rows and write valid rows and rejects to the frame store.
 
     Every row placed in the chunk (by its date, or by its payload's session when the date does not
     parse) is either valid or rejected with a reason. `record_rejects` also stores the rejects in
     `quality.quarantine` right away (for a range whose policy blocks everything downstream).
     """
     ds = chain.dataset
-    payloads = load_payloads(conn, chain.provider, ds.name, chunk.start, chunk.end, symbols=named_symbols(chunk))
-    parsed = with_session_date(source.transform(ds.name, payloads), chain.calendar_name)
-    frame = prefer_latest_payload(_in_chunk(parsed, payloads, chunk, ds.date_column), payloads,
-                                  list(ds.latest_key))
     screen = None
     if ds.screen is not None:
         def screen(rows: pl.DataFrame) -> pl.DataFrame:
@@ -177,6 +187,16 @@ def normalize_chunk(chain: Chain, chunk: Chunk) -> NormalizedChunk:
 # -- 5 store ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class StoreInput:
+    """A chunk made ready to commit: its stamped rows, its rejects, the scope it replaces, message headers."""
+
+    frame: pl.DataFrame
+    rejects: pl.DataFrame
+    scope: StoreScope
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Stored:
     """What a chunk's store committed."""
 
@@ -186,29 +206,41 @@ class Stored:
     dead_lettered: int
 
 
-def store_chunk(chain: Chain, chunk: Chunk, conn: psycopg.Connection, range_start: object, range_end: object,
-                allow_deletes: bool = False) -> Stored:
-    """Commit the chunk's canonical rows, its quarantine and its outbox rows in one transaction.
+def prepare_store(chain: Chain, chunk: Chunk, range_start: date, range_end: date,
+                  allow_deletes: bool = False) -> StoreInput:
+    """Read the chunk's canonical rows and rejects (no database access).
 
     `range_start`/`range_end` (the run's session range) go into the messages' lineage headers.
     """
     ds = chain.dataset
     frame = stamp(chain.read("normalized", ROWS, chunk), chain.run_id, datetime.now(UTC))
     frame = frame.select([c for c in ds.stored_columns if c in frame.columns])
-    rejects = chain.read("normalized", REJECTS, chunk)
     symbols = named_symbols(chunk)
     scope = StoreScope(provider=chain.provider, start=chunk.start, end=chunk.end, symbols=symbols,
                        instruments=_instruments(chain.symbology, symbols, chunk), run_id=chain.run_id,
                        allow_deletes=allow_deletes)
+    return StoreInput(frame=frame, rejects=chain.read("normalized", REJECTS, chunk), scope=scope,
+                      headers=lineage_headers(chain.run_id, range_start, range_end, chain.provider))
+
+
+def store_chunk(chain: Chain, chunk: Chunk, conn: psycopg.Connection, ready: StoreInput) -> Stored:
+    """Commit the chunk's canonical rows, its quarantine and its outbox rows in one transaction.
+
+    The messages are built in a background thread while the database loads the rows.
+    """
+    ds = chain.dataset
     if ds.table in TIME_PARTITIONED:
         ensure_partitions(conn, ds.table, chunk.start, chunk.end)  # short transactions of their own
-    headers = lineage_headers(chain.run_id, range_start, range_end, chain.provider)  # type: ignore[arg-type]
-    with conn.transaction():
-        loaded = ds.store(conn, frame, scope)
-        quarantined = replace_quarantine(conn, rejects, dataset=ds.name, provider=chain.provider, stage=STAGES,
-                                         start=chunk.start, end=chunk.end, run_id=chain.run_id, symbols=symbols,
-                                         without_symbol=chunk.group == 0)
-        announced = ds.announce(frame, loaded, headers)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdp-announce") as pool, conn.transaction():
+        announcing = pool.submit(ds.announce, ready.frame, ready.headers)
+        loaded = ds.store(conn, ready.frame, ready.scope)
+        quarantined = replace_quarantine(conn, ready.rejects, dataset=ds.name, provider=chain.provider,
+                                         stage=STAGES, start=chunk.start, end=chunk.end, run_id=chain.run_id,
+                                         symbols=ready.scope.symbols, without_symbol=chunk.group == 0)
+        announced = announcing.result()
+        if ds.announces_changes and not loaded.first_load:
+            changed = loaded.changed.select(pl.col("instrument_id").cast(pl.String).alias("key"), "session_date")
+            announced = announced.join(changed, on=["key", "session_date"], how="semi")
         queued = enqueue(conn, announced)
     dead = int((announced["topic"] == DEAD_LETTER.name).sum()) if announced.height else 0
     return Stored(loaded=loaded, quarantined=quarantined, queued=queued, dead_lettered=dead)

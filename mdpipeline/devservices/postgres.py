@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 
 DATABASE = "mdpipeline"
 SUPERUSER = "postgres"
@@ -272,14 +273,19 @@ class LocalPostgres:
 
     def _ensure_database(self) -> None:
         """Create the `mdpipeline` database unless it exists."""
+        self.ensure_database(DATABASE)
+
+    def ensure_database(self, name: str) -> str:
+        """Create database `name` on the running cluster unless it exists; returns its URL."""
         admin_url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
         try:
             with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-                exists = conn.execute("select 1 from pg_database where datname = %s", (DATABASE,)).fetchone()
+                exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
                 if not exists:
-                    conn.execute(f'create database "{DATABASE}"')
+                    conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(name)))
         except psycopg.Error as exc:
-            raise PostgresError(f"cannot create database {DATABASE}: {exc}\n{self._log_tail()}") from exc
+            raise PostgresError(f"cannot create database {name}: {exc}\n{self._log_tail()}") from exc
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{name}"
 
     def _pid_file_fields(self) -> list[str]:
         """Lines of postmaster.pid (pid, data dir, start time, port, ...), empty when absent."""

@@ -6,13 +6,15 @@ All state lives under `<root>/.mdpipeline`:
 - `kafka/` the Kafka broker: `data/` its log directory (topics and messages, kept across restarts),
   `server.properties`, `broker.pid`,
 - `logs/` server logs,
-- `dagster/` DAGSTER_HOME with its `dagster.yaml`,
+- `dagster/` DAGSTER_HOME with its `dagster.yaml` (Dagster's own storage is the database `dagster` in the
+  same cluster),
 - `dev.json` ports and pids, so `status` and `down` (in another process) find the services and the
   next `up` reuses the same ports when they are still free.
 
-`up` also writes MDP_DATABASE_URL, MDP_KAFKA_BOOTSTRAP_SERVERS and DAGSTER_HOME into `<root>/.env`,
-keeping the other lines. `down` stops both cleanly; the database, the topics and their messages
-survive it.
+`up` also writes MDP_DATABASE_URL, MDP_KAFKA_BOOTSTRAP_SERVERS, DAGSTER_HOME, MDP_DAGSTER_DATABASE_URL,
+DAGSTER_EVENT_BATCH_SIZE and DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS into `<root>/.env`,
+keeping the other lines. `down` stops both cleanly;
+the database, the topics and their messages survive it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ STATE_DIR = ".mdpipeline"
 ENV_DATABASE_URL = "MDP_DATABASE_URL"
 ENV_BOOTSTRAP = "MDP_KAFKA_BOOTSTRAP_SERVERS"
 ENV_DAGSTER_HOME = "DAGSTER_HOME"
-_MINIMAL_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+ENV_DAGSTER_DATABASE_URL = "MDP_DAGSTER_DATABASE_URL"  # Dagster's own storage (runs, events, schedules)
+ENV_EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE"
+ENV_PLANNED_SUBSET = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"  # one planned event per asset and run
+EVENT_BATCH_SIZE = "1000"
+DAGSTER_DATABASE = "dagster"
+LOCAL_INSTANCE = Path(__file__).with_name("dagster.yaml")
 
 
 @dataclass(frozen=True)
@@ -139,16 +146,28 @@ def dev_up(root: Path | None = None) -> DevStack:
     state = _read_state(paths)
     postgres = _postgres(paths, state)
     broker = _broker(paths, state)
-    database_url = postgres.start()
-    bootstrap_servers = broker.start()
+    running = (postgres.is_running(), broker.is_running())
+    try:
+        database_url = postgres.start()
+        dagster_url = postgres.ensure_database(DAGSTER_DATABASE).replace("postgresql://", "postgresql+psycopg2://", 1)
+        bootstrap_servers = broker.start()
+    except BaseException:  # a half-started stack is stopped again: only what this call started
+        if not running[1]:
+            broker.stop()
+        if not running[0]:
+            postgres.stop()
+        raise
     _write_state(paths, postgres, broker)
-    dagster_home = _ensure_dagster_home(root_dir, paths.dagster_home)
+    dagster_home = _ensure_dagster_home(paths.dagster_home)
     update_env_file(
         root_dir / ".env",
         {
             ENV_DATABASE_URL: database_url,
             ENV_BOOTSTRAP: bootstrap_servers,
             ENV_DAGSTER_HOME: str(dagster_home),
+            ENV_DAGSTER_DATABASE_URL: dagster_url,
+            ENV_EVENT_BATCH_SIZE: EVENT_BATCH_SIZE,
+            ENV_PLANNED_SUBSET: "1",
         },
     )
     return DevStack(database_url, bootstrap_servers, dagster_home)
@@ -181,16 +200,12 @@ def dev_status(root: Path | None = None) -> DevStatus:
     )
 
 
-def _ensure_dagster_home(root: Path, dagster_home: Path) -> Path:
-    """Create DAGSTER_HOME; its dagster.yaml is the repo's (if any) or a minimal one, never overwritten."""
+def _ensure_dagster_home(dagster_home: Path) -> Path:
+    """Create DAGSTER_HOME with the project's local instance config (never overwritten once there)."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     target = dagster_home / "dagster.yaml"
     if not target.exists():
-        source = root / "dagster.yaml"
-        if source.is_file():
-            shutil.copyfile(source, target)
-        else:
-            target.write_text(_MINIMAL_DAGSTER_YAML)
+        shutil.copyfile(LOCAL_INSTANCE, target)
     return dagster_home
 
 

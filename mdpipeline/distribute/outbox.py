@@ -112,20 +112,15 @@ def enqueue(conn: psycopg.Connection, rows: pl.DataFrame) -> int:
     """
     if not rows.height:
         return 0
+    about = rows.select("topic", "provider", "key", "session_date").unique()
     with conn.transaction():
-        conn.execute(f"create temporary table _enqueue on commit drop as select {', '.join(OUTBOX_COLUMNS)}"
-                     " from ops.outbox with no data")
-        encoded = rows.with_columns(pl.concat_str(pl.lit(_JSONB_BINARY_VERSION), pl.col("headers")).alias("headers"))
-        with conn.cursor() as cur:
-            copy_frame(cur, "_enqueue", encoded)
         conn.execute(
-            "delete from ops.outbox o using (select distinct topic, provider, key, session_date from _enqueue) n"
+            "delete from ops.outbox o using unnest(%s::text[], %s::text[], %s::text[], %s::date[])"
+            " as n(topic, provider, key, session_date)"
             " where o.published_at is null and o.topic = n.topic and o.provider = n.provider"
-            " and o.key is not distinct from n.key and o.session_date = n.session_date")
-        columns = ", ".join(OUTBOX_COLUMNS)
-        queued = conn.execute(f"insert into ops.outbox ({columns}) select {columns} from _enqueue").rowcount
-        conn.execute("drop table _enqueue")
-    return queued
+            " and o.key is not distinct from n.key and o.session_date = n.session_date",
+            [about[c].to_list() for c in about.columns])
+        return write_outbox(conn, rows)
 
 
 def write_outbox(conn: psycopg.Connection, rows: pl.DataFrame) -> int:

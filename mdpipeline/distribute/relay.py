@@ -1,21 +1,24 @@
 """The outbox relay: send pending outbox rows, then mark exactly the broker-confirmed ones published.
 
-Rows are claimed in sets (`FOR UPDATE SKIP LOCKED`, so concurrent relays never send the same rows),
-sent with one producer per drain, and marked in one statement per batch, all inside the batch's
-transaction: claim -> send -> wait for every delivery report -> mark the confirmed ones -> commit.
-A crash before the commit re-sends those messages on the next drain (consumers deduplicate by
-`event_id`); nothing is ever marked that the broker did not acknowledge. Messages that produce()
-refuses outright (too large for the broker) are dead-lettered with the reason.
+A drain holds an advisory lock per topic (concurrent relays of a topic take turns, so they never
+send the same rows), reads pending rows in outbox order in sets, sends them with one producer, and
+marks the confirmed ones published with one statement per set. Order of effects per set: send ->
+wait for every delivery report -> mark the confirmed rows. A crash before the mark re-sends those
+messages on the next drain (consumers deduplicate by `event_id`); nothing is ever marked that the
+broker did not acknowledge. Messages that produce() refuses outright (too large for the broker) are
+dead-lettered with the reason.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+import numpy as np
 import polars as pl
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -24,11 +27,11 @@ from mdpipeline.distribute.dead_letter import dead_letter_events
 from mdpipeline.distribute.outbox import PENDING_SCHEMA, mark_published
 from mdpipeline.distribute.publisher import PERMANENT_PRODUCE_ERRORS, Headers, PublishError, make_producer, send
 from mdpipeline.distribute.topics import DEAD_LETTER
-from mdpipeline.storage.reader import read_frame
 
 EVENT_ID_HEADER = "mdp-event-id"
 MAX_DEAD_LETTER_PAYLOAD = 4_096  # characters of a refused value kept in its dead letter (all stays in ops.outbox)
 BATCH_ROWS = 20_000
+FIRST_BATCH_ROWS = 2_000
 BATCH_BYTES = 64 * 1024 * 1024  # values claimed per batch (minute-bar sessions are ~20 kB each)
 
 
@@ -63,24 +66,28 @@ def message_headers(rows: pl.DataFrame) -> list[Headers]:
 
 @dataclass
 class _Sent:
-    """Delivery outcome of one batch: confirmed event ids per topic and what failed."""
+    """Delivery outcome of one batch: the rows the broker confirmed, and what failed."""
 
-    delivered: dict[str, list[str]] = field(default_factory=dict)
-    partitions: dict[str, dict[int, int]] = field(default_factory=dict)
+    index: dict[str, int]  # event id -> row of the batch
+    delivered: np.ndarray  # bool per row of the batch
     failed: list[str] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)  # row index -> why produce() refused it
 
-    def reporter(self, event_id: str) -> Callable[[KafkaError | None, Message], None]:
-        """The delivery callback of the message carrying `event_id`."""
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                self.failed.append(f"{msg.topic()}: {err}")
-                return
-            topic = msg.topic()
-            self.delivered.setdefault(topic, []).append(event_id)
-            counts = self.partitions.setdefault(topic, {})
-            counts[msg.partition()] = counts.get(msg.partition(), 0) + 1
-        return on_delivery
+    def on_error(self, err: KafkaError | None, msg: Message) -> None:
+        """Delivery report of a failed message (the producer reports failures only)."""
+        if err is None:
+            return
+        self.failed.append(f"{msg.topic()}: {err}")
+        value = msg.value() or b""
+        row = self.index.get(value[_EVENT_ID_AT:_EVENT_ID_AT + 32].decode(errors="replace"))
+        if row is not None:
+            self.delivered[row] = False
+
+
+# Every value starts with `{"event_id":"<32 hex>"` (the envelope), so a failed message names its row.
+_EVENT_ID_AT = len('{"event_id":"')
+# Only failures are reported back: a confirmed message costs no Python call (see _send).
+RELAY_PRODUCER = {"delivery.report.only.error": True}
 
 
 def drain(
@@ -99,77 +106,140 @@ def drain(
 ) -> DrainReport:
     """Send every pending outbox row (of `provider`, the session range, `topics` when given), in outbox order.
 
+    The drain holds an advisory lock per topic, so concurrent relays of a topic take turns instead
+    of sending the same rows. Batches overlap: while one batch is produced, the database marks the
+    previous one published and reads the next one (on a helper thread, never at the same time).
     Raises PublishError after marking what was confirmed when any message failed; a later drain
     sends only the rest. Topics must exist (`ensure_topics`).
     """
     report = DrainReport()
-    producer = make_producer(bootstrap_servers, producer_config)
-    after = 0
-    while True:
-        with conn.transaction():
-            batch = _claim(conn, provider, start, end, topics, after, batch_size, batch_bytes)
-            if not batch.height:
-                return report
-            sent = _send(producer, batch, flush_timeout)
-            for topic, ids in sent.delivered.items():
-                mark_published(conn, topic, ids)
-                report.add(topic, len(ids), sent.partitions.get(topic, {}))
-            if sent.rejected:
-                report.dead_lettered += _dead_letter(conn, bootstrap_servers, batch, sent.rejected, report,
-                                                     flush_timeout=flush_timeout, producer_config=producer_config)
-        report.batches += 1
-        if on_batch is not None:
-            on_batch(report)
-        unreported = batch.height - sum(len(v) for v in sent.delivered.values()) - len(sent.rejected)
-        if sent.failed or unreported:
-            first = sent.failed[:3] or ["no delivery report before the flush timeout"]
-            raise PublishError(f"{unreported} of {batch.height} messages not confirmed by the broker"
-                               f" (first: {first}); they stay pending for the next drain")
-        after = int(batch["outbox_id"].max())  # type: ignore[arg-type]
+    producer = make_producer(bootstrap_servers, {**RELAY_PRODUCER, **(producer_config or {})})
+    scope = _Scope(provider, start, end, topics)
+    locked = _lock_topics(conn, scope)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdp-relay-db") as db:
+            # A small first batch, so sending starts at once; later ones sized by what the values weigh.
+            ahead = db.submit(_read, conn, scope, 0, min(FIRST_BATCH_ROWS, batch_size), batch_bytes)
+            while True:
+                batch = ahead.result()
+                if not batch.height:
+                    return report
+                sent = _send(producer, batch, flush_timeout)
+                confirmed = batch.filter(pl.Series(sent.delivered))
+                ahead = db.submit(_mark_then_read, conn, batch, sent.delivered, scope, batch_size, batch_bytes)
+                for (topic,), rows in confirmed.group_by("topic", maintain_order=True):
+                    report.add(str(topic), rows.height, {})
+                if sent.rejected:  # the connection is the helper thread's until its work is done
+                    following = ahead.result()
+                    report.dead_lettered += _dead_letter(conn, bootstrap_servers, batch, sent.rejected, report,
+                                                         flush_timeout=flush_timeout, producer_config=producer_config)
+                    ahead = Future()
+                    ahead.set_result(following)
+                report.batches += 1
+                if on_batch is not None:
+                    on_batch(report)
+                unreported = batch.height - int(sent.delivered.sum()) - len(sent.rejected)
+                if sent.failed or unreported:
+                    ahead.result()  # what was confirmed is marked before the error goes up
+                    first = sent.failed[:3] or ["no delivery report before the flush timeout"]
+                    raise PublishError(f"{unreported} of {batch.height} messages not confirmed by the broker"
+                                       f" (first: {first}); they stay pending for the next drain")
+    finally:
+        _unlock_topics(conn, locked)
 
 
-def _claim(conn: psycopg.Connection, provider: str | None, start: date | None, end: date | None,
-           topics: tuple[str, ...] | None, after: int, rows: int, max_bytes: int) -> pl.DataFrame:
-    """Lock and read the next pending rows in outbox order: at most `rows`, values up to `max_bytes` in total."""
-    where = ["published_at is null", "outbox_id > %s"]
-    params: list[object] = [after]
-    if topics is not None:
-        where.append("topic = any(%s)")
-        params.append(list(topics))
-    if provider is not None:
-        where.append("provider = %s")
-        params.append(provider)
-    if start is not None and end is not None:
-        where.append("session_date between %s and %s")
-        params += [start, end]
-    sizes = conn.execute(
-        f"select outbox_id, octet_length(value) from ops.outbox where {' and '.join(where)}"
-        " order by outbox_id limit %s", (*params, rows)).fetchall()
-    ids, total = [], 0
-    for outbox_id, size in sizes:
-        if ids and total + size > max_bytes:
-            break
-        ids.append(outbox_id)
-        total += size
-    if not ids:
-        return pl.DataFrame(schema=PENDING_SCHEMA)
-    return read_frame(
-        conn,
-        "select outbox_id, topic, key, event_id, value, headers::text as headers, session_date from ops.outbox"
-        " where outbox_id = any(%s) and published_at is null order by outbox_id for update skip locked",
-        (ids,), PENDING_SCHEMA)
+@dataclass(frozen=True)
+class _Scope:
+    """Which pending rows a drain sends."""
+
+    provider: str | None
+    start: date | None
+    end: date | None
+    topics: tuple[str, ...] | None
+
+    def where(self) -> tuple[str, list[object]]:
+        """SQL conditions and parameters of the pending rows in scope."""
+        where = ["published_at is null"]
+        params: list[object] = []
+        if self.topics is not None:
+            where.append("topic = any(%s)")
+            params.append(list(self.topics))
+        if self.provider is not None:
+            where.append("provider = %s")
+            params.append(self.provider)
+        if self.start is not None and self.end is not None:
+            where.append("session_date between %s and %s")
+            params += [self.start, self.end]
+        return " and ".join(where), params
+
+
+def _lock_topics(conn: psycopg.Connection, scope: _Scope) -> list[str]:
+    """Take the relay's advisory lock of each topic in scope (sorted, so two relays cannot deadlock)."""
+    if scope.topics is not None:
+        topics = sorted(set(scope.topics))
+    else:
+        where, params = scope.where()
+        topics = [r[0] for r in conn.execute(f"select distinct topic from ops.outbox where {where} order by 1",
+                                             params).fetchall()]
+    for topic in topics:
+        conn.execute("select pg_advisory_lock(hashtext(%s))", (f"mdpipeline.relay:{topic}",))
+    return topics
+
+
+def _unlock_topics(conn: psycopg.Connection, topics: list[str]) -> None:
+    for topic in reversed(topics):
+        conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"mdpipeline.relay:{topic}",))
+
+
+def _read(conn: psycopg.Connection, scope: _Scope, after: int, rows: int, max_bytes: int) -> pl.DataFrame:
+    """The next pending rows in outbox order: at most `rows` of them, about `max_bytes` of values at most
+    (the caller sizes `rows` from the values seen so far)."""
+    where, params = scope.where()
+    with conn.cursor() as cur:  # one C-level fetch: no per-row Python competing with the producer loop
+        found = cur.execute(
+            "select outbox_id, topic, key, event_id, value, headers::text, session_date from ops.outbox"
+            f" where {where} and outbox_id > %s order by outbox_id limit %s",
+            (*params, after, max(1, rows))).fetchall()
+    return pl.DataFrame(found, schema=PENDING_SCHEMA, orient="row")
+
+
+def _next_rows(batch: pl.DataFrame, rows: int, max_bytes: int) -> int:
+    """How many rows the next read may take so its values stay within `max_bytes` (judged by this batch)."""
+    if not batch.height:
+        return rows
+    average = max(1.0, float(batch["value"].str.len_bytes().mean() or 1.0))  # type: ignore[arg-type]
+    return max(1, min(rows, int(max_bytes / average)))
+
+
+def _mark_then_read(conn: psycopg.Connection, batch: pl.DataFrame, delivered: np.ndarray, scope: _Scope,
+                    rows: int, max_bytes: int) -> pl.DataFrame:
+    """Mark the broker-confirmed rows of `batch` published (one statement), then read the next batch."""
+    ids = batch["outbox_id"]
+    if delivered.all():  # the usual case: the batch's id range, no id list to send
+        where, params = scope.where()
+        conn.execute(f"update ops.outbox set published_at = now() where {where} and outbox_id between %s and %s",
+                     (*params, ids.min(), ids.max()))
+    elif delivered.any():
+        conn.execute("update ops.outbox set published_at = now() where outbox_id = any(%s) and published_at is null",
+                     (ids.filter(pl.Series(delivered)).to_list(),))
+    return _read(conn, scope, int(ids.max()), _next_rows(batch, rows, max_bytes), max_bytes)  # type: ignore[arg-type]
 
 
 def _send(producer: Producer, batch: pl.DataFrame, flush_timeout: float) -> _Sent:
-    """Produce every row of the batch and wait for all delivery reports."""
-    sent = _Sent()
+    """Produce every row of the batch and wait until the broker settled each one.
+
+    The producer reports failures only: a row counts as confirmed when no failure was reported and
+    nothing was left in flight when the flush returned (otherwise nothing of the batch counts).
+    """
+    sent = _Sent(index=dict(zip(batch["event_id"], range(batch.height), strict=True)),
+                 delivered=np.ones(batch.height, dtype=bool))
     headers = message_headers(batch)
-    rows = zip(batch["topic"], batch["key"], batch["value"], batch["event_id"], strict=True)
-    for i, (topic, key, value, event_id) in enumerate(rows):
+    values = batch["value"].cast(pl.Binary).to_list()
+    keys = batch["key"].cast(pl.Binary).to_list()
+    for i, (topic, key, value) in enumerate(zip(batch["topic"], keys, values, strict=True)):
         while True:
             try:
-                producer.produce(topic, value=value.encode(), key=key.encode() if key is not None else None,
-                                 headers=headers[i], on_delivery=sent.reporter(event_id))
+                producer.produce(topic, value=value, key=key, headers=headers[i], on_delivery=sent.on_error)
                 break
             except BufferError:
                 producer.poll(0.5)  # local queue full: let deliveries drain
@@ -177,10 +247,13 @@ def _send(producer: Producer, batch: pl.DataFrame, flush_timeout: float) -> _Sen
                 error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 if error is not None and error.code() in PERMANENT_PRODUCE_ERRORS:
                     sent.rejected[i] = f"{error.name()}: {error.str()}"
+                    sent.delivered[i] = False
                     break
                 raise
         producer.poll(0)
-    producer.flush(flush_timeout)
+    if producer.flush(flush_timeout) > 0:  # still in flight: which of them arrive is unknown
+        sent.delivered[:] = False
+        sent.failed.append("no delivery report before the flush timeout")
     return sent
 
 

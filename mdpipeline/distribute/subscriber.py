@@ -113,9 +113,15 @@ def _watermarks(consumer: Consumer, topic: str, timeout: float) -> dict[int, tup
                     for p in sorted(metadata.partitions)}
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if error is None or not error.retriable() or time.monotonic() > deadline:
+            passing = error is not None and (error.retriable() or error.code() in _LEADERSHIP_MOVING)
+            if not passing or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+# Answers of a broker that just (re)started and is still electing partition leaders.
+_LEADERSHIP_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                                KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
 
 
 def read_topic(bootstrap_servers: str, topic: str, *, timeout: float = 60.0) -> list[Event]:

@@ -9,11 +9,22 @@ asset reports what it did as metadata (chunks, rows, rows per second) and its ch
 from collections.abc import Iterator
 
 import dagster as dg
+import polars as pl
 
 from mdpipeline.chain.columns import layer_columns
 from mdpipeline.chain.datasets import Dataset
-from mdpipeline.chain.progress import run_chunks
-from mdpipeline.chain.steps import Chain, ingest, normalize_chunk, store_chunk, validate_chunk
+from mdpipeline.chain.progress import run_chunks, run_pipelined
+from mdpipeline.chain.steps import (
+    Chain,
+    StoreInput,
+    fetch,
+    ingest,
+    normalize_chunk,
+    parse_chunk,
+    prepare_store,
+    store_chunk,
+    validate_chunk,
+)
 from mdpipeline.chunks import Chunk, plan_chunks
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import DEAD_LETTER, ensure_topics
@@ -21,6 +32,7 @@ from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.progress import reporter
 from mdpipeline.orchestration.reference_assets import REFERENCE_KEY
 from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, KafkaResource, ProvidersResource
+from mdpipeline.providers.base import RawPayload
 from mdpipeline.quality.metrics import counts_markdown, findings_markdown, rows_markdown
 from mdpipeline.quality.thresholds import BLOCK, on_quarantine
 from mdpipeline.quality.validate import ValidationSummary
@@ -55,12 +67,14 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
         source = providers.provider(provider)
         counts = {"payloads": 0, "new_payloads": 0, "bytes": 0, "sessions": 0}
         with db.connection() as conn:
-            def body(chunk: Chunk) -> int:
-                got = ingest(chain, source, chunk, conn)
+            def save(chunk: Chunk, payloads: list[RawPayload]) -> int:
+                got = ingest(chain, payloads, conn)
                 for name in counts:
                     counts[name] += getattr(got, name)
                 return got.payloads
-            totals = run_chunks("ingest", keys["raw"].to_user_string(), chunks, body, reporter(context))
+            # The next chunk is fetched while this one is compressed and stored.
+            totals = run_pipelined("ingest", keys["raw"].to_user_string(), chunks,
+                                   lambda chunk: fetch(chain, source, chunk), save, reporter(context))
         stats = source.fetch_stats() if hasattr(source, "fetch_stats") else {}
         return dg.MaterializeResult(metadata={**totals.metadata("payloads"), **counts,
                                               **{f"http_{k}": v for k, v in stats.items()}})
@@ -83,12 +97,14 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
         chain, chunks = _plan(context, ds, provider, providers, frames)
         source = providers.provider(provider)
         summary = ValidationSummary(on_quarantine=policy)
-        with db.connection() as conn:
-            def body(chunk: Chunk) -> int:
-                done = validate_chunk(chain, source, chunk, conn, record_rejects=policy == BLOCK)
+        with db.connection() as conn, db.connection() as reader:
+            def check(chunk: Chunk, parsed: pl.DataFrame) -> int:
+                done = validate_chunk(chain, chunk, parsed, conn, record_rejects=policy == BLOCK)
                 summary.add(done.validation, done.schema_error)
                 return done.validation.rows_in
-            totals = run_chunks("validate", keys["validated"].to_user_string(), chunks, body, reporter(context))
+            # The next chunk's payloads are read and parsed (on a connection of their own) during this one's checks.
+            totals = run_pipelined("validate", keys["validated"].to_user_string(), chunks,
+                                   lambda chunk: parse_chunk(chain, source, chunk, reader), check, reporter(context))
             key = keys["validated"].to_user_string()
             record_check(conn, asset_key=key, check_name="quarantine", start=start, end=end,
                          passed=summary.rows_quarantined == 0, severity="WARN", metadata=summary.metadata(),
@@ -152,15 +168,19 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
         counts = {"inserted": 0, "updated": 0, "unchanged": 0, "deleted": 0, "quarantined": 0, "outbox_rows": 0,
                   "dead_lettered": 0}
         with db.connection() as conn:
-            def body(chunk: Chunk) -> int:
-                done = store_chunk(chain, chunk, conn, start, end, allow_deletes=allow)
+            def prepare(chunk: Chunk) -> StoreInput:
+                return prepare_store(chain, chunk, start, end, allow_deletes=allow)
+
+            def commit(chunk: Chunk, ready: StoreInput) -> int:
+                done = store_chunk(chain, chunk, conn, ready)
                 for name, value in (("inserted", done.loaded.inserted), ("updated", done.loaded.updated),
                                     ("unchanged", done.loaded.unchanged), ("deleted", done.loaded.deleted),
                                     ("quarantined", done.quarantined), ("outbox_rows", done.queued),
                                     ("dead_lettered", done.dead_lettered)):
                     counts[name] += value
                 return done.loaded.rows
-            totals = run_chunks("store", keys["stored"].to_user_string(), chunks, body, reporter(context))
+            totals = run_pipelined("store", keys["stored"].to_user_string(), chunks, prepare, commit,
+                                   reporter(context))
         return dg.MaterializeResult(metadata={**totals.metadata(), "dagster/row_count": totals.rows, **counts})
 
     @dg.asset(key=keys["published"], group_name="published", deps=[keys["stored"]], kinds={"kafka"},
@@ -183,10 +203,9 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
                 " values (%s, %s, %s, %s, %s, %s)",
                 (ds.topic.name, provider, start, end, messages, context.run.run_id),
             )
-        partitions = report.partitions.get(ds.topic.name, {})
         return dg.MaterializeResult(metadata={"messages": messages, "topic": ds.topic.name,
                                               "dead_lettered": report.confirmed.get(DEAD_LETTER.name, 0),
-                                              "partitions": {str(k): v for k, v in partitions.items()}})
+                                              "batches": report.batches})
 
     return [raw, validated, normalized, stored, published]
 

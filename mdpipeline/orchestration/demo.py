@@ -9,13 +9,13 @@ from pathlib import Path
 import dagster as dg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from mdpipeline.devservices import dev_up
-from mdpipeline.distribute.topics import BARS_1D, ensure_topics
+from mdpipeline.distribute.topics import BARS_1D, BARS_1M, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.orchestration.summary import RunSummary, run_summary
+from mdpipeline.output import print_table
 from mdpipeline.settings import Settings
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.migrations import migrate
@@ -76,18 +76,14 @@ def _print_summary(console: Console, settings: Settings, summaries: list[RunSumm
                 "select count(*) from md.bars_1m where session_date between %s and %s", (start, end)).fetchone(),
             "corporate actions (ref)": conn.execute("select count(*) from ref.corporate_actions").fetchone(),
             "adjustment factors": conn.execute("select count(*) from md.adjustment_factors").fetchone(),
-            f"messages published to {BARS_1D.name}": conn.execute(
-                "select coalesce(sum(messages), 0) from ops.publications where run_id = any(%s)",
-                ([s.run_id for s in summaries],)).fetchone(),
+            **{f"messages published to {topic.name}": conn.execute(
+                "select coalesce(sum(messages), 0) from ops.publications where run_id = any(%s) and topic = %s",
+                ([s.run_id for s in summaries], topic.name)).fetchone() for topic in (BARS_1D, BARS_1M)},
         }
-    table = Table(title="demo summary")
-    table.add_column("layer")
-    table.add_column("count", justify="right")
-    for name, row in counts.items():
-        table.add_row(name, str(row[0] if row else 0))
-    table.add_row("checks passed", str(sum(s.checks_passed for s in summaries)))
-    table.add_row("checks failed", str(sum(s.checks_failed for s in summaries)))
-    console.print(table)
+    rows = [(name, str(row[0] if row else 0)) for name, row in counts.items()]
+    rows += [("checks passed", str(sum(s.checks_passed for s in summaries))),
+             ("checks failed", str(sum(s.checks_failed for s in summaries)))]
+    print_table(console, "demo summary", ("layer", "count"), rows, right=("count",))
     for s in summaries:
         for failure in s.failures:
             console.print(f"[red]{failure}[/]")

@@ -1,12 +1,20 @@
-"""Daily partitions over trading sessions: weekdays minus the exchange's holidays."""
+"""Daily partitions: one per weekday, keyed by the date; the exchange calendar decides what trades.
+
+Holidays are partitions too, and they hold no data: every step asks the exchange calendar which
+sessions a range contains, so materializing a holiday does nothing, and the schedules skip them.
+They are not excluded from the partitions definition on purpose: Dagster serializes the definition
+into every planned asset-check row it stores for each partition of a run, and a list of a
+quarter-century of holidays made each of those rows 26 kB (a year's backfill wrote over 100 MB of
+bookkeeping before its first step; without the list a row is under 1 kB).
+"""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date
 
 import dagster as dg
 
-from mdpipeline.sessions import non_session_weekdays
+from mdpipeline.sessions import exchange_timezone
 
 PARTITIONS_START = date(2000, 1, 3)
 DATE_FORMAT = "%Y-%m-%d"
@@ -15,25 +23,22 @@ DATE_FORMAT = "%Y-%m-%d"
 def trading_day_partitions(
     calendar_name: str = "XNYS", start: date = PARTITIONS_START
 ) -> dg.TimeWindowPartitionsDefinition:
-    """One partition per session of `calendar_name`, keyed by the session date (YYYY-MM-DD).
+    """One partition per weekday from `start`, keyed YYYY-MM-DD, in the exchange's time zone.
 
-    `end_offset=1` makes the current session's partition exist from its first minute: a window
-    ends when the next session's starts (Friday's on Monday), so without it the session a daily
-    schedule requests after the close would not be a partition yet.
+    `end_offset=1` makes the current day's partition exist from its first minute: a window ends
+    when the next weekday's starts (Friday's on Monday), so without it the session a daily schedule
+    requests after the close would not be a partition yet.
     """
-    horizon = date.today() + timedelta(days=400)
-    holidays = [datetime.combine(d, datetime.min.time()) for d in non_session_weekdays(start, horizon, calendar_name)]
     return dg.TimeWindowPartitionsDefinition(
         start=start.strftime(DATE_FORMAT),
         fmt=DATE_FORMAT,
         cron_schedule="0 0 * * 1-5",
-        timezone="America/New_York",
-        exclusions=holidays,
+        timezone=exchange_timezone(calendar_name),
         end_offset=1,
     )
 
 
 def partition_dates(context: dg.AssetExecutionContext) -> tuple[date, date]:
-    """The inclusive session-date range a (possibly multi-partition) run covers."""
+    """The inclusive date range a (possibly multi-partition) run covers."""
     keys = context.partition_key_range
     return date.fromisoformat(keys.start), date.fromisoformat(keys.end)

@@ -1,12 +1,13 @@
 """Data-quality asset checks of one provider's daily bars: the Dagster wiring of `mdpipeline.quality`.
 
-Two check definitions per provider, both partitioned like the assets (Dagster 1.13 runs a check
-with `partitions_def` over exactly the run's partition range, and loads only that range of its
-asset through the IO manager):
+Two check definitions per provider on the stored bars `md/<provider>/bars_1d`, both partitioned
+like the assets (Dagster 1.13 runs a check with `partitions_def` over exactly the run's partition
+range); they read what is stored, after the corporate actions (so a split's ex-date is explained
+whatever order the steps run in, e.g. the demo's step-by-step runs):
 
-- on `normalized/<provider>/bars_1d`, one op with the checks completeness, staleness,
-  return_outliers, price_gaps, volume_spikes and quality_metrics (the per-partition summary);
-- on `md/<provider>/bars_1d`, divergence: the stored bars against other providers' in md.bars_1d.
+- one op with the checks completeness, staleness, return_outliers, price_gaps, volume_spikes and
+  quality_metrics (the per-partition summary), symbol group by symbol group over the whole range;
+- divergence: the stored bars against other providers' in md.bars_1d.
 
 All of them are soft (WARN): hard failures are quarantined before they get here. Every result is
 also written to `quality.check_results`, with the same metadata the UI shows.
@@ -21,10 +22,9 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from mdpipeline.chain.datasets import dataset
 from mdpipeline.chunks import symbol_groups
 from mdpipeline.orchestration.partitions import trading_day_partitions
-from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, ProvidersResource
+from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
 from mdpipeline.quality.detectors import QualityReport, detect, merge_reports
 from mdpipeline.quality.divergence import Divergence, divergence
 from mdpipeline.quality.findings import WARN, count_by_kind
@@ -70,7 +70,6 @@ def quality_checks(
     config/quality.yaml).
     """
     partitions = partitions or trading_day_partitions()
-    normalized_key = dg.AssetKey(["normalized", provider, DATASET])
     stored_key = dg.AssetKey(["md", provider, DATASET])
 
     def thresholds() -> Thresholds:
@@ -78,21 +77,19 @@ def quality_checks(
 
     @dg.multi_asset_check(
         name=f"{provider}_{DATASET}_quality",
-        specs=[dg.AssetCheckSpec(name, asset=normalized_key, description=text, partitions_def=partitions,
+        specs=[dg.AssetCheckSpec(name, asset=stored_key, description=text, partitions_def=partitions,
                                  additional_deps=list(after))
                for name, text in BAR_CHECKS.items()],
         can_subset=True,
         compute_kind="polars",
     )
-    def bar_quality(context: dg.AssetCheckExecutionContext, db: DatabaseResource, providers: ProvidersResource,
-                    frames: FramesResource) -> Iterator[dg.AssetCheckResult]:
+    def bar_quality(context: dg.AssetCheckExecutionContext, db: DatabaseResource,
+                    providers: ProvidersResource) -> Iterator[dg.AssetCheckResult]:
         start, end = _partition_range(context)
         limits = thresholds()
         universe = providers.universe()
         symbols = providers.symbols_for(provider)
         served = universe.symbology.filter(pl.col("symbol").is_in(list(symbols)))
-        store = frames.store()
-        ds = dataset(DATASET)
         reports = []
         with db.connection() as conn:
             first = lookback_start(start, limits.lookback_sessions, universe.exchange_calendar)
@@ -100,10 +97,9 @@ def quality_checks(
             quarantined = quarantined_rows(conn, provider, DATASET, start, end)
             sessions = session_dates(start, end, universe.exchange_calendar)
             # Daily bands learn from the whole range, so the range is cut by symbols only.
-            for group in symbol_groups(symbols or (ALL_SYMBOLS,), len(sessions), ds.rows_per_symbol_session):
+            for group in symbol_groups(symbols or (ALL_SYMBOLS,), len(sessions), 1.0):
                 named = None if ALL_SYMBOLS in group else list(group)
-                bars = store.scan(("normalized", provider, DATASET), "rows", start=start, end=end, symbols=group,
-                                  date_column=ds.date_column, schema=dict(ds.canonical_columns)).collect()
+                bars = read_bars_1d(conn, start=start, end=end, provider=provider, symbols=named)
                 history = read_bars_1d(conn, start=first, end=start - timedelta(days=1), provider=provider,
                                        symbols=named)
                 instruments = served if named is None else served.filter(pl.col("symbol").is_in(named))
@@ -114,7 +110,7 @@ def quality_checks(
         report = merge_reports(start, end, reports)
         results = _bar_results(report, quarantined, limits)
         selected = {key.name for key in context.selected_asset_check_keys}
-        yield from _record_and_yield(db, normalized_key, start, end, context.run.run_id,
+        yield from _record_and_yield(db, stored_key, start, end, context.run.run_id,
                                      {n: r for n, r in results.items() if n in selected})
 
     @dg.asset_check(

@@ -69,7 +69,7 @@ def quality_publish_assets(
         with db.connection() as conn:
             measured = {d: measure_stored(conn, provider=provider, dataset=d, start=start, end=end,
                                           thresholds=load_thresholds(provider, d, config_path), instruments=served,
-                                          calendar_name=universe.exchange_calendar)
+                                          calendar_name=universe.exchange_calendar, others=list(other_providers))
                         for d in datasets}
         events = [quality_event(provider, d, start, end, m) for d, m in measured.items()]
         ensure_topics(kafka.bootstrap_servers, (QUALITY,))

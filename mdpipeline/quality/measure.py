@@ -28,12 +28,14 @@ from mdpipeline.storage.bars import read_bars_1d, read_bars_1m
 
 READERS = {"bars_1d": read_bars_1d, "bars_1m": read_bars_1m}
 MINUTES_PER_SESSION = 390.0
+MEASURED = ("ts", "open", "high", "low", "close", "volume")  # what the detectors and divergence read
 BAR_DATASETS = tuple(READERS)
 
 
 def measure_stored(
     conn: psycopg.Connection, *, provider: str, dataset: str, start: date, end: date, thresholds: Thresholds,
     instruments: pl.DataFrame | Sequence[str] | None = None, calendar_name: str = "XNYS", budget: int | None = None,
+    others: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Quality metrics of `provider`'s stored `dataset` bars of the sessions [start, end] (JSON-safe).
 
@@ -41,6 +43,7 @@ def measure_stored(
     respects symbology validity); None expects only what is stored. The range is read in chunks of
     at most `budget` rows: daily bars by symbol groups over the whole range (their bands learn from
     all of it), minute bars by sessions x symbols with the configured look-back before each chunk.
+    `others`: the other providers that may hold the same bars (None: look them up in the table).
     """
     if dataset not in READERS:
         raise ValueError(f"no stored bars for dataset {dataset!r} (one of {', '.join(READERS)})")
@@ -58,16 +61,21 @@ def measure_stored(
     first = lookback_start(start, thresholds.lookback_sessions, calendar_name)
     actions = corporate_actions(conn, first, end)
     reports, diverged = [], []
+    columns = ["instrument_id", "symbol", "session_date", "provider", *MEASURED]
     for lo, hi, group in pieces:
         names = list(group)
-        bars = read(conn, start=lo, end=hi, provider=provider, symbols=names)
+        bars = read(conn, start=lo, end=hi, provider=provider, symbols=names, columns=columns)
         before = lookback_start(lo, thresholds.lookback_sessions, calendar_name)
-        history = read(conn, start=before, end=lo - timedelta(days=1), provider=provider, symbols=names) \
-            if before < lo else None
+        history = read(conn, start=before, end=lo - timedelta(days=1), provider=provider, symbols=names,
+                       columns=columns) if before < lo else None
         expected = None if table is None else table.filter(pl.col("symbol").is_in(names))
         reports.append(detect(bars, lo, hi, thresholds=thresholds, key="symbol", calendar_name=calendar_name,
                               instruments=expected, actions=actions, history=history))
-        everyone = read(conn, start=lo, end=hi, symbols=names)
+        # Other providers' bars only when the configuration compares with anybody.
+        compared = [] if limits.compare_with == [] else _compared(conn, dataset, provider, lo, hi,
+                                                                  limits.compare_with, others)
+        everyone = pl.concat([bars, *(read(conn, start=lo, end=hi, provider=other, symbols=names, columns=columns)
+                                      for other in compared)], how="vertical")
         diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
                                    provider=provider, compare_with=limits.compare_with))
     report = merge_reports(start, end, reports)
@@ -77,6 +85,16 @@ def measure_stored(
                                 completeness=report.completeness,
                                 quarantined=quarantined(conn, provider, dataset, start, end), divergence=across)
     return json_safe(metrics)
+
+
+def _compared(conn: psycopg.Connection, dataset: str, provider: str, start: date, end: date,
+              compare_with: Sequence[str] | None, others: Sequence[str] | None) -> list[str]:
+    """The other providers that may hold bars of the range and that the configuration compares with."""
+    if others is None:
+        rows = conn.execute(f"select distinct provider from md.{dataset} where session_date between %s and %s"
+                            " and provider <> %s order by 1", (start, end, provider)).fetchall()
+        others = [r[0] for r in rows]
+    return [p for p in others if p != provider and (compare_with is None or p in compare_with)]
 
 
 def _stored_symbols(conn: psycopg.Connection, dataset: str, provider: str, start: date, end: date) -> list[str]:

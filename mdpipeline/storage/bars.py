@@ -20,10 +20,12 @@ def read_bars_1d(
     provider: str | None = None,
     symbols: list[str] | None = None,
     instrument_ids: list[int] | None = None,
+    columns: list[str] | None = None,
 ) -> pl.DataFrame:
-    """Stored daily bars in [start, end], optionally for one provider and some symbols or instruments."""
+    """Stored daily bars in [start, end], optionally for one provider and some symbols or instruments
+    (`columns`: only those, in the stored order)."""
     return _read("md.bars_1d", STORED_BARS_1D, "session_date, instrument_id, provider",
-                 conn, start, end, provider, symbols, instrument_ids)
+                 conn, start, end, provider, symbols, instrument_ids, columns)
 
 
 def read_bars_1m(
@@ -34,15 +36,18 @@ def read_bars_1m(
     provider: str | None = None,
     symbols: list[str] | None = None,
     instrument_ids: list[int] | None = None,
+    columns: list[str] | None = None,
 ) -> pl.DataFrame:
-    """Stored one-minute bars of the sessions [start, end]."""
+    """Stored one-minute bars of the sessions [start, end] (`columns`: only those)."""
     return _read("md.bars_1m", STORED_BARS_1M, "ts, instrument_id, provider",
-                 conn, start, end, provider, symbols, instrument_ids)
+                 conn, start, end, provider, symbols, instrument_ids, columns)
 
 
 def _read(table: str, schema: dict[str, pl.DataType], order: str, conn: psycopg.Connection, start: date,
           end: date, provider: str | None, symbols: list[str] | None,
-          instrument_ids: list[int] | None) -> pl.DataFrame:
+          instrument_ids: list[int] | None, columns: list[str] | None = None) -> pl.DataFrame:
+    if columns is not None:
+        schema = {c: t for c, t in schema.items() if c in columns}
     where = ["session_date between %s and %s"]
     params: list[object] = [start, end]
     for column, value in (("provider", provider), ("symbol", symbols), ("instrument_id", instrument_ids)):

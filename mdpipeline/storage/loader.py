@@ -128,8 +128,9 @@ def replace_range(
         ensure_partitions(conn, table, start, end)  # no-op when they exist (the common case)
         stored = conn.execute(sql.SQL("select exists (select 1 from {} where {})").format(target, scope.where()))
         if not stored.fetchone()[0]:  # type: ignore[index]
-            with conn.cursor() as cur:
-                loaded = copy_frame(cur, table, frame) if frame.height else 0
+            keys = list(TABLE_KEYS[table])
+            with conn.cursor() as cur:  # in key order: the primary-key index grows at its ends, not everywhere
+                loaded = copy_frame(cur, table, frame.sort(keys)) if frame.height else 0
             return LoadResult(rows=frame.height, inserted=loaded, updated=0, deleted=0, first_load=True,
                               changed=_sessions(frame))
         return _reload(conn, table, target, frame, scope, allow_deletes)
@@ -150,7 +151,6 @@ def _reload(conn: psycopg.Connection, table: str, target: sql.Identifier, frame:
     # the scope holds one row picks a nested loop over the staging table, quadratic in the chunk size.
     conn.execute("set local enable_nestloop = off")
     conn.execute("set local work_mem = '64MB'")
-    key_cols = sql.SQL(", ").join(sql.Identifier(c) for c in keys)
     same_key = sql.SQL(" and ").join(sql.SQL("s.{c} = t.{c}").format(c=sql.Identifier(c)) for c in keys)
     gone = conn.execute(sql.SQL(
         "select t.instrument_id, t.symbol, t.session_date, count(*) from {t} t where {scope}"
@@ -168,20 +168,23 @@ def _reload(conn: psycopg.Connection, table: str, target: sql.Identifier, frame:
         conn.execute(sql.SQL("delete from {t} t where {scope} and not exists (select 1 from {s} s where {same})")
                      .format(t=target, scope=scope.where("t"), s=staging, same=same_key))
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in frame.columns)
-    updates = sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c))
+    updates = sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
                                  for c in frame.columns if c not in keys)
     old = sql.SQL(", ").join(sql.Identifier("t", c) for c in values)
-    new = sql.SQL(", ").join(sql.Identifier("excluded", c) for c in values)
-    written = conn.execute(sql.SQL(
-        "insert into {t} as t ({cols}) select {cols} from {s} on conflict ({keys}) do update set {updates}"
-        " where ({old}) is distinct from ({new}) returning instrument_id, session_date, (xmax = 0)"
-    ).format(t=target, cols=columns, s=staging, keys=key_cols, updates=updates, old=old, new=new)).fetchall()
-    inserted = sum(1 for r in written if r[2])
-    changed = pl.DataFrame([(r[0], r[1]) for r in written] + [(r[0], r[2]) for r in gone],
+    new = sql.SQL(", ").join(sql.Identifier("s", c) for c in values)
+    updated = conn.execute(sql.SQL(
+        "update {t} t set {updates} from {s} s where {same} and ({old}) is distinct from ({new})"
+        " returning t.instrument_id, t.session_date"
+    ).format(t=target, updates=updates, s=staging, same=same_key, old=old, new=new)).fetchall()
+    inserted = conn.execute(sql.SQL(
+        "insert into {t} ({cols}) select {cols} from {s} s where not exists (select 1 from {t} t where {same})"
+        " returning instrument_id, session_date"
+    ).format(t=target, cols=columns, s=staging, same=same_key)).fetchall()
+    changed = pl.DataFrame([(r[0], r[1]) for r in (*updated, *inserted)] + [(r[0], r[2]) for r in gone],
                            schema=_CHANGED_SCHEMA, orient="row").unique().sort("instrument_id", "session_date")
     conn.execute(sql.SQL("drop table {}").format(staging))
     conn.execute("reset enable_nestloop; reset work_mem")
-    return LoadResult(rows=frame.height, inserted=inserted, updated=len(written) - inserted, deleted=deleted,
+    return LoadResult(rows=frame.height, inserted=len(inserted), updated=len(updated), deleted=deleted,
                       first_load=False, changed=changed)
 
 

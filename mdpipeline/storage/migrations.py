@@ -352,7 +352,8 @@ def _stream_gap_repair(conn: psycopg.Connection, timescale: bool) -> None:
 
 
 def _compressed_payloads(conn: psycopg.Connection, timescale: bool) -> None:
-    """Raw bodies stored zstd-compressed (TOAST's own compression off), their size as sent, their symbols."""
+    """Raw bodies stored zstd-compressed (TOAST's own compression off), their size as sent, their symbols;
+    outbox values compressed with lz4."""
     conn.execute(
         """
         alter table raw.payloads add column if not exists compression text not null default 'none'
@@ -362,6 +363,8 @@ def _compressed_payloads(conn: psycopg.Connection, timescale: bool) -> None:
         alter table raw.payloads alter column body_size set not null;
         alter table raw.payloads add column if not exists symbols text[];
         alter table raw.payloads alter column body set storage external;
+        -- minute-bar sessions make values of ~20 kB: lz4 compresses them far faster than pglz
+        alter table ops.outbox alter column value set compression lz4;
         """
     )
 

@@ -1,12 +1,21 @@
-"""Reads out of PostgreSQL into polars through COPY, with explicit column types."""
+"""Reads out of PostgreSQL into polars, with explicit column types.
+
+Outside a transaction a read goes through Apache Arrow's ADBC PostgreSQL driver: binary COPY decoded
+into Arrow columns in C++, no Python per row (a few times faster than text, on both ends). Inside a
+transaction (the read must see that transaction's work, e.g. a temporary table) it is a text COPY on
+the same connection, parsed column by column.
+"""
 
 from __future__ import annotations
 
 import io
 from typing import Any
+from urllib.parse import quote, urlencode
 
+import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 
 
@@ -16,12 +25,16 @@ def read_frame(
     params: tuple[Any, ...] | None,
     schema: dict[str, pl.DataType],
 ) -> pl.DataFrame:
-    """Run `query` through `COPY (...) TO STDOUT` and parse it columnar with the given schema.
+    """Run `query` and return its rows as a frame of exactly `schema` (names, order and types).
 
     Connections from `mdpipeline.storage.database.connect` run in UTC, so timestamps parse as UTC.
     """
     query_sql = sql.SQL(query) if isinstance(query, str) else query
     bound = query_sql.as_string(conn) if params is None else _bind(conn, query_sql, params)
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        frame = _read_arrow(conn, bound, schema)
+        if frame is not None:
+            return frame
     buf = io.BytesIO()
     copy_sql = sql.SQL("copy ({}) to stdout (format csv, header true)").format(sql.SQL(bound))
     with conn.cursor() as cur, cur.copy(copy_sql) as cp:
@@ -33,6 +46,36 @@ def read_frame(
     string_schema = dict.fromkeys(schema, pl.String)
     raw = pl.read_csv(buf, schema_overrides=string_schema, infer_schema=False)
     return raw.select(_cast(name, dtype) for name, dtype in schema.items())
+
+
+def _read_arrow(conn: psycopg.Connection, query: str, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+    """`query` (parameters already bound) read through ADBC on a connection to the same database; None
+    when a column comes back in a type Arrow only carries opaquely (e.g. jsonb): the text path reads it."""
+    with adbc.connect(_uri(conn)) as reader, reader.cursor() as cur:
+        cur.execute(query)
+        table = cur.fetch_arrow_table()
+    if any(isinstance(field.type, pa.BaseExtensionType) for field in table.schema):
+        return None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    if frame.is_empty():
+        return pl.DataFrame(schema=schema)
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
+
+
+def _uri(conn: psycopg.Connection) -> str:
+    """A libpq URI of the database `conn` is connected to, with the same credentials."""
+    info = conn.info
+    params = {k: v for k, v in info.get_parameters().items() if k not in ("user", "dbname", "host", "port")}
+    if info.password:
+        params["password"] = info.password
+    query = urlencode(params, quote_via=quote)
+    host = info.host if not info.host.startswith("/") else ""
+    if not host:
+        params["host"] = info.host
+        query = urlencode(params, quote_via=quote)
+    return f"postgresql://{quote(info.user, safe='')}@{host}:{info.port}/{quote(info.dbname, safe='')}" + (
+        f"?{query}" if query else "")
 
 
 def _cast(name: str, dtype: pl.DataType) -> pl.Expr:
