@@ -29,6 +29,7 @@ COPY samples ./samples
 # service over gRPC). $DAGSTER_HOME/storage holds compute logs; compose mounts a shared volume there.
 ENV DAGSTER_HOME=/opt/dagster/home \
     MDP_UNIVERSE=/opt/mdpipeline/config/universe.yaml \
+    MDP_STORAGE_CONFIG=/opt/mdpipeline/config/storage.yaml \
     MDP_FILES_DIR=/opt/mdpipeline/samples/files
 RUN mkdir -p /opt/dagster/home/storage
 COPY deploy/dagster.yaml deploy/workspace.yaml /opt/dagster/home/

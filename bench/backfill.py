@@ -137,7 +137,7 @@ def main() -> None:
         env["MDP_CHUNK_ROWS"] = str(args.chunk_rows)
     try:
         cli(workdir, env, "dev", "up")
-        cli(workdir, env, "migrate")
+        migrated = cli(workdir, env, "migrate")
         dotenv = {k: v.strip('"') for k, v in (line.split("=", 1) for line in
                                                 (workdir / ".env").read_text().splitlines() if "=" in line)}
         url = dotenv["MDP_DATABASE_URL"]
@@ -158,6 +158,7 @@ def main() -> None:
     store = steps.get("md__synthetic__bars_1m", 0.0)
     print(f"backfill: {args.symbols} symbols x {len(sessions)} sessions ({start} .. {end}),"
           f" chunk budget {args.chunk_rows or 'default'} rows")
+    print(f"  storage                {migrated.stdout.strip().rsplit('layout: ', 1)[-1]:>14}")
     print(f"  bars stored            {bars:>14,} ({minute:,} one-minute, {daily:,} daily)")
     print(f"  wall time              {seconds:>14.1f} s")
     print(f"  end to end             {bars / seconds:>14,.0f} bars/s")

@@ -141,12 +141,16 @@ def dev_status(
         {"service": "kafka", "running": st.broker_running, "address": st.bootstrap_servers,
          "directory": str(st.broker_dir) if st.broker_dir else None},
     ]
+    storage = {"storage_layout": st.storage_layout, "timescaledb_preloaded": st.timescaledb_preloaded}
     if fmt == "json":
-        sys.stdout.write(json.dumps(services, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"services": services, **storage}, indent=2) + "\n")
         return
     print_table(console, "local services", ("service", "running", "address", "directory"),
                 [(x["service"], "yes" if x["running"] else "no", x["address"] or "", x["directory"] or "")
                  for x in services])
+    if st.postgres_running:
+        preload = "preloaded" if st.timescaledb_preloaded else "not preloaded"
+        console.print(f"storage layout: {st.storage_layout} (TimescaleDB {preload})")
 
 
 @app.command()
@@ -271,19 +275,19 @@ def bars(
     symbol: Annotated[str, typer.Argument(help="Ticker, e.g. AAPL (comma-separated for several).")],
     start: Start,
     end: End,
-    interval: Annotated[str, typer.Option("--interval", help="1d | 1m.")] = "1d",
+    interval: Annotated[str, typer.Option("--interval", help="1d | 1m | 5m | 15m | 1h (roll-ups of 1m).")] = "1d",
     adjust: Annotated[str, typer.Option("--adjust", help="none | split | total (back-adjusted).")] = "none",
     as_of: Annotated[str | None, typer.Option("--as-of", help="Only what was known at this time (ISO 8601).")] = None,
     provider: Annotated[str | None, typer.Option("--provider", help="Only this provider.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json.")] = "table",
 ) -> None:
-    """Print stored daily bars of SYMBOL, raw or adjusted, optionally as known at a past time."""
+    """Print stored bars of SYMBOL, raw or adjusted, optionally as known at a past time."""
     from mdpipeline.enrich.adjustments import ADJUST_MODES
-    from mdpipeline.read import parse_as_of, read_bars
+    from mdpipeline.read import INTERVALS, parse_as_of, read_bars
     from mdpipeline.storage.database import connect
 
-    if interval not in ("1d", "1m"):
-        err_console.print("[red]--interval must be 1d or 1m[/]")
+    if interval not in INTERVALS:
+        err_console.print(f"[red]--interval must be one of {', '.join(INTERVALS)}[/]")
         raise typer.Exit(2)
     if adjust not in ADJUST_MODES:
         err_console.print(f"[red]--adjust must be one of {', '.join(ADJUST_MODES)}[/]")

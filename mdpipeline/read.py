@@ -4,9 +4,12 @@
     >>> bars("NVDA", "2024-06-03", "2024-06-21", adjust="split")            # doctest: +SKIP
     >>> bars(["AAPL", "MSFT"], "2020-08-01", "2020-09-30", adjust="total",
     ...      as_of="2020-09-01T00:00:00Z", provider="file")                   # doctest: +SKIP
+    >>> bars("AAPL", "2024-06-10", "2024-06-14", interval="1h")             # doctest: +SKIP
 
 Reads go through COPY (columnar) and the adjustment is applied in polars from the factor table, so
 raw rows are never rewritten and a newly learnt corporate action shows in every read at once.
+Intervals 5m, 15m and 1h are roll-ups of the minute bars (`storage.rollups`); an adjusted roll-up
+equals the roll-up of the adjusted minute bars, since a bucket never spans two sessions.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import psycopg
 
 from mdpipeline.enrich.adjustments import ADJUST_MODES, AdjustMode, apply_adjustments, known_at
 from mdpipeline.settings import Settings
-from mdpipeline.storage.bars import instruments_for_symbols, read_bars_1d, read_bars_1m
+from mdpipeline.storage.bars import instruments_for_symbols, read_bars_1d, read_bars_1m, read_rollup
 from mdpipeline.storage.corporate_actions import read_factors
 from mdpipeline.storage.database import connect
+from mdpipeline.storage.rollups import ROLLUPS
 
 READERS = {"1d": read_bars_1d, "1m": read_bars_1m}
+INTERVALS = (*READERS, *ROLLUPS)  # 1d, 1m, 5m, 15m, 1h
 
 
 def _as_date(value: date | str) -> date:
@@ -52,19 +57,18 @@ def read_bars(
     """Bars of `symbols` in [start, end] on an open connection (see `bars`)."""
     if adjust not in ADJUST_MODES:
         raise ValueError(f"adjust must be one of {', '.join(ADJUST_MODES)}, not {adjust!r}")
-    if interval not in READERS:
-        raise ValueError(f"interval must be one of {', '.join(READERS)}, not {interval!r}")
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {', '.join(INTERVALS)}, not {interval!r}")
     wanted = [s.upper() for s in ([symbols] if isinstance(symbols, str) else symbols)]
     cutoff = parse_as_of(as_of)
     ids = instruments_for_symbols(conn, wanted)
-    frame = READERS[interval](conn, start=_as_date(start), end=_as_date(end), provider=provider,
-                              **({"instrument_ids": ids} if ids else {"symbols": wanted}))
-    if cutoff is not None:
-        frame = frame.filter(pl.col("ingested_at") <= cutoff)
+    scope = {"start": _as_date(start), "end": _as_date(end), "provider": provider, "as_of": cutoff,
+             **({"instrument_ids": ids} if ids else {"symbols": wanted})}
+    frame = READERS[interval](conn, **scope) if interval in READERS else read_rollup(conn, interval, **scope)
     factors = known_at(read_factors(conn), cutoff) if adjust != "none" else None
     adjusted = apply_adjustments(frame, factors, adjust) if factors is not None else apply_adjustments(
         frame, pl.DataFrame(), "none")
-    return adjusted.drop("raw_payload_id", "run_id")
+    return adjusted.drop([c for c in ("raw_payload_id", "run_id") if c in adjusted.columns])
 
 
 def bars(
@@ -81,10 +85,12 @@ def bars(
     """Bars of `symbols` for the sessions [start, end] (inclusive), one row per provider and bar.
 
     A symbol means every instrument that ever held it, over its whole history (asking for META
-    also returns the FB-era bars of the same company). `interval`: "1d" or "1m". `adjust`: "none"
-    (raw), "split" or "total" (splits and cash dividends), back-adjusted so the latest price is
-    unchanged. `as_of`: ignore bars and corporate actions learnt after that time. The columns
-    `price_factor` and `volume_factor` say what was applied.
+    also returns the FB-era bars of the same company). `interval`: "1d", "1m", or a roll-up of the
+    minute bars, "5m", "15m" or "1h" (`ts` is the bucket start, `bars` the minute bars in it).
+    `adjust`: "none" (raw), "split" or "total" (splits and cash dividends), back-adjusted so the
+    latest price is unchanged. `as_of`: what was known at that time: bars learnt later are left out,
+    bars corrected later have their earlier value, corporate actions learnt later are ignored. The
+    columns `price_factor` and `volume_factor` say what was applied.
     """
     url = database_url or Settings.from_env().database_url
     with connect(url) as conn:

@@ -114,6 +114,7 @@ def _close(frame: pl.DataFrame, symbol: str, day: date) -> float:
     return frame.filter((pl.col("symbol") == symbol) & (pl.col("session_date") == day))["close"].item()
 
 
+@pytest.mark.both_layouts
 def test_adjusted_prices_match_hand_computed_values(history, database_url: str) -> None:
     _, _, run_all = history
     results = run_all()
@@ -165,6 +166,7 @@ def test_cli_prints_the_same_adjusted_prices(history, database_url: str) -> None
             assert rows[(symbol, day.isoformat())] == pytest.approx(want, rel=REL), (mode, symbol, day)
 
 
+@pytest.mark.both_layouts
 def test_new_action_corrects_history_without_a_provider_call(history, database_url: str) -> None:
     _, files, run_all = history
     _write_vendor_files(files, [a for a in ACTIONS if a[0] != "NVDA"])  # the split is not known yet

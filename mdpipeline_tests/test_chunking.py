@@ -13,16 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import psycopg
 import pytest
-from psycopg import sql
 
 from mdpipeline.chunks import CHUNK_ROWS_ENV, plan_chunks
 from mdpipeline.orchestration.definitions import build_definitions
@@ -40,15 +37,9 @@ CLI = str(Path(sys.executable).parent / "mdpipeline")
 
 
 @pytest.fixture
-def other_database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
+def other_database_url(new_database: Callable[[], str]) -> str:
     """A second fresh migrated database (the same range, chunked differently)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {} template {}").format(sql.Identifier(name),
-                                                                        sql.Identifier(template_db)))
-    yield pg_server_url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(pg_server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    return new_database()
 
 
 def _run(database_url: str, kafka_bootstrap: str, universe: Path, frames: Path,
@@ -96,6 +87,7 @@ def test_the_plan_cuts_sessions_and_symbols_within_the_budget() -> None:
     assert all(len(c.symbols) * c.sessions * 390 <= 1000 for c in grouped)
 
 
+@pytest.mark.both_layouts
 def test_many_chunks_give_exactly_what_one_chunk_gives(database_url: str, other_database_url: str,
                                                      kafka_bootstrap: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +107,7 @@ def test_many_chunks_give_exactly_what_one_chunk_gives(database_url: str, other_
     assert chunks["validated/synthetic/bars_1d"] == 5 * 2  # groups of 4 and 2 symbols
 
 
+@pytest.mark.both_layouts
 def test_a_failure_in_chunk_k_leaves_earlier_chunks_whole_and_a_rerun_converges(
         database_url: str, other_database_url: str, kafka_bootstrap: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

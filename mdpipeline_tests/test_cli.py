@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from mdpipeline.devservices import timescaledb_installed
 from mdpipeline.distribute.subscriber import end_offsets
 from mdpipeline.distribute.topics import BARS_1D
 
@@ -39,6 +40,7 @@ def demo_dir() -> Iterator[Path]:
         assert "demo succeeded" in demo.stdout
         # Its own clean sample data raises no alarm: NVDA's split is known before the bars are checked.
         assert re.search(r"checks failed\s*[│|]?\s*0\b", demo.stdout), demo.stdout
+        (root / "demo.out").write_text(demo.stdout)
         yield root
     finally:
         _cli(root, "dev", "down")
@@ -55,6 +57,12 @@ def test_demo_leaves_bars_payloads_and_messages(demo_dir: Path) -> None:
     rows = json.loads(bars.stdout)
     assert [r["session_date"] for r in rows] == ["2024-06-07", "2024-06-10"]
     assert rows[0]["close"] > 5 * rows[1]["close"]  # raw prices: the 10-for-1 split is not adjusted away
+
+    layout = "timescaledb" if timescaledb_installed() else "postgres-partitioned"
+    assert re.search(rf"storage layout\s*│\s*{layout}", (demo_dir / "demo.out").read_text())
+    status = _cli(demo_dir, "dev", "status")
+    preloaded = "preloaded" if layout == "timescaledb" else "not preloaded"
+    assert f"storage layout: {layout} (TimescaleDB {preloaded})" in status.stdout
 
     tail = _cli(demo_dir, "tail", "md.bars.1d.v1", "--from-beginning", "--limit", "3")
     assert tail.returncode == 0, tail.stderr
@@ -75,7 +83,8 @@ def test_demo_messages_survive_dev_down_and_dev_up(demo_dir: Path) -> None:
 
     assert _cli(demo_dir, "dev", "down").returncode == 0
     status = _cli(demo_dir, "dev", "status", "--format", "json")
-    assert {x["service"]: x["running"] for x in json.loads(status.stdout)} == {"postgresql": False, "kafka": False}
+    services = json.loads(status.stdout)["services"]
+    assert {x["service"]: x["running"] for x in services} == {"postgresql": False, "kafka": False}
     up = _cli(demo_dir, "dev", "up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"MDP_KAFKA_BOOTSTRAP_SERVERS={servers}" in (demo_dir / ".env").read_text()  # same port again

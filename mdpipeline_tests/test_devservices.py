@@ -29,6 +29,7 @@ from mdpipeline.devservices import (
     dev_down,
     dev_status,
     dev_up,
+    timescaledb_installed,
     update_env_file,
 )
 from mdpipeline.devservices.broker import BrokerError
@@ -36,6 +37,8 @@ from mdpipeline.devservices.kafka_dist import ENV_KAFKA_HOME, KafkaDistError, ka
 from mdpipeline.devservices.postgres import find_bindir
 from mdpipeline.devservices.stack import LOCAL_INSTANCE
 from mdpipeline.distribute.subscriber import end_offsets
+from mdpipeline.storage.database import connect
+from mdpipeline.storage.migrations import migrate, storage_layout
 
 
 def _have_postgres() -> bool:
@@ -105,6 +108,33 @@ def test_postgres_listens_on_loopback_only(postgres: LocalPostgres) -> None:
             ).fetchall()
         )
     assert settings == {"listen_addresses": "127.0.0.1", "unix_socket_directories": "", "fsync": "off"}
+
+
+@needs_postgres
+def test_postgres_preloads_timescaledb_when_installed_and_migrate_asks_the_server(shared_tmp: Path) -> None:
+    """`dev up`'s cluster preloads TimescaleDB exactly when it is installed (telemetry off), and `migrate` picks
+    the layout by what the server can do: a cluster told not to preload it gets the plain layout even where
+    the extension is on disk (the bug of a cluster that listed it but could not create it)."""
+    installed = timescaledb_installed()
+    for name, preload in (("default", None), ("plain", False)):
+        pg = LocalPostgres(shared_tmp / name / "data", fast=True, timescaledb=preload)
+        try:
+            with connect(pg.start()) as conn:
+                settings = dict(conn.execute(
+                    "select 'shared_preload_libraries', current_setting('shared_preload_libraries') union all"
+                    " select 'telemetry', current_setting('timescaledb.telemetry_level', true)").fetchall())
+                on_disk = conn.execute("select count(*) from pg_available_extensions where name = 'timescaledb'")
+                assert on_disk.fetchone() == (int(installed),)
+                migrate(conn)
+                layout = storage_layout(conn)
+        finally:
+            pg.stop()
+        if name == "default" and installed:
+            assert settings == {"shared_preload_libraries": "timescaledb", "telemetry": "off"}
+            assert layout == "timescaledb"
+        else:
+            assert settings == {"shared_preload_libraries": "", "telemetry": None}
+            assert layout == "postgres-partitioned"
 
 
 @needs_postgres
@@ -216,6 +246,8 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
         assert status.bootstrap_servers == stack.bootstrap_servers
         assert status.data_dir == root / ".mdpipeline" / "pg" / "data"
         assert status.broker_dir == root / ".mdpipeline" / "kafka"
+        assert status.timescaledb_preloaded == timescaledb_installed()
+        assert status.storage_layout == "not migrated"
         assert dev_up(root) == stack  # idempotent while running
         topic = f"test.devstack.{uuid.uuid4().hex[:8]}"
         _create_topic(stack.bootstrap_servers, topic)

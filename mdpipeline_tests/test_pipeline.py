@@ -37,6 +37,7 @@ def _count(conn: psycopg.Connection, query: str) -> int:
     return int(row[0])
 
 
+@pytest.mark.both_layouts
 def test_range_runs_every_step_and_publishes(database_url: str, kafka_bootstrap: str) -> None:
     defs = build_definitions(settings_for(database_url, kafka_bootstrap))
     result = _run(defs)
@@ -85,6 +86,7 @@ def test_range_runs_every_step_and_publishes(database_url: str, kafka_bootstrap:
     assert values[0]["schema_version"] == 1
 
 
+@pytest.mark.both_layouts
 def test_rerun_replaces_the_range_without_duplicates(database_url: str, kafka_bootstrap: str) -> None:
     defs = build_definitions(settings_for(database_url, kafka_bootstrap))
     first = _run(defs, providers=["synthetic"])
@@ -112,6 +114,7 @@ def test_rerun_replaces_the_range_without_duplicates(database_url: str, kafka_bo
     assert len(ids_first) == 6 * SESSIONS
 
 
+@pytest.mark.both_layouts
 def test_failed_run_leaves_previous_rows_untouched(database_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     defs = build_definitions(settings_for(database_url, kafka_bootstrap))
     assert _run(defs, providers=["synthetic"]).success
@@ -172,6 +175,7 @@ def test_bad_rows_are_quarantined_and_reported(database_url: str, kafka_bootstra
     assert checks[("validated/synthetic/bars_1d", "schema")].passed
 
 
+@pytest.mark.both_layouts
 def test_replay_rederives_from_raw_without_the_provider(database_url: str, kafka_bootstrap: str,
                                                          tmp_path: Path) -> None:
     files = tmp_path / "files"

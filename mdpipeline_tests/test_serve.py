@@ -30,6 +30,8 @@ from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
 from mdpipeline.storage.quarantine_store import replace_quarantine
 
+pytestmark = pytest.mark.both_layouts
+
 DAY1, DAY2 = date(2024, 6, 10), date(2024, 6, 11)
 
 

@@ -17,6 +17,8 @@ from mdpipeline.storage.migrations import migrate, storage_layout, timescale_ava
 from mdpipeline.storage.partitions import drop_partitions_before, ensure_partitions
 from mdpipeline.storage.raw_store import load_payloads, save_payloads
 
+pytestmark = pytest.mark.both_layouts
+
 
 def _bars(days: list[date], provider: str = "synthetic", close: float = 10.0) -> pl.DataFrame:
     n = len(days)
@@ -28,10 +30,12 @@ def _bars(days: list[date], provider: str = "synthetic", close: float = 10.0) ->
     }, schema=STORED_BARS_1D)
 
 
-def test_migrate_is_idempotent_and_records_the_layout(conn: psycopg.Connection) -> None:
+def test_migrate_is_idempotent_and_records_the_layout(conn: psycopg.Connection, layout: str) -> None:
     assert migrate(conn) == []  # the template is already migrated
     expected = "timescaledb" if timescale_available(conn) else "postgres-partitioned"
     assert storage_layout(conn) == expected
+    if layout != "external":
+        assert storage_layout(conn) == layout
     tables = {r[0] for r in conn.execute(
         "select table_schema || '.' || table_name from information_schema.tables "
         "where table_schema in ('raw', 'ref', 'md', 'quality', 'ops')")}
@@ -46,6 +50,9 @@ def test_plain_postgres_partitions_and_retention(conn: psycopg.Connection) -> No
     with conn.transaction():
         names = ensure_partitions(conn, "md.bars_1m", date(2024, 1, 15), date(2024, 3, 2))
     assert names == ["md.bars_1m_m202401", "md.bars_1m_m202402", "md.bars_1m_m202403"]
+    revisions = conn.execute("select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
+                             " where i.inhparent = 'md.bars_1m_revisions'::regclass order by 1").fetchall()
+    assert revisions == [("bars_1m_revisions_m202401",), ("bars_1m_revisions_m202402",), ("bars_1m_revisions_m202403",)]
     kind = conn.execute("select relkind from pg_class where oid = 'md.bars_1m'::regclass").fetchone()
     assert kind == ("p",)
     with conn.transaction():

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything mdpipeline needs on a fresh Debian machine: PostgreSQL server binaries, a Java
 # runtime and Maven (for the embedded Apache Kafka broker) and Chromium (for the browser test of the
-# Dagster UI), all Debian packages; a virtualenv in .venv with the project and its dev tools; and the
-# Kafka broker's jars, fetched once by Maven into ~/.cache/mdpipeline (or $MDP_KAFKA_HOME).
+# Dagster UI), all Debian packages; the TimescaleDB extension when ../shared/timescaledb holds a build
+# of it (next to the repository's directory: CI and the development machines); a virtualenv in .venv
+# with the project and its dev tools; and the Kafka broker's jars, fetched once by Maven into
+# ~/.cache/mdpipeline (or $MDP_KAFKA_HOME).
 # Safe to run again: only what is missing gets installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,19 @@ apt_install() {  # quiet, non-interactive; `apt-get update` at most once per boo
 if ! have_postgres; then
   echo "bootstrap: installing PostgreSQL server binaries (Debian package postgresql)"
   apt_install postgresql
+fi
+
+# TimescaleDB for the machine's PostgreSQL, from ../shared/timescaledb when that folder exists (its
+# install.sh is idempotent and needs root; --check tells whether it is installed). Without it, local
+# clusters and the tests use the plain partitioned layout only.
+SHARED_TIMESCALEDB=$(cd .. && pwd)/shared/timescaledb
+if [ -x "$SHARED_TIMESCALEDB/install.sh" ]; then
+  if "$SHARED_TIMESCALEDB/install.sh" --check; then
+    echo "bootstrap: TimescaleDB already installed ($SHARED_TIMESCALEDB)"
+  else
+    echo "bootstrap: installing TimescaleDB from $SHARED_TIMESCALEDB"
+    if [ "$(id -u)" -ne 0 ]; then sudo "$SHARED_TIMESCALEDB/install.sh"; else "$SHARED_TIMESCALEDB/install.sh"; fi
+  fi
 fi
 
 have_java17() {  # Apache Kafka 4 brokers need Java 17+

@@ -7,7 +7,13 @@ Maven resolved once into a per-user cache, run with the machine's JVM.
 
 from mdpipeline.devservices.broker import BrokerError, LocalBroker, prepare_kafka
 from mdpipeline.devservices.kafka_dist import KafkaDistError, kafka_dist, kafka_version
-from mdpipeline.devservices.postgres import LocalPostgres, PostgresError, find_bindir, free_port
+from mdpipeline.devservices.postgres import (
+    LocalPostgres,
+    PostgresError,
+    find_bindir,
+    free_port,
+    timescaledb_installed,
+)
 from mdpipeline.devservices.stack import DevStack, DevStatus, dev_down, dev_status, dev_up, update_env_file
 
 __all__ = [
@@ -26,5 +32,6 @@ __all__ = [
     "kafka_dist",
     "kafka_version",
     "prepare_kafka",
+    "timescaledb_installed",
     "update_env_file",
 ]

@@ -20,6 +20,7 @@ import psycopg.sql
 DATABASE = "mdpipeline"
 SUPERUSER = "postgres"
 MIN_MAJOR_VERSION = 14
+TIMESCALEDB = "timescaledb"
 _INSTALL_HINT = "install PostgreSQL 14+ server binaries, e.g. apt-get install postgresql"
 
 
@@ -88,6 +89,32 @@ def find_bindir() -> Path:
     raise PostgresError(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: {_INSTALL_HINT}")
 
 
+def _pg_config_dir(bindir: Path, option: str) -> Path | None:
+    """A directory `pg_config` of these binaries reports (`--pkglibdir`, `--sharedir`), None when unknown."""
+    pg_config = bindir / "pg_config"
+    if not os.access(pg_config, os.X_OK):
+        return None
+    try:
+        out = subprocess.run([str(pg_config), option], check=False, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def timescaledb_installed(bindir: Path | None = None) -> bool:
+    """True when the server binaries' library directory holds TimescaleDB's loader, so it can be preloaded.
+
+    Only says what is on disk: whether a database can use it is decided by `migrate`, which asks the
+    running server (mdpipeline.storage.migrations.timescale_available).
+    """
+    try:
+        bindir = bindir or find_bindir()
+    except PostgresError:
+        return False
+    libdir = _pg_config_dir(bindir, "--pkglibdir") or bindir.parent / "lib"
+    return (libdir / f"{TIMESCALEDB}.so").exists()
+
+
 def server_major_version(bindir: Path) -> int:
     """The major version of the `postgres` binary in bindir."""
     cmd = [str(bindir / "postgres"), "--version"]
@@ -103,6 +130,12 @@ class LocalPostgres:
 
     `fast=True` turns off fsync, synchronous_commit and full_page_writes: quicker, but a crash can
     corrupt the cluster, so it is meant for tests only, never for `dev up`.
+
+    `timescaledb`: preload the TimescaleDB extension (`shared_preload_libraries`, telemetry off) —
+    None (the default) when the server binaries have it installed, False never (a plain server even
+    where it is installed), True always. `background_jobs=False` starts no TimescaleDB job scheduler
+    (`timescaledb.max_background_workers=0`): policies stay registered but run only when called
+    (`CALL run_job(id)`), which keeps tests deterministic and lets databases be cloned from templates.
     """
 
     def __init__(
@@ -113,6 +146,8 @@ class LocalPostgres:
         *,
         fast: bool = False,
         timeout: float = 60.0,
+        timescaledb: bool | None = None,
+        background_jobs: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.log_file = Path(log_file).absolute() if log_file else self.data_dir.parent / "postgres.log"
@@ -120,6 +155,8 @@ class LocalPostgres:
         self.timeout = timeout
         self._port = port
         self._bindir: Path | None = None
+        self._timescaledb = timescaledb
+        self.background_jobs = background_jobs
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -134,6 +171,13 @@ class LocalPostgres:
         if self.port is None:
             raise PostgresError("no port chosen yet: call start() first")
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def preloads_timescaledb(self) -> bool:
+        """Whether this cluster starts with TimescaleDB preloaded (decided once, from what is installed)."""
+        if self._timescaledb is None:
+            self._timescaledb = timescaledb_installed(Path(self._bin("postgres")).parent)
+        return self._timescaledb
 
     @property
     def pid(self) -> int | None:
@@ -246,6 +290,10 @@ class LocalPostgres:
         opts = [f"-p {self._port}", "-c listen_addresses=127.0.0.1", "-c unix_socket_directories=''"]
         if self.fast:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        if self.preloads_timescaledb:
+            opts += [f"-c shared_preload_libraries={TIMESCALEDB}", "-c timescaledb.telemetry_level=off"]
+            if not self.background_jobs:
+                opts.append("-c timescaledb.max_background_workers=0")
         return " ".join(opts)
 
     def _pg_ctl_start(self) -> None:

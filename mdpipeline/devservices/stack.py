@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from mdpipeline.devservices.broker import LocalBroker
 from mdpipeline.devservices.postgres import LocalPostgres, port_is_free
 
@@ -61,6 +63,8 @@ class DevStatus:
     broker_running: bool
     data_dir: Path
     broker_dir: Path | None = None  # the Kafka node's home: log directory, server.properties
+    timescaledb_preloaded: bool | None = None  # whether the running server preloads TimescaleDB
+    storage_layout: str | None = None  # the database's layout: timescaledb, postgres-partitioned, not migrated
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,7 @@ def dev_status(root: Path | None = None) -> DevStatus:
     postgres = LocalPostgres(paths.data_dir, port=_saved_port(state, "postgres"))
     pg_running = paths.data_dir.exists() and postgres.is_running()
     broker = LocalBroker(paths.kafka, port=_saved_port(state, "broker"))
+    preloaded, layout = _storage(postgres.url) if pg_running else (None, None)
     return DevStatus(
         database_url=postgres.url if postgres.port is not None else None,
         postgres_running=pg_running,
@@ -197,7 +202,25 @@ def dev_status(root: Path | None = None) -> DevStatus:
         broker_running=broker.is_running(),
         data_dir=paths.data_dir,
         broker_dir=paths.kafka,
+        timescaledb_preloaded=preloaded,
+        storage_layout=layout,
     )
+
+
+def _storage(url: str) -> tuple[bool | None, str | None]:
+    """Whether the server preloads TimescaleDB, and the layout `migrate` recorded ("not migrated" before)."""
+    from mdpipeline.storage.database import connect
+    from mdpipeline.storage.migrations import storage_layout, timescaledb_preloaded
+
+    try:
+        with connect(url) as conn:
+            preloaded = timescaledb_preloaded(conn)
+            try:
+                return preloaded, storage_layout(conn)
+            except (RuntimeError, psycopg.Error):
+                return preloaded, "not migrated"
+    except psycopg.Error:
+        return None, None
 
 
 def _ensure_dagster_home(dagster_home: Path) -> Path:

@@ -21,6 +21,7 @@ from mdpipeline.orchestration.realtime import (
 )
 from mdpipeline.orchestration.reference_assets import reference_data
 from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, KafkaResource, ProvidersResource
+from mdpipeline.orchestration.retention import storage_retention, storage_retention_schedule
 from mdpipeline.orchestration.run_limits import max_runtime_tags
 from mdpipeline.orchestration.schedules import session_schedules
 from mdpipeline.orchestration.sensors import freshness_sensors
@@ -69,8 +70,8 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     ]
     return dg.Definitions(
         assets=assets,
-        jobs=[*jobs, realtime_ticks_job, stream_gap_repair_job],
-        schedules=session_schedules(jobs, universe.exchange_calendar),
+        jobs=[*jobs, realtime_ticks_job, stream_gap_repair_job, storage_retention],
+        schedules=[*session_schedules(jobs, universe.exchange_calendar), storage_retention_schedule],
         sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor(), stream_gap_sensor()],
         resources={
             "db": DatabaseResource(url=settings.database_url or dg.EnvVar("MDP_DATABASE_URL")),

@@ -18,7 +18,7 @@ from mdpipeline.orchestration.summary import RunSummary, run_summary
 from mdpipeline.output import print_table
 from mdpipeline.settings import Settings
 from mdpipeline.storage.database import connect
-from mdpipeline.storage.migrations import migrate
+from mdpipeline.storage.migrations import migrate, storage_layout
 
 # The six steps as Dagster asset groups, run in dependency order over the demo range. Enrichment
 # has two halves: reference data and corporate actions before storing, adjustment factors after.
@@ -80,7 +80,8 @@ def _print_summary(console: Console, settings: Settings, summaries: list[RunSumm
                 "select coalesce(sum(messages), 0) from ops.publications where run_id = any(%s) and topic = %s",
                 ([s.run_id for s in summaries], topic.name)).fetchone() for topic in (BARS_1D, BARS_1M)},
         }
-    rows = [(name, str(row[0] if row else 0)) for name, row in counts.items()]
+        layout = storage_layout(conn)
+    rows = [("storage layout", layout)] + [(name, str(row[0] if row else 0)) for name, row in counts.items()]
     rows += [("checks passed", str(sum(s.checks_passed for s in summaries))),
              ("checks failed", str(sum(s.checks_failed for s in summaries)))]
     print_table(console, "demo summary", ("layer", "count"), rows, right=("count",))

@@ -2,6 +2,7 @@
 
     GET /health
     GET /v1/bars/1d?symbol=AAPL[,MSFT]&start=YYYY-MM-DD&end=YYYY-MM-DD[&provider=P][&format=json|arrow|parquet]
+    GET /v1/bars/1m, /v1/bars/5m, /v1/bars/15m, /v1/bars/1h  (the same parameters; 5m..1h: roll-ups of 1m)
     GET /v1/quality?symbol=...&start=...&end=...[&provider=P][&format=...]
 
 The format comes from `format=` or the Accept header (`application/json`,
@@ -33,7 +34,7 @@ from starlette.exceptions import HTTPException
 
 from mdpipeline.serve.formats import MEDIA_TYPES, encode, negotiate
 from mdpipeline.serve.limits import ApiLimits
-from mdpipeline.serve.queries import bars_1d, quality
+from mdpipeline.serve.queries import BARS, quality
 from mdpipeline.settings import PROVIDERS
 from mdpipeline.storage.database import Timeouts, connection_kwargs
 
@@ -88,6 +89,31 @@ class BarRow(BaseModel):
     ingested_at: str | None
 
 
+class MinuteBarRow(BarRow):
+    """One stored one-minute bar: `ts` is the bar's start (UTC), `session_date` its exchange session."""
+
+    ts: str
+
+
+class RollupRow(BaseModel):
+    """One roll-up bar of minute bars: `ts` the bucket start (UTC), `bars` the minute bars in it."""
+
+    instrument_id: int
+    symbol: str
+    session_date: date
+    provider: str
+    ts: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float | None
+    trades: int | None
+    ingested_at: str | None
+    bars: int
+
+
 class QuarantineRow(BaseModel):
     """One quarantined row: why it was rejected, and the row as it arrived (JSON text)."""
 
@@ -134,7 +160,8 @@ def create_app(database_url: str, limits: ApiLimits | None = None) -> FastAPI:
             pool.close()
 
     app = FastAPI(title="mdpipeline read API", version="1", lifespan=lifespan,
-                  description="Stored daily bars and quarantined rows, as JSON, Arrow IPC or Parquet.")
+                  description="Stored bars (daily, minute, roll-ups) and quarantined rows, as JSON, Arrow IPC or"
+                              " Parquet.")
     app.state.pool = pool
     app.state.limits = limits
 
@@ -149,7 +176,7 @@ def create_app(database_url: str, limits: ApiLimits | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = (f"no such path {request.url.path!r}; see /v1/bars/1d, /v1/quality, /docs"
+        message = (f"no such path {request.url.path!r}; see /v1/bars/{{1d,1m,5m,15m,1h}}, /v1/quality, /docs"
                    if exc.status_code == 404 else str(exc.detail))
         return JSONResponse({"error": message}, status_code=exc.status_code)
 
@@ -173,10 +200,20 @@ def create_app(database_url: str, limits: ApiLimits | None = None) -> FastAPI:
         return Response(encode(frame, chosen), media_type=MEDIA_TYPES[chosen],
                         headers={"X-Row-Count": str(frame.height)})
 
-    @app.get("/v1/bars/1d", summary="Stored daily bars", responses=_responses(BarRow), response_class=Response)
-    def get_bars_1d(symbol: Symbols, start: Start, end: End, provider: ProviderQ = None, format: FormatQ = None,
-                    accept: Accept = None) -> Response:
-        return answer(bars_1d, symbol, start, end, provider, format, accept)
+    def bars_route(interval: str, summary: str, row: type[BaseModel]) -> None:
+        query = BARS[interval]
+
+        @app.get(f"/v1/bars/{interval}", summary=summary, responses=_responses(row), response_class=Response,
+                 operation_id=f"get_bars_{interval}")
+        def get_bars(symbol: Symbols, start: Start, end: End, provider: ProviderQ = None, format: FormatQ = None,
+                     accept: Accept = None) -> Response:
+            return answer(query, symbol, start, end, provider, format, accept)
+
+    bars_route("1d", "Stored daily bars", BarRow)
+    bars_route("1m", "Stored one-minute bars", MinuteBarRow)
+    for interval in BARS:
+        if interval not in ("1d", "1m"):
+            bars_route(interval, f"{interval} bars rolled up from the stored minute bars", RollupRow)
 
     @app.get("/v1/quality", summary="Quarantined rows with reasons", responses=_responses(QuarantineRow),
              response_class=Response)
@@ -184,7 +221,7 @@ def create_app(database_url: str, limits: ApiLimits | None = None) -> FastAPI:
                     accept: Accept = None) -> Response:
         return answer(quality, symbol, start, end, provider, format, accept)
 
-    _register_models(app, (BarRow, QuarantineRow))
+    _register_models(app, (BarRow, MinuteBarRow, RollupRow, QuarantineRow))
     return app
 
 
@@ -202,7 +239,8 @@ def _run(pool: ConnectionPool, limits: ApiLimits, query: Query_, symbols: list[s
          provider: str | None) -> pl.DataFrame:
     """The query on a pooled connection, at most max_rows + 1 rows read; limits and timeouts as API errors."""
     try:
-        with pool.connection() as conn:
+        # In a transaction: the read stays on the pooled connection (its statement timeout, the pool's bound).
+        with pool.connection() as conn, conn.transaction():
             frame = query(conn, symbols, start, end, provider, limits.max_rows + 1)
     except PoolTimeout:
         raise ApiError(503, f"the database is busy: no connection free within {limits.pool_timeout:g}s; "

@@ -1,8 +1,11 @@
 """Versioned DDL for the `raw`, `ref`, `md`, `quality` and `ops` schemas.
 
-One decision point (`timescale_available`) picks the physical layout at migration time: TimescaleDB
-hypertables when the extension can be created, native range partitioning on plain PostgreSQL 14+.
-The logical tables are identical either way, so the rest of the code never asks which it got.
+One decision point (`timescale_available`) picks the physical layout when a database is first
+migrated, by what the server can do: TimescaleDB hypertables when the extension is preloaded (or can
+otherwise be created), native range partitioning on plain PostgreSQL 14+. The layout is recorded in
+`ops.schema_migrations` and every later migration follows it. The logical tables are identical
+either way; after the versioned DDL, `migrate` applies the storage configuration (retention,
+compression, roll-ups: `mdpipeline.storage.policies`).
 """
 
 from __future__ import annotations
@@ -13,10 +16,32 @@ from dataclasses import dataclass
 import psycopg
 
 from mdpipeline.storage.provider_quota import DDL as PROVIDER_QUOTA_DDL
+from mdpipeline.storage.storage_config import StorageConfig
 from mdpipeline.storage.stream_state import DDL as STREAM_STATE_DDL
 
-# Time-partitioned tables: name -> (partition column, chunk interval).
+TIMESCALEDB = "timescaledb"
+POSTGRES_PARTITIONED = "postgres-partitioned"
+
+# Plain PostgreSQL: natively range-partitioned tables, name -> (partition column, partition interval).
 TIME_PARTITIONED: dict[str, tuple[str, str]] = {
+    "md.bars_1d": ("session_date", "1 year"),
+    "md.bars_1m": ("session_date", "1 month"),
+    "md.ticks": ("session_date", "1 day"),
+    "md.bars_1d_revisions": ("session_date", "1 year"),
+    "md.bars_1m_revisions": ("session_date", "1 month"),
+}
+# TimescaleDB: hypertables, name -> (time dimension, chunk interval). Minute bars are chunked on `ts`
+# (their continuous aggregates must bucket the time dimension); loads add a `ts` predicate derived
+# from their session range so that chunk exclusion works (`storage.loader.Scope`).
+HYPERTABLES: dict[str, tuple[str, str]] = {
+    "md.bars_1d": ("session_date", "1 year"),
+    "md.bars_1m": ("ts", "7 days"),
+    "md.ticks": ("session_date", "1 day"),
+    "md.bars_1d_revisions": ("session_date", "1 year"),
+    "md.bars_1m_revisions": ("ts", "1 month"),
+}
+# What migration 1 created; frozen, since an applied migration never changes.
+_INITIAL_TIME_TABLES: dict[str, tuple[str, str]] = {
     "md.bars_1d": ("session_date", "1 year"),
     "md.bars_1m": ("session_date", "1 month"),
     "md.ticks": ("session_date", "1 day"),
@@ -175,16 +200,38 @@ class Migration:
     apply: Callable[[psycopg.Connection, bool], None]
 
 
+def timescaledb_preloaded(conn: psycopg.Connection) -> bool:
+    """True when the server runs with TimescaleDB in `shared_preload_libraries`."""
+    row = conn.execute("select current_setting('shared_preload_libraries')").fetchone()
+    return TIMESCALEDB in [lib.strip().strip('"') for lib in str(row[0] if row else "").split(",")]
+
+
 def timescale_available(conn: psycopg.Connection) -> bool:
-    """True when the timescaledb extension is installed on the server (the one decision point)."""
-    row = conn.execute(
-        "select 1 from pg_available_extensions where name = 'timescaledb'"
-    ).fetchone()
-    return row is not None
+    """True when this server can run TimescaleDB (the one decision point of the layout).
+
+    Decided by what the server can do, never by what is merely on disk: the extension must be
+    preloaded (`shared_preload_libraries`), or `create extension` must succeed (tried on a connection
+    of its own, rolled back: without the preload TimescaleDB ends that session with a FATAL error). A
+    server that lists it in `pg_available_extensions` without preloading it gets the plain layout.
+    """
+    if conn.execute("select 1 from pg_available_extensions where name = %s", (TIMESCALEDB,)).fetchone() is None:
+        return False
+    if timescaledb_preloaded(conn):
+        return True
+    if conn.execute("select 1 from pg_extension where extname = %s", (TIMESCALEDB,)).fetchone() is not None:
+        return False  # created once, but not loadable now: its tables would fail
+    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val is not None}
+    try:
+        with psycopg.connect(**params, autocommit=True) as probe, probe.transaction() as tx:
+            probe.execute("create extension timescaledb")
+            raise psycopg.Rollback(tx)
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _partition_clause(table: str, timescale: bool) -> str:
-    column, _ = TIME_PARTITIONED[table]
+    column, _ = _INITIAL_TIME_TABLES[table]
     return "" if timescale else f"partition by range ({column})"
 
 
@@ -192,11 +239,11 @@ def _initial(conn: psycopg.Connection, timescale: bool) -> None:
     if timescale:
         conn.execute("create extension if not exists timescaledb")
     ddl = BASE_DDL.format(**{
-        f"partition_clause_{t.split('.')[1]}": _partition_clause(t, timescale) for t in TIME_PARTITIONED
+        f"partition_clause_{t.split('.')[1]}": _partition_clause(t, timescale) for t in _INITIAL_TIME_TABLES
     })
     conn.execute(ddl)
     if timescale:
-        for table, (column, interval) in TIME_PARTITIONED.items():
+        for table, (column, interval) in _INITIAL_TIME_TABLES.items():
             conn.execute(
                 "select create_hypertable(%s, by_range(%s, %s::interval), if_not_exists => true)",
                 (table, column, interval),
@@ -211,11 +258,20 @@ def _initial(conn: psycopg.Connection, timescale: bool) -> None:
             )
 
 
-def migrate(conn: psycopg.Connection) -> list[int]:
-    """Apply pending migrations in one transaction each; returns the versions applied.
+def migrate(conn: psycopg.Connection, config: StorageConfig | None = None) -> list[int]:
+    """Apply pending migrations, then the storage configuration, in one transaction; returns the versions applied.
 
-    An advisory lock serialises concurrent migrators (several run workers starting at once).
+    The layout is decided once, when the database is first migrated, and recorded; later migrations
+    follow it (a database created on TimescaleDB fails clearly when the server stops preloading it).
+    `config` defaults to the checked-in storage configuration (`MDP_STORAGE_CONFIG`,
+    `config/storage.yaml`); its retention, compression and roll-up settings are applied on every
+    run, so changing the file and migrating again changes the policies. An advisory lock serialises
+    concurrent migrators (several run workers starting at once).
     """
+    from mdpipeline.storage.policies import apply_storage_config
+    from mdpipeline.storage.storage_config import load_storage_config
+
+    config = config or load_storage_config()
     applied: list[int] = []
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext('mdpipeline.migrate'))")
@@ -226,16 +282,21 @@ def migrate(conn: psycopg.Connection) -> list[int]:
             " applied_at timestamptz not null default now())"
         )
         done = {r[0] for r in conn.execute("select version from ops.schema_migrations")}
-        timescale = timescale_available(conn)
+        recorded = conn.execute("select layout from ops.schema_migrations order by version limit 1").fetchone()
+        timescale = timescale_available(conn) if recorded is None else recorded[0] == TIMESCALEDB
+        if recorded is not None and timescale and not timescaledb_preloaded(conn):
+            raise RuntimeError("this database was created with TimescaleDB, but the server does not preload it:"
+                               " start it with shared_preload_libraries = 'timescaledb'")
         for m in MIGRATIONS:
             if m.version in done:
                 continue
             m.apply(conn, timescale)
             conn.execute(
                 "insert into ops.schema_migrations (version, name, layout) values (%s, %s, %s)",
-                (m.version, m.name, "timescaledb" if timescale else "postgres-partitioned"),
+                (m.version, m.name, TIMESCALEDB if timescale else POSTGRES_PARTITIONED),
             )
             applied.append(m.version)
+        apply_storage_config(conn, config, timescale)
     return applied
 
 
@@ -374,6 +435,79 @@ def _provider_quota(conn: psycopg.Connection, timescale: bool) -> None:
     conn.execute(PROVIDER_QUOTA_DDL)
 
 
+def _revisions_and_minute_chunks(conn: psycopg.Connection, timescale: bool) -> None:
+    """Revision tables (previous versions of corrected bars); on TimescaleDB, md.bars_1m chunked on `ts`.
+
+    A revision row is a bar as it was stored before a load changed or deleted it, with when that
+    happened (`superseded_at`: the correcting load's `ingested_at`) and how (`change`). The current
+    version stays in md.bars_1d / md.bars_1m, so the default read does not change; as-of reads
+    combine both (`storage.bars`).
+    """
+    if timescale and _time_dimension(conn, "md.bars_1m") != "ts":
+        _rebuild_bars_1m_on_ts(conn)
+    for table, key in (("md.bars_1d", "instrument_id, provider, session_date"),
+                       ("md.bars_1m", "instrument_id, provider, session_date, ts")):
+        revisions = f"{table}_revisions"
+        column = (HYPERTABLES if timescale else TIME_PARTITIONED)[revisions][0]
+        clause = "" if timescale else f" partition by range ({column})"
+        conn.execute(
+            f"create table if not exists {revisions} (like {table} including defaults,"
+            " superseded_at timestamptz not null,"
+            " change text not null check (change in ('update', 'delete')))" + clause)
+        conn.execute(f"create index if not exists {revisions.split('.')[1]}_by_key on {revisions} ({key})")
+        if timescale:
+            conn.execute("select create_hypertable(%s, by_range(%s, %s::interval), if_not_exists => true)",
+                         (revisions, column, HYPERTABLES[revisions][1]))
+    # Published outbox rows expire by age (storage config); find them without a scan of pending rows.
+    conn.execute("create index if not exists outbox_published_at on ops.outbox (published_at)"
+                 " where published_at is not null")
+
+
+def _time_dimension(conn: psycopg.Connection, table: str) -> str | None:
+    """The time dimension of a hypertable (None when it is not one)."""
+    schema, name = table.split(".")
+    row = conn.execute(
+        "select column_name from timescaledb_information.dimensions where hypertable_schema = %s"
+        " and hypertable_name = %s and dimension_number = 1", (schema, name)).fetchone()
+    return str(row[0]) if row else None
+
+
+def _rebuild_bars_1m_on_ts(conn: psycopg.Connection) -> None:
+    """Move md.bars_1m to a hypertable on `ts` (it was chunked on session_date), keeping every row."""
+    conn.execute("alter table md.bars_1m rename to bars_1m_by_session")
+    conn.execute("alter index md.bars_1m_pkey rename to bars_1m_by_session_pkey")
+    conn.execute("create table md.bars_1m (like md.bars_1m_by_session including defaults,"
+                 " primary key (instrument_id, provider, session_date, ts))")
+    column, interval = HYPERTABLES["md.bars_1m"]
+    conn.execute("select create_hypertable('md.bars_1m', by_range(%s, %s::interval))", (column, interval))
+    conn.execute("insert into md.bars_1m select * from md.bars_1m_by_session")
+    conn.execute("drop table md.bars_1m_by_session")
+
+
+def _expire_rows_procedure(conn: psycopg.Connection, timescale: bool) -> None:
+    """ops.expire_rows: retention of the tables that are not time-partitioned (raw payloads, published outbox).
+
+    A procedure with TimescaleDB's job signature, so TimescaleDB schedules it (`add_job`) and the
+    plain layout's Dagster retention job calls the same code.
+    """
+    conn.execute(EXPIRE_ROWS_DDL)
+
+
+EXPIRE_ROWS_DDL = """
+create or replace procedure ops.expire_rows(job_id integer, config jsonb)
+language plpgsql as $$
+begin
+    if config ? 'raw.payloads' then
+        delete from raw.payloads where session_end < current_date - (config ->> 'raw.payloads')::interval;
+    end if;
+    if config ? 'ops.outbox' then
+        delete from ops.outbox where published_at < now() - (config ->> 'ops.outbox')::interval;
+    end if;
+end
+$$;
+"""
+
+
 def _stream_state(conn: psycopg.Connection, timescale: bool) -> None:
     """Collector coverage, topic incarnations of processed offsets, gaps found by the real-time job."""
     conn.execute(STREAM_STATE_DDL)
@@ -387,5 +521,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "stream gap repair outcomes", _stream_gap_repair),
     Migration(5, "compressed raw payloads with their symbols", _compressed_payloads),
     Migration(6, "provider request quotas shared across processes", _provider_quota),
+    Migration(7, "bar revisions; minute bars chunked on ts", _revisions_and_minute_chunks),
+    Migration(8, "expiry of raw payloads and published outbox rows", _expire_rows_procedure),
     Migration(9, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
 )

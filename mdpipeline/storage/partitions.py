@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import psycopg
 from psycopg import sql
 
-from mdpipeline.storage.migrations import TIME_PARTITIONED, storage_layout
+from mdpipeline.storage.migrations import HYPERTABLES, TIME_PARTITIONED, storage_layout
+
+
+def time_bounds(start: date, end: date) -> tuple[date, date]:
+    """UTC dates [lower, upper) that surely hold every bar start (`ts`) of the sessions [start, end].
+
+    A session date is the exchange's local date, never more than a day away from the UTC date; the
+    bounds give TimescaleDB a predicate on the time dimension of tables chunked on `ts` (chunk
+    exclusion), while the exact filter stays on `session_date`.
+    """
+    return start - timedelta(days=1), end + timedelta(days=2)
 
 
 def _bounds(interval: str, day: date) -> tuple[date, date, str]:
@@ -25,11 +35,19 @@ def _bounds(interval: str, day: date) -> tuple[date, date, str]:
 def ensure_partitions(conn: psycopg.Connection, table: str, start: date, end: date) -> list[str]:
     """Create the missing partitions of `table` covering [start, end]; no-op on TimescaleDB (chunks are automatic).
 
-    Existing partitions are looked up first, so the common case (all there) takes no lock at all.
-    Returns the names of the partitions that cover the range.
+    The partitions of the table's revision table (where a re-load keeps superseded bars) are made
+    with them, so that a load never has to create one inside its own transaction. Existing
+    partitions are looked up first, so the common case (all there) takes no lock at all. Returns the
+    names of the partitions of `table` that cover the range.
     """
     if storage_layout(conn) == "timescaledb":
         return []
+    if f"{table}_revisions" in TIME_PARTITIONED:
+        _ensure(conn, f"{table}_revisions", start, end)
+    return _ensure(conn, table, start, end)
+
+
+def _ensure(conn: psycopg.Connection, table: str, start: date, end: date) -> list[str]:
     _, interval = TIME_PARTITIONED[table]
     schema, name = table.split(".")
     wanted: list[tuple[str, date, date]] = []
@@ -50,10 +68,11 @@ def ensure_partitions(conn: psycopg.Connection, table: str, start: date, end: da
 
 
 def drop_partitions_before(conn: psycopg.Connection, table: str, cutoff: date) -> list[str]:
-    """Retention on plain PostgreSQL: drop whole partitions that end on or before `cutoff`."""
+    """Drop whole partitions (TimescaleDB: chunks) of `table` that end on or before `cutoff`; returns their names."""
     if storage_layout(conn) == "timescaledb":
-        conn.execute("select drop_chunks(%s, older_than => %s::date)", (table, cutoff))
-        return []
+        kind = "timestamptz" if HYPERTABLES[table][0] == "ts" else "date"
+        rows = conn.execute(f"select drop_chunks(%s, older_than => %s::{kind})", (table, cutoff)).fetchall()
+        return [str(r[0]) for r in rows]
     schema, name = table.split(".")
     rows = conn.execute(
         """
