@@ -344,12 +344,24 @@ def stream(
     minute_bars: Annotated[bool, typer.Option("--bars", help="Alpaca: also subscribe to minute bars.")] = False,
     max_frames: Annotated[int | None, typer.Option("--max-frames", help="Stop after N data frames.")] = None,
     rate: Annotated[float, typer.Option("--rate", help="Synthetic: frames per second.")] = 50.0,
+    topic_name: Annotated[str | None, typer.Option("--topic", help="Raw topic (default raw.stream.<provider>.v1).")]
+    = None,
+    name: Annotated[str | None, typer.Option("--name", help="Collector name for its stored coverage "
+                                             "(default: the topic).")] = None,
 ) -> None:
-    """Collect a real-time feed and land raw frames on raw.stream.<provider>.v1 (Ctrl-C stops)."""
-    import asyncio
+    """Collect a real-time feed and land raw frames on raw.stream.<provider>.v1 (Ctrl-C or SIGTERM stops).
 
-    from mdpipeline.distribute.topics import ensure_topics, raw_stream_topic
-    from mdpipeline.stream.collector import collect
+    With MDP_DATABASE_URL set, the collector stores until when its frames are landed
+    (ops.stream_collectors); the next start of a collector of the same name records the time in between
+    as a gap, which gap repair backfills. Timeouts: MDP_STREAM_OPEN_TIMEOUT, MDP_STREAM_HANDSHAKE_TIMEOUT,
+    MDP_STREAM_READ_TIMEOUT, MDP_STREAM_PING_INTERVAL, MDP_STREAM_PING_TIMEOUT (seconds).
+    """
+    import asyncio
+    import signal
+
+    from mdpipeline.distribute.topics import TopicSpec, ensure_topics, raw_stream_topic
+    from mdpipeline.stream.collector import CollectReport, Timeouts, collect
+    from mdpipeline.stream.collector_state import CollectorState
     from mdpipeline.stream.feeds import AlpacaFeed, FeedError, FinnhubFeed
     from mdpipeline.stream.landing import RawLanding
     from mdpipeline.stream.synthetic import run_synthetic
@@ -364,24 +376,39 @@ def stream(
     universe = load_universe(settings.universe_path)
     wanted = ([s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols
               else sorted(universe.symbology["symbol"].unique().to_list()))
-    topic = raw_stream_topic(provider)
+    default = raw_stream_topic(provider)
+    topic = TopicSpec(topic_name, default.partitions, config=default.config) if topic_name else default
     ensure_topics(settings.kafka_bootstrap_servers, (topic,))
     landing = RawLanding(settings.kafka_bootstrap_servers, topic.name, provider)
     console.print(f"landing {provider} frames for {', '.join(wanted)} on {topic.name}")
-    try:
-        if provider == "synthetic":
-            landed = asyncio.run(run_synthetic(landing, wanted, frames=max_frames or 10**9, rate=rate))
+    state = None
+    if provider != "synthetic":
+        if settings.database_url:
+            state = CollectorState(settings.database_url, name or topic.name, provider, topic.name)
         else:
-            feed = (AlpacaFeed.from_env(wanted, quotes=quotes, bars=minute_bars, url=url) if provider == "alpaca"
-                    else FinnhubFeed.from_env(wanted, url=url))
-            landed = asyncio.run(collect(feed, landing, max_frames=max_frames)).frames
+            err_console.print("[yellow]MDP_DATABASE_URL is not set: a restart of this collector cannot record the "
+                              "time no collector ran as a gap[/]")
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if provider == "synthetic":
+            return await run_synthetic(landing, wanted, frames=max_frames or 10**9, rate=rate, stop=stop)
+        feed = (AlpacaFeed.from_env(wanted, quotes=quotes, bars=minute_bars, url=url) if provider == "alpaca"
+                else FinnhubFeed.from_env(wanted, url=url))
+        report: CollectReport = await collect(feed, landing, stop=stop, max_frames=max_frames,
+                                              timeouts=Timeouts.from_env(), state=state)
+        return report.frames
+
+    try:
+        landed = asyncio.run(run())
     except FeedError as err:
         err_console.print(f"[red]{err}[/]")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        landing.flush()
-        landed = landing.landed
-    console.print(f"landed {landed} frames ({len(landing.failed)} failed deliveries)")
+    console.print(f"landed {landed} frames ({len(landing.failed)} failed deliveries, {landing.lost_total} frames "
+                  f"lost from the topic and recorded as gaps)")
     if landing.failed:
         raise typer.Exit(1)
 
@@ -391,17 +418,21 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
 ) -> None:
-    """HTTP read API: /v1/bars/1d and /v1/quality as JSON, Arrow IPC or Parquet (see docs/events.md)."""
-    from mdpipeline.serve.server import make_server
+    """HTTP read API: /v1/bars/1d and /v1/quality as JSON, Arrow IPC or Parquet; OpenAPI at /openapi.json.
 
-    server = make_server(_settings().database_url, host, port)
-    console.print(f"serving on http://{server.server_address[0]}:{server.server_address[1]}")
+    Limits (MDP_SERVE_MAX_SYMBOLS, _MAX_DAYS, _MAX_ROWS), the statement timeout and the connection pool
+    (MDP_SERVE_STATEMENT_TIMEOUT, _POOL_SIZE, _POOL_TIMEOUT) come from the environment; see docs/events.md.
+    """
+    from mdpipeline.serve.limits import ApiLimits
+    from mdpipeline.serve.server import run
+
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        limits = ApiLimits.from_env()
+    except ValueError as err:
+        err_console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"serving on http://{host}:{port} (OpenAPI: /openapi.json, /docs)")
+    run(_settings().database_url, host, port, limits)
 
 
 @app.callback()

@@ -54,16 +54,30 @@ DAGSTER_PG_VARS = (
     "DAGSTER_PG_DB",
     "DAGSTER_PG_PORT",
 )
-_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+_INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+# What a user puts into .env before the first start (docs/deploy.md); nothing else is set.
+STACK_ENV = {"POSTGRES_PASSWORD": "from-the-env-file"}
 
 
 def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
-def _interpolate(value: Any) -> str:
-    """Resolve compose `${VAR:-default}` as compose would with none of the variables set."""
-    return _INTERPOLATION.sub(lambda m: m.group("default") or "", str(value))
+def _interpolate(value: Any, env: dict[str, str] | None = None) -> str:
+    """Resolve compose `${VAR}`, `${VAR:-default}` and `${VAR:?error}` as compose does with `env` (default: the
+    .env the docs ask for) set and nothing else; a missing required variable raises ValueError."""
+    given = STACK_ENV if env is None else env
+
+    def resolve(m: re.Match[str]) -> str:
+        name, op, arg = m.group("name"), m.group("op") or "", m.group("arg") or ""
+        if given.get(name):
+            return given[name]
+        if op.endswith("?"):
+            raise ValueError(f"required variable {name} is not set: {arg}")
+        return arg if op.endswith("-") else ""
+
+    return _INTERPOLATION.sub(resolve, str(value))
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
@@ -255,7 +269,7 @@ def test_kafka_runs_kraft_with_internal_and_external_listeners(
     assert advertised["PLAINTEXT"] == "kafka:9092"
     assert advertised["EXTERNAL"] == "localhost:29092"
     assert set(advertised) | {env["KAFKA_CONTROLLER_LISTENER_NAMES"]} == set(listeners) == set(protocols)
-    assert "29092:29092" in [str(p) for p in kafka["ports"]]
+    assert "127.0.0.1:29092:29092" in [str(p) for p in kafka["ports"]]
 
     # The pipeline's containers use the internal listener.
     assert _env(services["code"])["MDP_KAFKA_BOOTSTRAP_SERVERS"] == advertised["PLAINTEXT"]
@@ -282,7 +296,7 @@ def test_code_service_command_matches_the_deploy_workspace(services: dict[str, d
     assert int(_option(code["healthcheck"]["test"], "-p", "--port")) == int(grpc["port"])
 
 
-def test_webserver_and_daemon_use_the_deploy_workspace_and_the_docker_socket(
+def test_webserver_and_daemon_use_the_deploy_workspace_and_only_the_daemon_the_docker_socket(
     services: dict[str, dict[str, Any]],
 ) -> None:
     home = _dockerfile_env()["DAGSTER_HOME"]
@@ -292,11 +306,37 @@ def test_webserver_and_daemon_use_the_deploy_workspace_and_the_docker_socket(
     assert daemon[:2] == ["dagster-daemon", "run"]
     assert _option(webserver, "-h", "--host") == "0.0.0.0"
     assert _option(webserver, "-p", "--port") == "3000"
-    assert "3000:3000" in [str(p) for p in services["webserver"]["ports"]]
+    assert "127.0.0.1:3000:3000" in [str(p) for p in services["webserver"]["ports"]]
     for argv in (webserver, daemon):
         assert _option(argv, "-w", "--workspace") == f"{home}/workspace.yaml"
-    for name in ("webserver", "daemon"):
-        assert "/var/run/docker.sock:/var/run/docker.sock" in services[name]["volumes"], name
+    # The daemon launches and stops run containers; the UI must not hand root on the host to whoever reaches it.
+    assert "/var/run/docker.sock:/var/run/docker.sock" in services["daemon"]["volumes"]
+    assert not [v for v in services["webserver"].get("volumes", []) if "docker.sock" in str(v)]
+
+
+def test_published_ports_listen_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = {name: [_interpolate(p) for p in service.get("ports", [])] for name, service in services.items()}
+    assert any(published.values())
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_no_default_database_password(services: dict[str, dict[str, Any]]) -> None:
+    text = COMPOSE.read_text()
+    assert "POSTGRES_PASSWORD:-" not in text
+    uses = re.findall(r"(?<!\$)\$\{POSTGRES_PASSWORD([^}]*)\}", text)  # `$${...}` is the container's own shell
+    assert uses
+    assert all(use.startswith(":?") for use in uses), uses  # required: compose refuses to start without it
+    with pytest.raises(ValueError, match="POSTGRES_PASSWORD"):
+        _interpolate(services["timescaledb"]["environment"]["POSTGRES_PASSWORD"], env={})
+    assert _env(services["timescaledb"])["POSTGRES_PASSWORD"] == STACK_ENV["POSTGRES_PASSWORD"]
+
+
+def test_the_external_kafka_listener_is_documented_as_needing_sasl_tls() -> None:
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert "SASL_SSL" in deploy
+    assert "SASL_SSL" in COMPOSE.read_text()
 
 
 def test_one_shot_services(services: dict[str, dict[str, Any]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,22 @@ def test_update_env_file_keeps_other_lines(tmp_path: Path) -> None:
     assert env.read_text() == '# comment\nFOO=bar\nMDP_DATABASE_URL=postgresql://x\nDAGSTER_HOME="/a b/c"\n'
 
 
+@pytest.mark.parametrize("existing", [None, 0o644, 0o666])
+def test_the_env_file_is_readable_by_its_owner_only(tmp_path: Path, existing: int | None) -> None:
+    """.env may hold API keys: written 0600 whatever the umask, even over a world-readable one."""
+    env = tmp_path / ".env"
+    if existing is not None:
+        env.write_text("POLYGON_API_KEY=secret\n")
+        env.chmod(existing)
+    old_umask = os.umask(0o022)
+    try:
+        update_env_file(env, {"MDP_DATABASE_URL": "postgresql://x"})
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert "MDP_DATABASE_URL=postgresql://x" in env.read_text()
+
+
 @needs_postgres
 def test_dev_up_status_down(shared_tmp: Path) -> None:
     root = shared_tmp / "project"
@@ -203,6 +220,7 @@ def test_dev_up_status_down(shared_tmp: Path) -> None:
     (root / ".env").write_text("POLYGON_API_KEY=secret\nMDP_KAFKA_BOOTSTRAP_SERVERS=stale:9092\n")
     try:
         stack = dev_up(root)
+        assert stat.S_IMODE((root / ".env").stat().st_mode) == 0o600  # it holds POLYGON_API_KEY
         env = _read_env(root / ".env")
         dagster_url = stack.database_url.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0]
         assert env == {

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.request
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
@@ -27,7 +26,7 @@ from psycopg import sql
 
 from mdpipeline.normalize.minute_bars import STORED_BARS_1M
 from mdpipeline.read import read_bars
-from mdpipeline.serve.server import make_server
+from mdpipeline.serve.server import BackgroundServer
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
 from mdpipeline.storage.migrations import storage_layout
@@ -180,16 +179,13 @@ def test_storage_layout_serves_rollups_as_built(conn: psycopg.Connection) -> Non
 
 def test_http_and_cli_serve_the_rollups(conn: psycopg.Connection, database_url: str) -> None:
     load(conn, minute_bars(WINTER), WINTER)
-    server = make_server(database_url, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = BackgroundServer(database_url).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1/bars/1h?symbol=AAPL&start=2024-01-02&end=2024-01-02"
+        url = f"{server.url}/v1/bars/1h?symbol=AAPL&start=2024-01-02&end=2024-01-02"
         with urllib.request.urlopen(url, timeout=10) as response:
             served = json.loads(response.read())
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     assert [(r["ts"], r["open"], r["close"], r["volume"], r["bars"]) for r in served] == [
         ("2024-01-02T14:30:00+00:00", 100.0, 114.875, 183000.0, 60),
         ("2024-01-02T15:30:00+00:00", 115.0, 118.625, 102000.0, 15)]

@@ -243,7 +243,10 @@ def _env_value(value: str) -> str:
 
 
 def update_env_file(path: Path, values: dict[str, str]) -> None:
-    """Set KEY=value lines in a `.env` file, replacing existing keys in place, keeping all other lines."""
+    """Set KEY=value lines in a `.env` file, replacing existing keys in place, keeping all other lines.
+
+    The file may hold API keys and passwords: it is (re)written readable by its owner only (0600).
+    """
     lines = path.read_text().splitlines() if path.exists() else []
     pending = dict(values)
     out: list[str] = []
@@ -256,14 +259,21 @@ def update_env_file(path: Path, values: dict[str, str]) -> None:
             continue  # drop duplicate definitions of a key we own
         out.append(line)
     out += [f"{key}={_env_value(value)}" for key, value in pending.items()]
-    _atomic_write(path, "\n".join(out) + "\n")
+    _atomic_write(path, "\n".join(out) + "\n", mode=0o600)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
+def _atomic_write(path: Path, text: str, mode: int | None = None) -> None:
+    """Write via a temporary file and rename, so readers never see half a file; with `mode`, the file is
+    created with that mode from the start (never readable by others, even for an instant)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    if path.exists():
-        os.chmod(tmp, path.stat().st_mode & 0o777)
+    if mode is None:
+        tmp.write_text(text)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+    else:
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)  # whatever the umask
     tmp.replace(path)

@@ -24,6 +24,7 @@ CORPORATE_ACTIONS = TopicSpec("md.corporate_actions.v1", partitions=3, config={"
 QUALITY = TopicSpec("md.quality.v1", partitions=3)
 # Messages that could not be serialized or sent, with the reason (docs/events.md).
 DEAD_LETTER = TopicSpec("md.dead_letter.v1", partitions=1, config={"retention.ms": "-1"})
+RAW_STREAM_MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 64 * 1024
 ALL_TOPICS = (BARS_1D, BARS_1M, TICKS, CORPORATE_ACTIONS, QUALITY, DEAD_LETTER)
 
 
@@ -31,9 +32,11 @@ def raw_stream_topic(provider: str) -> TopicSpec:
     """The topic a real-time collector lands `provider`'s raw websocket frames on.
 
     One partition: frames stay in arrival order (a correction follows the trade it corrects) and one
-    offset range per run covers everything new.
+    offset range per run covers everything new. Messages up to 16 MiB plus headers (a collector's
+    largest frame, `mdpipeline.stream.landing.MAX_FRAME_BYTES`) are accepted, not the broker's 1 MiB.
     """
-    return TopicSpec(f"raw.stream.{provider}.v1", partitions=1, config={"cleanup.policy": "delete"})
+    return TopicSpec(f"raw.stream.{provider}.v1", partitions=1,
+                     config={"cleanup.policy": "delete", "max.message.bytes": str(RAW_STREAM_MAX_MESSAGE_BYTES)})
 
 
 def ensure_topics(

@@ -22,6 +22,7 @@ from mdpipeline.orchestration.realtime import (
 from mdpipeline.orchestration.reference_assets import reference_data
 from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.retention import storage_retention, storage_retention_schedule
+from mdpipeline.orchestration.run_limits import max_runtime_tags
 from mdpipeline.orchestration.schedules import session_schedules
 from mdpipeline.orchestration.sensors import freshness_sensors
 from mdpipeline.providers.catalog import datasets_of
@@ -63,6 +64,7 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
                                             ["md", provider], ["published", provider]),
             partitions_def=partitions,
             description=f"Daily bars of {provider} through all steps.",
+            tags=max_runtime_tags("PROVIDER"),
         )
         for provider in enabled
     ]

@@ -15,8 +15,9 @@ from confluent_kafka.admin import AdminClient
 
 from mdpipeline.distribute.topics import raw_stream_topic
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.orchestration.run_limits import max_runtime_tags
 from mdpipeline.stream.gap_repair import AlpacaTrades, SyntheticTrades, TradeSource, open_gaps, repair_gaps
-from mdpipeline.stream.offsets import next_range, stored_offset
+from mdpipeline.stream.offsets import next_range, processed
 from mdpipeline.stream.process import process_range
 
 STREAM_PROVIDERS = ("alpaca", "finnhub", "synthetic")
@@ -47,14 +48,22 @@ def process_raw_range(
                                first=config.first, last=config.last, symbology=universe.symbology,
                                run_id=context.run.run_id, calendar_name=universe.exchange_calendar)
     if not report.applied:
-        context.log.info(f"{config.topic}[{config.partition}] {config.first}-{config.last} was applied before")
+        context.log.info(f"{config.topic}[{config.partition}] {config.first}-{config.last} was not applied: it was "
+                         "applied before, or it is not where processing resumes (see ops.stream_offsets)")
+    if report.reset:
+        context.log.warning(f"{report.reset}; the interval is recorded as a gap for repair")
+    if report.frames_quarantined:
+        context.log.warning(f"{report.frames_quarantined} frame(s) could not be parsed: quarantined with the reason "
+                            "(quality.quarantine, check malformed_frame)")
     return dg.Output(report.trades, metadata={
         "applied": report.applied, "frames": report.frames, "trades": report.trades, "cancels": report.cancels,
-        "quarantined": report.quarantined, "gaps": report.gaps, "published": report.published,
+        "quarantined": report.quarantined, "frames_quarantined": report.frames_quarantined, "gaps": report.gaps,
+        "published": report.published, "reset": report.reset or "",
     })
 
 
-@dg.job(name=JOB_NAME, description="Real-time ticks: one explicit raw offset range per run (launched by the sensor).")
+@dg.job(name=JOB_NAME, description="Real-time ticks: one explicit raw offset range per run (launched by the sensor).",
+        tags=max_runtime_tags("REALTIME"))
 def realtime_ticks_job() -> None:
     process_raw_range()
 
@@ -93,7 +102,7 @@ def raw_stream_sensor(
                     tags={TOPIC_TAG: topic, PARTITION_TAG: str(partition)}, statuses=_UNFINISHED))
                 if busy:
                     continue
-                found = next_range(kafka.bootstrap_servers, topic, partition, stored_offset(conn, topic, partition),
+                found = next_range(kafka.bootstrap_servers, topic, partition, processed(conn, topic, partition),
                                    max_messages=max_messages)
                 if found is not None:
                     requests.append(range_run_request(context, topic, partition, *found))
@@ -137,7 +146,8 @@ def repair_stream_gaps(
     return dg.Output(report.total("inserted"), metadata=metadata)
 
 
-@dg.job(name=GAP_JOB_NAME, description="Gap repair: backfill and reconcile the intervals raw streams missed.")
+@dg.job(name=GAP_JOB_NAME, description="Gap repair: backfill and reconcile the intervals raw streams missed.",
+        tags=max_runtime_tags("GAP_REPAIR"))
 def stream_gap_repair_job() -> None:
     repair_stream_gaps()
 

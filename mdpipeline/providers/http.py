@@ -20,6 +20,10 @@ BadRequestError and EntitlementError are never retried. The breaker (pybreaker) 
 *attempt* that is a transport failure (ProviderUnavailableError or a truncated body); any other
 answer from the provider counts as a success, since the source is alive.
 
+Timeouts: `timeout` bounds connecting and each wait for bytes; `deadline` (default $MDP_HTTP_DEADLINE or
+300 s) bounds a whole response, body included: a server that trickles its body in never trips the
+per-read timeout, so a watchdog interrupts the read at the deadline (ProviderUnavailableError, retried).
+
 Secrets (`secrets=`, default header values, and default params named like credentials) are replaced
 by `***` in every URL, message, log line and `HttpResult`; exceptions from `requests` (whose messages
 hold the full URL) are never chained, and a log filter redacts them from urllib3's DEBUG request lines.
@@ -43,6 +47,7 @@ import pybreaker
 import requests
 import tenacity
 
+from mdpipeline.env_numbers import env_number
 from mdpipeline.providers.base import ProviderError, RawPayload
 from mdpipeline.providers.errors import (
     BadRequestError,
@@ -62,6 +67,7 @@ REDACTED = "***"
 CREDENTIAL_PARAMS = frozenset({"apikey", "api_key", "apiKey", "token", "key", "secret", "access_token"})
 USER_AGENT = "mdpipeline/0.1 (+https://github.com/mdpipeline)"
 _SNIPPET = 200
+DEFAULT_DEADLINE = 300.0  # seconds for a whole response (a slow-drip body never trips the per-read timeout)
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class HttpPolicy:
     """Timeouts, retries, limits and breaker settings of one provider (from the universe file)."""
 
     timeout: float = 10.0  # seconds to connect, and between bytes when reading (requests semantics)
+    deadline: float | None = None  # seconds for a whole response, body included; None: MDP_HTTP_DEADLINE or 300
     max_attempts: int = 5
     backoff_initial: float = 0.5  # tenacity wait_random_exponential multiplier
     backoff_max: float = 30.0
@@ -96,6 +103,13 @@ class HttpPolicy:
 
     def __post_init__(self) -> None:
         zone(self.quota_timezone)
+
+    def response_deadline(self) -> float:
+        """Seconds a whole response may take: `deadline`, else $MDP_HTTP_DEADLINE, else 300."""
+        if self.deadline is not None:
+            return self.deadline
+        seconds = env_number("MDP_HTTP_DEADLINE")
+        return DEFAULT_DEADLINE if seconds is None else seconds
 
 
 @dataclass
@@ -219,6 +233,14 @@ class _SecretLogFilter(logging.Filter):
                 self._secrets |= secrets
                 self._redact = Redactor(sorted(self._secrets))
 
+    def redact(self, text: str) -> str:
+        """`text` with every registered secret replaced."""
+        return self._redact(text) if self._redact.secrets else text
+
+    def redactor(self) -> Redactor:
+        """The current redactor (its `secrets` are every registered secret)."""
+        return self._redact
+
     def filter(self, record: logging.LogRecord) -> bool:
         redact = self._redact
         if redact.secrets:
@@ -232,6 +254,21 @@ class _SecretLogFilter(logging.Filter):
 _LOG_FILTER = _SecretLogFilter()
 for _name in ("urllib3.connectionpool", "mdpipeline.providers"):
     logging.getLogger(_name).addFilter(_LOG_FILTER)
+
+
+def register_secrets(secrets: Sequence[str]) -> None:
+    """Add secrets (e.g. a websocket feed's credentials) to those redacted from every filtered logger."""
+    _LOG_FILTER.add(frozenset(s for s in secrets if s))
+
+
+def redact_registered(text: str) -> str:
+    """`text` with every registered secret replaced by `***`."""
+    return _LOG_FILTER.redact(text)
+
+
+def registered_secrets() -> frozenset[str]:
+    """Every secret registered so far (for filters that must also catch pieces of them)."""
+    return _LOG_FILTER.redactor().secrets
 
 
 def _counts_for_breaker(exc: BaseException) -> bool:
@@ -365,6 +402,35 @@ def reset_shared_state(provider: str | None = None) -> None:
             _REGISTRY.clear()
         else:
             _REGISTRY.pop(provider, None)
+
+
+class _Watchdog:
+    """Interrupts a response still being read when its deadline passes (urllib3's `shutdown` ends a blocked
+    read in another thread), so a body that trickles in byte by byte cannot hold the caller for hours."""
+
+    def __init__(self, seconds: float) -> None:
+        self.started = time.monotonic()
+        self.seconds = seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def watch(self, resp: requests.Response) -> None:
+        def interrupt() -> None:
+            self.fired = True
+            with contextlib.suppress(Exception):
+                resp.raw.shutdown()
+
+        remaining = self.seconds - (time.monotonic() - self.started)
+        if remaining <= 0:
+            interrupt()
+            return
+        self._timer = threading.Timer(remaining, interrupt)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class HttpClient:
@@ -513,10 +579,25 @@ class HttpClient:
                                   f"{self._reason(exc)}") from None
         shown = self.redact(prepared)
         sent = dict(parse_qsl(urlsplit(prepared).query, keep_blank_values=True))  # as sent, URL query included
+        deadline = self.policy.response_deadline()
+        watchdog = _Watchdog(deadline)
         try:
             resp = self._session.get(url, params=params, headers=self.default_headers, verify=self._verify,
-                                     timeout=(self.policy.timeout, self.policy.timeout), allow_redirects=False)
+                                     timeout=(self.policy.timeout, self.policy.timeout), allow_redirects=False,
+                                     stream=True)
+            try:
+                watchdog.watch(resp)
+                body = resp.content
+            finally:
+                watchdog.cancel()
+                resp.close()
+            if watchdog.fired:
+                raise requests.exceptions.ChunkedEncodingError("deadline")
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+            if watchdog.fired:
+                raise ProviderUnavailableError(
+                    f"{self.provider}: GET {shown}: the response was not complete after {deadline:g}s (deadline; "
+                    "a body trickling in never trips the per-read timeout)") from None
             raise MalformedPayloadError(
                 f"{self.provider}: GET {shown}: body truncated in transit ({self._reason(exc)})",
                 truncated=True) from None
@@ -524,10 +605,14 @@ class HttpClient:
             raise ProviderUnavailableError(
                 f"{self.provider}: GET {shown}: timed out after {self.policy.timeout:g}s") from None
         except requests.exceptions.RequestException as exc:
+            if watchdog.fired:
+                raise ProviderUnavailableError(
+                    f"{self.provider}: GET {shown}: the response was not complete after {deadline:g}s (deadline)") \
+                    from None
             raise ProviderUnavailableError(f"{self.provider}: GET {shown}: {self._reason(exc)}") from None
         result = HttpResult(
             url=shown, endpoint=urlsplit(url).path, params=self.redact.params(sent), status=resp.status_code,
-            content_type=resp.headers.get("Content-Type", ""), body=resp.content, fetched_at=datetime.now(UTC))
+            content_type=resp.headers.get("Content-Type", ""), body=body, fetched_at=datetime.now(UTC))
         self._classify(resp, shown)
         return result
 
@@ -590,5 +675,8 @@ __all__ = [
     "json_body",
     "parse_json",
     "parse_retry_after",
+    "redact_registered",
+    "register_secrets",
+    "registered_secrets",
     "reset_shared_state",
 ]

@@ -36,15 +36,16 @@ def read_bars_1d(
     instrument_ids: list[int] | None = None,
     as_of: datetime | None = None,
     columns: list[str] | None = None,
+    limit: int | None = None,
 ) -> pl.DataFrame:
     """Stored daily bars in [start, end], optionally for one provider and some symbols or instruments.
 
     `as_of`: each bar as it was known at that time (bars learnt later are absent, corrected ones
-    have their earlier value). `columns`: only those, in the stored order.
+    have their earlier value). `columns`: only those, in the stored order; `limit`: at most that many rows.
     """
     where = _where(start, end, provider, symbols, instrument_ids, ts=False)
     query = _versions("md.bars_1d", STORED_BARS_1D, where, as_of, "session_date, instrument_id, provider", columns)
-    return read_frame(conn, query, None, _only(STORED_BARS_1D, columns))
+    return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1D, columns))
 
 
 def read_bars_1m(
@@ -57,12 +58,17 @@ def read_bars_1m(
     instrument_ids: list[int] | None = None,
     as_of: datetime | None = None,
     columns: list[str] | None = None,
+    limit: int | None = None,
 ) -> pl.DataFrame:
     """Stored one-minute bars of the sessions [start, end] (as known at `as_of` when given; `columns`: only
-    those)."""
+    those; `limit`: at most that many rows)."""
     where = _where(start, end, provider, symbols, instrument_ids, ts=True)
     query = _versions("md.bars_1m", STORED_BARS_1M, where, as_of, "ts, instrument_id, provider", columns)
-    return read_frame(conn, query, None, _only(STORED_BARS_1M, columns))
+    return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1M, columns))
+
+
+def _limit(limit: int | None) -> sql.Composable:
+    return sql.SQL("") if limit is None else sql.SQL(" limit {}").format(sql.Literal(limit))
 
 
 def _only(schema: dict[str, pl.DataType], columns: list[str] | None) -> dict[str, pl.DataType]:
@@ -80,6 +86,7 @@ def read_rollup(
     instrument_ids: list[int] | None = None,
     as_of: datetime | None = None,
     config: RollupConfig | None = None,
+    limit: int | None = None,
 ) -> pl.DataFrame:
     """Minute bars of the sessions [start, end] rolled up to `interval` (5m, 15m, 1h).
 
@@ -98,7 +105,7 @@ def read_rollup(
         rolled = rollup_query(interval, config or load_storage_config().rollups,
                               sql.SQL("({}) as known").format(known))
         query = sql.SQL("select {} from ({}) as rolled").format(columns, rolled) + order
-    return read_frame(conn, query, None, ROLLUP_SCHEMA)
+    return read_frame(conn, query + _limit(limit), None, ROLLUP_SCHEMA)
 
 
 def _where(start: date, end: date, provider: str | None, symbols: list[str] | None,

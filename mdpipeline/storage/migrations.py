@@ -17,6 +17,7 @@ import psycopg
 
 from mdpipeline.storage.provider_quota import DDL as PROVIDER_QUOTA_DDL
 from mdpipeline.storage.storage_config import StorageConfig
+from mdpipeline.storage.stream_state import DDL as STREAM_STATE_DDL
 
 TIMESCALEDB = "timescaledb"
 POSTGRES_PARTITIONED = "postgres-partitioned"
@@ -507,6 +508,11 @@ $$;
 """
 
 
+def _stream_state(conn: psycopg.Connection, timescale: bool) -> None:
+    """Collector coverage, topic incarnations of processed offsets, gaps found by the real-time job."""
+    conn.execute(STREAM_STATE_DDL)
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -517,4 +523,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "provider request quotas shared across processes", _provider_quota),
     Migration(7, "bar revisions; minute bars chunked on ts", _revisions_and_minute_chunks),
     Migration(8, "expiry of raw payloads and published outbox rows", _expire_rows_procedure),
+    Migration(9, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
 )

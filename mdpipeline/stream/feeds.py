@@ -61,6 +61,10 @@ class Feed(Protocol):
         """True when the frame carries market data (to be landed); False for control and heartbeats."""
         ...
 
+    def secrets(self) -> tuple[str, ...]:
+        """Credentials this feed sends: redacted from logs and from the gap reasons it leads to."""
+        ...
+
 
 def _text(frame: str | bytes) -> str:
     return frame.decode() if isinstance(frame, bytes) else frame
@@ -88,6 +92,9 @@ class AlpacaFeed:
 
     def url(self) -> str:
         return self.stream_url
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.key_id, self.secret_key) if s)
 
     async def handshake(self, ws: ClientConnection) -> None:
         await self._expect(ws, "success", "connected")
@@ -141,6 +148,9 @@ class FinnhubFeed:
 
     def url(self) -> str:
         return f"{self.stream_url}?{urlencode({'token': self.token})}"
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.token,) if self.token else ()
 
     async def handshake(self, ws: ClientConnection) -> None:
         for symbol in self.symbols:

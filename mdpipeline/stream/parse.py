@@ -11,9 +11,18 @@ Bars (`STREAM_BARS`): `offset`, `position`, `provider`, `kind` (`b` minute bar, 
 An Alpaca frame is a JSON array mixing message types whose fields share names with different types
 (`c` is a trade's list of conditions but a bar's close), so each message is decoded by the schema of
 its own type `T`: the frame is split into its (flat) message objects, and each type is decoded apart.
+
+The parsers are strict about frames and lenient about values: a frame they cannot take apart (a
+message that is not a flat object, a field of the wrong JSON type) raises (`MalformedFramesError`
+naming the frames when they can tell, polars' own error otherwise), so the caller can set exactly
+those frames aside (`mdpipeline.stream.bad_frames`); a timestamp that is malformed or outside
+1970..2199 becomes null (polars would silently wrap nanoseconds past 2262), and the row is then
+rejected by tick validation with its reason.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -44,10 +53,29 @@ _FINNHUB = pl.Struct({"type": pl.String, "data": pl.List(pl.Struct({
 # Frames of these providers are Alpaca-shaped (the synthetic feed imitates Alpaca).
 ALPACA_SHAPED = frozenset({"alpaca", "synthetic"})
 FINNHUB_SEQUENCE_STRIDE = 100_000  # Finnhub has no trade id: sequence = raw offset * stride + position
+# Timestamps outside [TS_MIN, TS_MAX) are not data (and past 2262 do not fit nanoseconds): null, then rejected.
+TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+TS_MAX = datetime(2200, 1, 1, tzinfo=UTC)
+_MS_MAX = int(TS_MAX.timestamp() * 1000)
+
+
+class MalformedFramesError(ValueError):
+    """Frames (by raw offset) that a parser cannot take apart, and why."""
+
+    def __init__(self, offsets: list[int], reason: str) -> None:
+        super().__init__(f"{reason} (offsets {offsets[:10]}{'...' if len(offsets) > 10 else ''})")
+        self.offsets = offsets
+        self.reason = reason
+
+
+def _in_range(ts: pl.Expr) -> pl.Expr:
+    return pl.when((ts >= TS_MIN) & (ts < TS_MAX)).then(ts).dt.cast_time_unit("ns")
 
 
 def _rfc3339(col: str) -> pl.Expr:
-    return pl.col(col).str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="ns", time_zone="UTC", strict=False)
+    # Parsed in microseconds (polars wraps nanoseconds past 2262 without an error), then range-checked.
+    return _in_range(pl.col(col).str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC",
+                                                 strict=False))
 
 
 def _actions(frame: pl.DataFrame, position: pl.Expr, action: str, price: str, size: str, conditions: str | None,
@@ -62,9 +90,30 @@ def _actions(frame: pl.DataFrame, position: pl.Expr, action: str, price: str, si
     )
 
 
+def check_alpaca_frames(raw: pl.DataFrame) -> None:
+    """MalformedFramesError for frames that are not arrays of flat message objects with a type `T`.
+
+    The message split below finds flat objects by pattern; a frame whose array holds anything else (a
+    nested object, a number) would lose messages silently. polars raises on frames that are not JSON
+    arrays of objects at all.
+    """
+    shape = raw.select(
+        "offset",
+        pl.col("value").str.json_decode(pl.List(pl.Struct({"T": pl.String}))).alias("m"),
+        pl.col("value").str.extract_all(_MESSAGE).list.eval(pl.element().str.json_path_match("$.T").is_not_null())
+        .list.sum().alias("flat"),
+    ).select("offset", "flat", pl.col("m").list.len().alias("n"),
+             pl.col("m").list.eval(pl.element().struct.field("T").is_null()).list.any().alias("untyped"))
+    bad = shape.filter(pl.col("n").is_null() | (pl.col("n") != pl.col("flat")) | pl.col("untyped"))
+    if bad.height:
+        raise MalformedFramesError(bad["offset"].to_list(),
+                                   "not a JSON array of flat message objects each with a type T")
+
+
 def _alpaca_messages(raw: pl.DataFrame, types: tuple[str, ...], schema: pl.Struct) -> pl.DataFrame:
     """Messages of `types` from Alpaca frames, each decoded with `schema`; `_pos` is 2 x its index in the
     frame (room for a correction's two actions), `T` its type."""
+    check_alpaca_frames(raw)
     return (
         raw.select("offset", "provider", pl.col("value").str.extract_all(_MESSAGE).alias("m"))
         .explode("m").drop_nulls("m")
@@ -106,9 +155,11 @@ def finnhub_actions(raw: pl.DataFrame) -> pl.DataFrame:
         .filter(pl.col("type") == "trade").explode("data").drop_nulls("data").unnest("data")
         .with_columns(pl.int_range(pl.len()).over("offset").alias("position"))
     )
+    in_range = (pl.col("t") >= 0) & (pl.col("t") < _MS_MAX)  # checked before conversion: it would overflow
     return trades.select(
         "offset", "position", "provider", pl.col("s").alias("symbol"),
-        pl.from_epoch("t", time_unit="ms").dt.replace_time_zone("UTC").dt.cast_time_unit("ns").alias("ts"),
+        pl.when(in_range).then(pl.col("t")).pipe(pl.from_epoch, time_unit="ms").dt.replace_time_zone("UTC")
+        .dt.cast_time_unit("ns").alias("ts"),
         pl.lit("new").alias("action"), pl.col("p").alias("price"), pl.col("v").alias("size"),
         pl.lit(None, pl.String).alias("exchange"), pl.col("c").list.join(",").alias("conditions"),
         (pl.col("offset") * FINNHUB_SEQUENCE_STRIDE + pl.col("position")).alias("sequence"),

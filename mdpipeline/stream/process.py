@@ -1,15 +1,22 @@
 """Process one raw offset range: parse, validate, normalize, store in md.ticks, announce, advance offsets.
 
-Effects in ONE transaction: tick upserts, cancels (deleted from md.ticks), quarantined actions, gap
-markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1`, and the processed offset, which only
-advances when the range is next. So a range's effect on the database happens exactly once however
+Effects in ONE transaction: tick upserts, cancels (deleted from md.ticks), quarantined actions and
+frames, gap markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1`, and the processed offset, which
+only advances when the range is next. So a range's effect on the database happens exactly once however
 often the job runs; the outbox is relayed after the commit (at least once, deduplicable by event_id),
 and the offset is mirrored to the Kafka consumer group last.
+
+A bad frame costs that frame only: frames that cannot be parsed (`mdpipeline.stream.bad_frames`) and
+malformed gap markers are quarantined with the reason and the frame, and the offset advances past them.
+When the stored offset no longer fits the log (a recreated or truncated topic, frames deleted before
+they were processed), the range resumes where `mdpipeline.stream.offsets.resume_offset` says and the
+interval in between is recorded as a gap (origin `log_reset`), from the last processed frame's receive
+time to the first frame of the range.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,13 +27,23 @@ from mdpipeline.distribute.events import TICKS_EVENT_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import DrainReport, drain
 from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
+from mdpipeline.sessions import calendar
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
-from mdpipeline.stream.offsets import DEFAULT_CONSUMER, claim_range, commit_consumer_offset, read_messages
-from mdpipeline.stream.parse import trade_actions
+from mdpipeline.stream.bad_frames import frame_quarantine_rows, gap_markers, parse_frames
+from mdpipeline.stream.offsets import (
+    DEFAULT_CONSUMER,
+    Claim,
+    claim_range,
+    commit_consumer_offset,
+    log_position,
+    read_messages,
+)
+from mdpipeline.stream.parse import TRADE_ACTIONS, trade_actions
 from mdpipeline.stream.ticks import normalize_ticks, stored_ticks
 
 _TICK_KEY = "instrument_id, provider, session_date, ts, sequence"
+_REASON_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -42,8 +59,10 @@ class RangeReport:
     trades: int = 0
     cancels: int = 0
     quarantined: int = 0
+    frames_quarantined: int = 0
     gaps: int = 0
     published: int = 0
+    reset: str | None = None  # why the range did not start at the stored offset (a gap was recorded)
 
 
 def process_range(
@@ -61,32 +80,54 @@ def process_range(
     read_timeout: float = 30.0,
 ) -> RangeReport:
     """Apply raw offsets [first, last] of `topic`/`partition` (see the module docstring)."""
+    log_now = log_position(bootstrap_servers, topic, partition)
     raw = read_messages(bootstrap_servers, topic, partition, first, last=last, timeout=read_timeout)
-    data = raw.filter(pl.col("kind") == "data")
-    normalized = normalize_ticks(trade_actions(data), symbology, calendar_name)
+    actions, bad_data = parse_frames(raw, trade_actions)
+    markers, bad_markers = gap_markers(raw)
+    timezone = str(calendar(calendar_name).tz)
+    bad_frames = frame_quarantine_rows(raw, pl.concat([bad_data, bad_markers]), topic=topic, partition=partition,
+                                       run_id=run_id, timezone=timezone)
+    normalized = normalize_ticks(actions.select(list(TRADE_ACTIONS)), symbology, calendar_name)
     ticks = normalized.ticks
     headers = {"mdp-run-id": run_id, "mdp-raw-topic": topic, "mdp-raw-offsets": f"{partition}:{first}-{last}"}
+    gaps = 0
     with conn.transaction():
-        applied = claim_range(conn, topic, partition, first, last, run_id, consumer)
-        if applied:
+        claim = claim_range(conn, topic, partition, first, last, run_id, consumer, log_now=log_now,
+                            bootstrap_servers=bootstrap_servers, last_received_at=_latest(raw, "received_at"),
+                            last_landed_at=_latest(raw, "landed_at"))
+        if claim.applied:
             _store_ticks(conn, ticks, run_id)
             quarantine_actions(conn, normalized.rejected, run_id)
-            gaps = _record_gaps(conn, topic, raw.filter(pl.col("kind") == "gap"))
+            if bad_frames.height:
+                with conn.cursor() as cur:
+                    copy_frame(cur, "quality.quarantine", bad_frames)
+            topic_id = log_now.topic_id if log_now else None
+            gaps = _record_gaps(conn, topic, topic_id, markers)
+            if claim.reset:
+                gaps += _record_reset(conn, topic, topic_id, raw, claim)
             for (provider,), group in ticks.group_by("provider", maintain_order=True):
                 append_outbox(conn, outbox_rows(group, TICKS.name, TICKS_EVENT_FIELDS,
                                                 {**headers, "mdp-provider": str(provider)}))
     relayed = DrainReport()
-    if ticks.height or not applied:  # a re-run of an applied range still relays what is pending
+    if ticks.height or not claim.applied:  # a re-run of an applied range still relays what is pending
         ensure_topics(bootstrap_servers, (TICKS, DEAD_LETTER))
         relayed = drain(conn, bootstrap_servers, topics=(TICKS.name, DEAD_LETTER.name))
-    commit_consumer_offset(bootstrap_servers, topic, partition, last + 1)
-    if not applied:
+    if claim.applied:
+        commit_consumer_offset(bootstrap_servers, topic, partition, last + 1)
+    if not claim.applied:
         return RangeReport(topic, partition, first, last, applied=False, published=relayed.total)
+    data = raw.filter(pl.col("kind") == "data")
     return RangeReport(
         topic, partition, first, last, applied=True, frames=data.height,
         trades=int((ticks["action"] == "new").sum()), cancels=int((ticks["action"] == "cancel").sum()),
-        quarantined=normalized.rejected.height, gaps=gaps, published=relayed.total,
+        quarantined=normalized.rejected.height, frames_quarantined=bad_frames.height, gaps=gaps,
+        published=relayed.total, reset=claim.reset,
     )
+
+
+def _latest(raw: pl.DataFrame, column: str) -> datetime | None:
+    value = raw[column].max() if raw.height else None
+    return value if isinstance(value, datetime) else None
 
 
 def _store_ticks(conn: psycopg.Connection, ticks: pl.DataFrame, run_id: str) -> None:
@@ -132,14 +173,39 @@ def quarantine_actions(conn: psycopg.Connection, rejected: pl.DataFrame, run_id:
         copy_frame(cur, "quality.quarantine", rows)
 
 
-def _record_gaps(conn: psycopg.Connection, topic: str, markers: pl.DataFrame) -> int:
-    """Gap markers landed by collectors -> ops.stream_gaps (once per raw offset)."""
+def _record_gaps(conn: psycopg.Connection, topic: str, topic_id: str | None, markers: list[tuple[int, dict]]) -> int:
+    """Gap markers landed by collectors -> ops.stream_gaps (once per raw offset of a topic incarnation)."""
     recorded = 0
-    for offset, value in zip(markers["offset"], markers["value"], strict=True):
-        gap = json.loads(value)
+    for offset, gap in markers:
         cur = conn.execute(
-            "insert into ops.stream_gaps (provider, topic, raw_offset, disconnected_at, reconnected_at, reason)"
-            " values (%s, %s, %s, %s, %s, %s) on conflict do nothing",
-            (gap["provider"], topic, offset, gap["disconnected_at"], gap["reconnected_at"], gap["reason"]))
+            "insert into ops.stream_gaps (provider, topic, topic_id, raw_offset, disconnected_at, reconnected_at,"
+            " reason) values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            (gap["provider"], topic, topic_id, offset, gap["disconnected_at"], gap["reconnected_at"],
+             gap["reason"][:_REASON_CHARS]))
         recorded += cur.rowcount
     return recorded
+
+
+def _record_reset(conn: psycopg.Connection, topic: str, topic_id: str | None, raw: pl.DataFrame,
+                  claim: Claim) -> int:
+    """The interval a log reset lost, as a gap (origin `log_reset`): from the last processed frame's receive
+    time (else when its offset was stored) to the first frame of the range."""
+    previous = claim.previous
+    start = (previous.last_received_at or previous.updated_at) if previous else None
+    firsts = raw.head(1)
+    end = (firsts["received_at"][0] or firsts["landed_at"][0]) if firsts.height else datetime.now(UTC)
+    if start is None or end is None:
+        return 0
+    provider = (firsts["provider"][0] if firsts.height and firsts["provider"][0] else None) or _provider_of(topic)
+    cur = conn.execute(
+        "insert into ops.stream_gaps (provider, topic, topic_id, raw_offset, disconnected_at, reconnected_at, reason,"
+        " origin) values (%s, %s, %s, %s, %s, %s, %s, 'log_reset') on conflict do nothing",
+        (provider, topic, topic_id, int(firsts["offset"][0]) if firsts.height else 0, min(start, end), end,
+         (claim.reset or "")[:_REASON_CHARS]))
+    return cur.rowcount
+
+
+def _provider_of(topic: str) -> str:
+    """`raw.stream.<provider>.v1` -> provider (the topic's name when it does not follow the pattern)."""
+    found = re.fullmatch(r"raw\.stream\.([^.]+)\.v\d+", topic)
+    return found.group(1) if found else topic

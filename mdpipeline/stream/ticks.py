@@ -29,7 +29,8 @@ class Ticks:
 def _reasons() -> pl.Expr:
     checks = [
         pl.when(pl.col("symbol").is_null()).then(pl.lit("missing_value: symbol is missing")),
-        pl.when(pl.col("ts").is_null()).then(pl.lit("missing_value: timestamp missing or not RFC 3339")),
+        pl.when(pl.col("ts").is_null())
+        .then(pl.lit("missing_value: timestamp missing, not RFC 3339 or outside 1970..2199")),
         pl.when(pl.col("sequence").is_null()).then(pl.lit("missing_value: trade id is missing")),
         pl.when((pl.col("action") == "new") & ~(pl.col("price") > 0).fill_null(False))
         .then(pl.format("value_range: price must be > 0 and finite, got {}", pl.col("price"))),
