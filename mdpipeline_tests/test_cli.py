@@ -52,7 +52,8 @@ def demo_dir() -> Iterator[Path]:
         if os.geteuid() == 0:  # the cluster went to a per-project directory the postgres user can reach
             status = json.loads(_cli(root, "dev", "status", "--format", "json").stdout)
             data_dir = Path(next(s["directory"] for s in status["services"] if s["service"] == "postgresql"))
-            assert data_dir.is_relative_to(PG_ROOT) and (data_dir / "PG_VERSION").exists()
+            assert data_dir.is_relative_to(PG_ROOT)
+            assert (data_dir / "PG_VERSION").exists()
         yield root
     finally:
         _cli(root, "dev", "down")
