@@ -20,20 +20,27 @@ from mdpipeline.distribute.subscriber import end_offsets
 from mdpipeline.distribute.topics import BARS_1D
 
 CLI = str(Path(sys.executable).parent / "mdpipeline")
+# Where `dev up` puts the cluster of a project the postgres user cannot reach (instead of /var/lib/mdpipeline).
+PG_ROOT = Path(tempfile.gettempdir()) / f"mdp-pgroot-{os.getpid()}"
 
 
 def _cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MDP_", "DAGSTER_HOME"))}  # only what the directory's .env says
+    env["MDP_DEV_PG_ROOT"] = str(PG_ROOT)
     return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
 
 
 @pytest.fixture(scope="module")
 def demo_dir() -> Iterator[Path]:
-    """A fresh working directory in which `mdpipeline demo` has run; services stopped afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="mdp-demo-"))
-    root.chmod(0o755)  # PostgreSQL runs as the postgres user when the tests run as root
+    """A fresh working directory in which `mdpipeline demo` has run; services stopped afterwards.
+
+    As in root's home: the directory is inside a 0700 one, which the postgres user cannot traverse.
+    """
+    home = Path(tempfile.mkdtemp(prefix="mdp-home-"))  # mkdtemp makes it 0700
+    root = home / "project"
+    root.mkdir()
     demo = _cli(root, "demo", timeout=600)
     try:
         assert demo.returncode == 0, demo.stdout + demo.stderr
@@ -41,10 +48,17 @@ def demo_dir() -> Iterator[Path]:
         # Its own clean sample data raises no alarm: NVDA's split is known before the bars are checked.
         assert re.search(r"checks failed\s*[│|]?\s*0\b", demo.stdout), demo.stdout
         (root / "demo.out").write_text(demo.stdout)
+        assert home.stat().st_mode & 0o777 == 0o700  # nothing changed the user's directory
+        if os.geteuid() == 0:  # the cluster went to a per-project directory the postgres user can reach
+            status = json.loads(_cli(root, "dev", "status", "--format", "json").stdout)
+            data_dir = Path(next(s["directory"] for s in status["services"] if s["service"] == "postgresql"))
+            assert data_dir.is_relative_to(PG_ROOT)
+            assert (data_dir / "PG_VERSION").exists()
         yield root
     finally:
         _cli(root, "dev", "down")
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(PG_ROOT, ignore_errors=True)
 
 
 def test_demo_leaves_bars_payloads_and_messages(demo_dir: Path) -> None:

@@ -351,6 +351,16 @@ class LocalPostgres:
         return tail(self.log_file)
 
 
+def server_user_can_reach(directory: Path) -> bool:
+    """Whether the server's user can traverse into `directory` (always, when we are not root: the
+    server then runs as us)."""
+    if os.geteuid() != 0:
+        return True
+    out = subprocess.run(["runuser", "-u", SUPERUSER, "--", "test", "-x", str(directory)], check=False,
+                         capture_output=True, text=True, cwd="/", timeout=30)
+    return out.returncode == 0
+
+
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
     """chown -R, skipped when the top already belongs to uid (the usual restart case)."""
     if root.stat().st_uid == uid:

@@ -2,7 +2,11 @@
 
 All state lives under `<root>/.mdpipeline`:
 
-- `pg/data` the PostgreSQL cluster (kept across restarts),
+- `pg/data` the PostgreSQL cluster (kept across restarts), and `pg/postgres.log`. When root runs the
+  stack and the project directory is out of the `postgres` user's reach (a clone in root's 0700
+  home), the cluster lives in a per-project directory under `/var/lib/mdpipeline` instead
+  (`MDP_DEV_PG_ROOT` to choose another); no permission of the user's directories is changed. The
+  choice is recorded in `dev.json` and shown by `dev status`.
 - `kafka/` the Kafka broker: `data/` its log directory (topics and messages, kept across restarts),
   `server.properties`, `broker.pid`,
 - `logs/` server logs,
@@ -19,6 +23,7 @@ the database, the topics and their messages survive it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,7 +35,7 @@ from typing import Any
 import psycopg
 
 from mdpipeline.devservices.broker import LocalBroker
-from mdpipeline.devservices.postgres import LocalPostgres, port_is_free
+from mdpipeline.devservices.postgres import LocalPostgres, port_is_free, server_user_can_reach
 
 STATE_DIR = ".mdpipeline"
 ENV_DATABASE_URL = "MDP_DATABASE_URL"
@@ -42,6 +47,8 @@ ENV_PLANNED_SUBSET = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"  # one pl
 EVENT_BATCH_SIZE = "1000"
 DAGSTER_DATABASE = "dagster"
 LOCAL_INSTANCE = Path(__file__).with_name("dagster.yaml")
+ENV_PG_ROOT = "MDP_DEV_PG_ROOT"
+DEFAULT_PG_ROOT = Path("/var/lib/mdpipeline")
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,17 @@ class _Paths:
     state: Path
 
     @property
-    def data_dir(self) -> Path:
-        return self.state / "pg" / "data"
+    def local_pg(self) -> Path:
+        """The cluster's directory inside the project (data/ and postgres.log)."""
+        return self.state / "pg"
+
+    @property
+    def external_pg(self) -> Path:
+        """The cluster's per-project directory outside it, for a project the server user cannot reach."""
+        project = self.state.parent
+        digest = hashlib.sha256(str(project).encode()).hexdigest()[:12]
+        root = Path(os.environ.get(ENV_PG_ROOT) or DEFAULT_PG_ROOT)
+        return root / f"{project.name or 'root'}-{digest}" / "pg"
 
     @property
     def logs(self) -> Path:
@@ -122,12 +138,26 @@ def _saved_port(state: dict[str, Any], service: str, key: str = "port") -> int |
     return port if isinstance(port, int) else None
 
 
-def _postgres(paths: _Paths, state: dict[str, Any]) -> LocalPostgres:
+def _pg_home(paths: _Paths, state: dict[str, Any], choose: bool) -> Path:
+    """The directory holding the cluster (`data/`, `postgres.log`): the one recorded in dev.json, else
+    (`choose`) the project's own when the server user can reach it, or the per-project one outside."""
+    entry = state.get("postgres")
+    saved = entry.get("data_dir") if isinstance(entry, dict) else None
+    if isinstance(saved, str) and saved:
+        return Path(saved).parent
+    if not choose or (paths.local_pg / "data").exists():
+        return paths.local_pg
+    paths.state.mkdir(parents=True, exist_ok=True)
+    return paths.local_pg if server_user_can_reach(paths.state) else paths.external_pg
+
+
+def _postgres(paths: _Paths, state: dict[str, Any], choose: bool = False) -> LocalPostgres:
     """The cluster handle; a running cluster keeps its port, else reuse the saved one when free."""
+    home = _pg_home(paths, state, choose)
     port = _saved_port(state, "postgres")
-    pg = LocalPostgres(paths.data_dir, port=port, log_file=paths.logs / "postgres.log")
+    pg = LocalPostgres(home / "data", port=port, log_file=home / "postgres.log")
     if port is not None and not pg.is_running() and not port_is_free(port):
-        pg = LocalPostgres(paths.data_dir, log_file=paths.logs / "postgres.log")
+        pg = LocalPostgres(home / "data", log_file=home / "postgres.log")
     return pg
 
 
@@ -148,7 +178,7 @@ def dev_up(root: Path | None = None) -> DevStack:
     paths = _paths(root_dir)
     paths.logs.mkdir(parents=True, exist_ok=True)
     state = _read_state(paths)
-    postgres = _postgres(paths, state)
+    postgres = _postgres(paths, state, choose=True)
     broker = _broker(paths, state)
     running = (postgres.is_running(), broker.is_running())
     try:
@@ -182,8 +212,8 @@ def dev_down(root: Path | None = None) -> None:
     paths = _paths(root)
     state = _read_state(paths)
     _broker(paths, state).stop()
-    postgres = LocalPostgres(paths.data_dir, log_file=paths.logs / "postgres.log")
-    if paths.data_dir.exists():
+    postgres = _postgres(paths, state)
+    if postgres.data_dir.exists():
         postgres.stop()
 
 
@@ -191,8 +221,8 @@ def dev_status(root: Path | None = None) -> DevStatus:
     """Report whether the services recorded under `root` run, and where."""
     paths = _paths(root)
     state = _read_state(paths)
-    postgres = LocalPostgres(paths.data_dir, port=_saved_port(state, "postgres"))
-    pg_running = paths.data_dir.exists() and postgres.is_running()
+    postgres = _postgres(paths, state)
+    pg_running = postgres.data_dir.exists() and postgres.is_running()
     broker = LocalBroker(paths.kafka, port=_saved_port(state, "broker"))
     preloaded, layout = _storage(postgres.url) if pg_running else (None, None)
     return DevStatus(
@@ -200,7 +230,7 @@ def dev_status(root: Path | None = None) -> DevStatus:
         postgres_running=pg_running,
         bootstrap_servers=broker.bootstrap_servers if broker.port is not None else None,
         broker_running=broker.is_running(),
-        data_dir=paths.data_dir,
+        data_dir=postgres.data_dir,
         broker_dir=paths.kafka,
         timescaledb_preloaded=preloaded,
         storage_layout=layout,
