@@ -44,8 +44,10 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         max_runtime_seconds("PROVIDER")
 
 
-@pytest.mark.parametrize("path", ["dagster.yaml", "deploy/dagster.yaml"])
-def test_both_instances_monitor_runs_with_a_ceiling(path: str) -> None:
-    monitoring = yaml.safe_load((ROOT / path).read_text())["run_monitoring"]
-    assert monitoring["enabled"] is True
-    assert monitoring["max_runtime_seconds"] > 0
+@pytest.mark.parametrize("path", ["mdpipeline/devservices/dagster.yaml", "deploy/dagster.yaml"])
+def test_both_instances_monitor_runs_with_a_ceiling_and_retry_dead_workers(path: str) -> None:
+    config = yaml.safe_load((ROOT / path).read_text())
+    assert config["run_monitoring"]["enabled"] is True
+    assert config["run_monitoring"]["max_runtime_seconds"] > 0
+    # a run whose worker died is relaunched; a failed asset is not (steps retry transient faults themselves)
+    assert config["run_retries"] == {"enabled": True, "max_retries": 1, "retry_on_asset_or_op_failure": False}

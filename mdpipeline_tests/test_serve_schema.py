@@ -21,6 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from mdpipeline.serve.queries import INTERVALS
 from mdpipeline_tests.test_serve import seed, serving
 
 CROSS_FIELD_RULES = ("is before start", "per request", "rows match", "at least one symbol")
@@ -40,7 +41,7 @@ def served_schema(database_url: str, conn: psycopg.Connection) -> Iterator[schem
 def test_every_operation_answers_as_its_schema_says(served_schema: schemathesis.BaseSchema,
                                                      mode: schemathesis.GenerationMode) -> None:
     operations = [result.ok() for result in served_schema.get_all_operations()]
-    assert {op.path for op in operations} == {"/health", "/v1/bars/1d", "/v1/quality"}
+    assert {op.path for op in operations} == {"/health", "/v1/quality", *(f"/v1/bars/{i}" for i in INTERVALS)}
     calls: list[int] = []
     negative = mode is schemathesis.GenerationMode.NEGATIVE
     for operation in operations:

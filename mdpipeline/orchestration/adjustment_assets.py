@@ -14,6 +14,7 @@ import polars as pl
 from mdpipeline.enrich.adjustments import adjustment_factors, apply_adjustments
 from mdpipeline.enrich.corporate_actions import consolidate_actions
 from mdpipeline.orchestration.resources import DatabaseResource
+from mdpipeline.orchestration.retries import retry_transient
 from mdpipeline.quality.metrics import rows_markdown as markdown
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.corporate_actions import prior_closes, read_actions, read_factors, replace_factors
@@ -30,6 +31,7 @@ def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.
               metadata={"table": "md.adjustment_factors"},
               description="Back-adjustment factors per corporate action (split 1/r, dividend 1 - d/prior close), "
                           "rebuilt from ref.corporate_actions and raw closes; no provider call.")
+    @retry_transient
     def adjustment_factors_asset(db: DatabaseResource) -> dg.MaterializeResult:
         with db.connection() as conn:
             actions, disagreements = consolidate_actions(read_actions(conn))
@@ -50,6 +52,7 @@ def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.
               check_specs=[dg.AssetCheckSpec("no_ex_date_jump", asset=ADJUSTED_KEY,
                                              description="After total adjustment no ex-date shows an artificial "
                                                          "jump.")])
+    @retry_transient
     def bars_1d_adjusted(db: DatabaseResource):
         with db.connection() as conn:
             rows = conn.execute("select count(*) from md.bars_1d_adjusted").fetchone()

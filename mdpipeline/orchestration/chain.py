@@ -32,6 +32,7 @@ from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.progress import reporter
 from mdpipeline.orchestration.reference_assets import REFERENCE_KEY
 from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, KafkaResource, ProvidersResource
+from mdpipeline.orchestration.retries import retry_transient
 from mdpipeline.providers.base import RawPayload
 from mdpipeline.quality.metrics import counts_markdown, findings_markdown, rows_markdown
 from mdpipeline.quality.thresholds import BLOCK, on_quarantine
@@ -61,6 +62,7 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
               description=f"{ds.title.capitalize()} exactly as {provider} sent them, in raw.payloads"
                           " (zstd-compressed, content-addressed).",
               metadata={"dagster/table_name": "raw.payloads", **meta["raw"]}, **common)
+    @retry_transient
     def raw(context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource,
             frames: FramesResource) -> dg.MaterializeResult:
         chain, chunks = _plan(context, ds, provider, providers, frames)
@@ -90,6 +92,7 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
               description=f"{provider} {ds.title} parsed from raw payloads; rows failing "
                           f"{ds.standard_schema.__name__} are held back with a reason.",
               metadata=meta["validated"], check_specs=checks, **common)
+    @retry_transient
     def validated(context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource,
                   frames: FramesResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         start, end = partition_dates(context)
@@ -137,6 +140,7 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
                                              description=f"Output conforms to {ds.canonical_schema.__name__}"
                                                          " (blocking).")],
               **common)
+    @retry_transient
     def normalized(context: dg.AssetExecutionContext, providers: ProvidersResource,
                    frames: FramesResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         chain, chunks = _plan(context, ds, provider, providers, frames)
@@ -160,6 +164,7 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
               description=f"{ds.table} rows of {provider}: each chunk's rows, quarantine and outbox rows commit"
                           " together; unchanged rows are left as they are.",
               **common)
+    @retry_transient
     def stored(context: dg.AssetExecutionContext, db: DatabaseResource, providers: ProvidersResource,
                frames: FramesResource) -> dg.MaterializeResult:
         start, end = partition_dates(context)
@@ -191,6 +196,7 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
               metadata={"topic": ds.topic.name, **meta["published"]},
               description=f"{provider} {ds.title} on topic {ds.topic.name}, one message per {ds.event_unit},"
                           " each confirmed by the broker.", **common)
+    @retry_transient
     def published(context: dg.AssetExecutionContext, db: DatabaseResource,
                   kafka: KafkaResource) -> dg.MaterializeResult:
         start, end = partition_dates(context)

@@ -25,6 +25,7 @@ import polars as pl
 from mdpipeline.chunks import symbol_groups
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
+from mdpipeline.orchestration.retries import retry_transient
 from mdpipeline.quality.detectors import QualityReport, detect, merge_reports
 from mdpipeline.quality.divergence import Divergence, divergence
 from mdpipeline.quality.findings import WARN, count_by_kind
@@ -83,6 +84,7 @@ def quality_checks(
         can_subset=True,
         compute_kind="polars",
     )
+    @retry_transient
     def bar_quality(context: dg.AssetCheckExecutionContext, db: DatabaseResource,
                     providers: ProvidersResource) -> Iterator[dg.AssetCheckResult]:
         start, end = _partition_range(context)
@@ -122,6 +124,7 @@ def quality_checks(
         additional_deps=[dg.AssetKey(["md", p, DATASET]) for p in other_providers if p != provider],
         compute_kind="polars",
     )
+    @retry_transient
     def divergence_check(context: dg.AssetCheckExecutionContext, db: DatabaseResource) -> dg.AssetCheckResult:
         start, end = _partition_range(context)
         limits = thresholds().divergence

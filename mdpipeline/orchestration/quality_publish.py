@@ -22,6 +22,7 @@ from mdpipeline.distribute.relay import EVENT_ID_HEADER
 from mdpipeline.distribute.topics import QUALITY, ensure_topics
 from mdpipeline.orchestration.partitions import partition_dates
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
+from mdpipeline.orchestration.retries import retry_transient
 from mdpipeline.providers.catalog import datasets_of
 from mdpipeline.quality.measure import BAR_DATASETS, measure_stored
 from mdpipeline.quality.thresholds import load_thresholds
@@ -60,6 +61,7 @@ def quality_publish_assets(
         description=f"{provider}'s per-partition quality metrics ({', '.join(datasets)}: completeness %, rows"
                     f" quarantined by check, flags by kind, divergence) on {QUALITY.name}, broker-confirmed.",
     )
+    @retry_transient
     def quality(context: dg.AssetExecutionContext, db: DatabaseResource, kafka: KafkaResource,
                 providers: ProvidersResource) -> dg.MaterializeResult:
         start, end = partition_dates(context)

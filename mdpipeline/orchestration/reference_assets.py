@@ -6,6 +6,7 @@ import dagster as dg
 
 from mdpipeline.enrich.reference import sync_reference
 from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
+from mdpipeline.orchestration.retries import retry_transient
 
 REFERENCE_KEY = dg.AssetKey(["ref", "instruments"])
 
@@ -18,6 +19,7 @@ REFERENCE_KEY = dg.AssetKey(["ref", "instruments"])
     owners=["team:market-data"],
     metadata={"dagster/table_name": "ref.instruments"},
 )
+@retry_transient
 def reference_data(db: DatabaseResource, providers: ProvidersResource) -> dg.MaterializeResult:
     """Sync `ref.instruments` and `ref.symbology` with the universe file."""
     with db.connection() as conn:
