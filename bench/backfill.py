@@ -87,15 +87,17 @@ def step_seconds(dotenv: dict[str, str]) -> dict[str, float]:
     return {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(run.run_id)}
 
 
-def copy_baseline(url: str, start: date, end: date) -> tuple[int, float]:
-    """(rows, rows/s) of a binary COPY of stored minute bars into an unindexed table, bytes encoded before."""
+def copy_baseline(url: str, start: date, end: date, indexed: bool = False) -> tuple[int, float]:
+    """(rows, rows/s) of a binary COPY of stored minute bars, bytes encoded before: into an unindexed
+    table, or (`indexed`) into a table with md.bars_1m's primary key, in key order, as a first load is."""
     with psycopg.connect(url, autocommit=True) as conn:
         columns = [r[0] for r in conn.execute(
             "select column_name from information_schema.columns where table_schema = 'md'"
             " and table_name = 'bars_1m' order by ordinal_position")]
         names = ", ".join(columns)
         buf = bytearray()
-        query = (f"copy (select {names} from md.bars_1m where session_date between '{start}' and '{end}'"
+        order = " order by instrument_id, provider, session_date, ts" if indexed else ""
+        query = (f"copy (select {names} from md.bars_1m where session_date between '{start}' and '{end}'{order}"
                  f" limit {BASELINE_MAX_ROWS}) to stdout (format binary)")
         with conn.cursor() as cur, cur.copy(query) as copy:
             for chunk in copy:
@@ -103,7 +105,8 @@ def copy_baseline(url: str, start: date, end: date) -> tuple[int, float]:
         rows = conn.execute(f"select count(*) from (select 1 from md.bars_1m where session_date between '{start}'"
                             f" and '{end}' limit {BASELINE_MAX_ROWS}) s").fetchone()[0]  # type: ignore[index]
         conn.execute("drop table if exists public.bench_copy_target")
-        conn.execute("create table public.bench_copy_target (like md.bars_1m)")
+        keyed = " including indexes" if indexed else ""
+        conn.execute(f"create table public.bench_copy_target (like md.bars_1m{keyed})")
         started = time.perf_counter()
         with conn.transaction(), conn.cursor() as cur, cur.copy(
                 f"copy public.bench_copy_target ({names}) from stdin (format binary)") as copy:
@@ -149,6 +152,7 @@ def main() -> None:
                                     " order by 1").fetchall()
         steps = step_seconds(dotenv)
         copied, copy_rate = copy_baseline(url, start, end)
+        _, indexed_rate = copy_baseline(url, start, end, indexed=True)
     finally:
         if not args.keep:
             subprocess.run([str(ROOT / ".venv" / "bin" / "mdpipeline"), "dev", "down"], cwd=workdir, env=env,
@@ -170,9 +174,11 @@ def main() -> None:
         print(f"    {key:<45} {value:8.1f}")
     print(f"  baseline: binary COPY of {copied:,} stored minute bars into an unindexed table:"
           f" {copy_rate:,.0f} rows/s")
+    print(f"  baseline: the same into a table with md.bars_1m's primary key, in key order:"
+          f" {indexed_rate:,.0f} rows/s")
     if store:
         print(f"  store step (md/synthetic/bars_1m)  {minute / store:,.0f} rows/s = {minute / store / copy_rate:.2f}"
-              " x the COPY baseline")
+              f" x the COPY baseline, {minute / store / indexed_rate:.2f} x the keyed COPY")
     print(f"  whole backfill                     {bars / seconds:,.0f} bars/s = {bars / seconds / copy_rate:.2f}"
           " x the COPY baseline")
     if args.keep:

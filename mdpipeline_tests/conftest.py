@@ -45,8 +45,9 @@ DEFAULT_LAYOUT = available_layouts()[0]
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `both_layouts` run once per available layout (the `layout` fixture); those also marked
-    `timescaledb` only on that one."""
-    if "layout" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_layouts"):
+    `timescaledb` only on that one; a test that parametrizes `layout` itself keeps its own."""
+    pinned = any("layout" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize"))
+    if "layout" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_layouts") and not pinned:
         layouts = available_layouts()
         if metafunc.definition.get_closest_marker("timescaledb"):
             layouts = [layout for layout in layouts if layout != POSTGRES_PARTITIONED] or layouts[:1]

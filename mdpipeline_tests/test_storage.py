@@ -13,7 +13,7 @@ from mdpipeline.providers.base import RawPayload
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import ShrinkError, replace_range
-from mdpipeline.storage.migrations import migrate, storage_layout, timescale_available
+from mdpipeline.storage.migrations import POSTGRES_PARTITIONED, migrate, storage_layout, timescale_available
 from mdpipeline.storage.partitions import drop_partitions_before, ensure_partitions
 from mdpipeline.storage.raw_store import load_payloads, save_payloads
 
@@ -44,9 +44,9 @@ def test_migrate_is_idempotent_and_records_the_layout(conn: psycopg.Connection, 
             "ops.publications", "ops.schema_migrations"} <= tables
 
 
+@pytest.mark.parametrize("layout", [POSTGRES_PARTITIONED], indirect=True)  # the plain layout on every machine
 def test_plain_postgres_partitions_and_retention(conn: psycopg.Connection) -> None:
-    if storage_layout(conn) != "postgres-partitioned":
-        pytest.skip("this server has TimescaleDB: chunks replace native partitions")
+    assert storage_layout(conn) == POSTGRES_PARTITIONED
     with conn.transaction():
         names = ensure_partitions(conn, "md.bars_1m", date(2024, 1, 15), date(2024, 3, 2))
     assert names == ["md.bars_1m_m202401", "md.bars_1m_m202402", "md.bars_1m_m202403"]
