@@ -23,9 +23,12 @@ import pytest
 
 from mdpipeline.chunks import CHUNK_ROWS_ENV, plan_chunks
 from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.rollup_assets import ROLLUPS_KEY
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.sessions import session_dates
+from mdpipeline.storage.bars import read_rollup
 from mdpipeline.storage.database import connect
+from mdpipeline.storage.migrations import TIMESCALEDB, storage_layout
 from mdpipeline_tests.pipeline_helpers import settings_for, universe_with
 
 START, END = date(2024, 6, 3), date(2024, 6, 7)  # 5 sessions
@@ -105,6 +108,21 @@ def test_many_chunks_give_exactly_what_one_chunk_gives(database_url: str, other_
               for e in chunked.get_asset_materialization_events() if "chunks" in e.materialization.metadata}
     assert chunks["md/synthetic/bars_1m"] == 5 * 6  # a chunk per session and symbol
     assert chunks["validated/synthetic/bars_1d"] == 5 * 2  # groups of 4 and 2 symbols
+    # The roll-ups step ran after the minute bars: on TimescaleDB it materialized the range's buckets.
+    refreshed = {e.materialization.metadata["refreshed"].value for e in chunked.get_asset_materialization_events()
+                 if e.materialization.asset_key == ROLLUPS_KEY}
+    with connect(other_database_url) as conn:
+        hourly = read_rollup(conn, "1h", start=START, end=END)
+        if storage_layout(conn) == TIMESCALEDB:
+            assert refreshed == {"md.bars_5m, md.bars_15m, md.bars_1h"}
+            watermark = conn.execute("select _timescaledb_functions.to_timestamp(_timescaledb_functions"
+                                     ".cagg_watermark(mat_hypertable_id)) from _timescaledb_catalog.continuous_agg"
+                                     " where user_view_name = 'bars_1h'").fetchone()
+            assert watermark is not None
+            assert watermark[0] > hourly["ts"].max()  # every bucket of the range is materialized
+        else:
+            assert len(refreshed) == 1
+    assert hourly.height == 6 * 5 * 7  # 7 hourly buckets (09:30, 10:30, ..., 15:30) per symbol and session
 
 
 @pytest.mark.both_layouts

@@ -34,7 +34,6 @@ from mdpipeline.quality.schemas import (
 from mdpipeline.quality.session_window import session_window
 from mdpipeline.storage.corporate_actions import STORED_ACTIONS, replace_provider_actions
 from mdpipeline.storage.loader import LoadResult, replace_range
-from mdpipeline.storage.rollups import refresh_rollups
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,6 @@ class Dataset:
     screen: Screen | None = None  # extra validation after the schema (findings; errors are quarantined)
     event_unit: str = "bar"  # what one message carries, for docs and metadata
     announces_changes: bool = False  # True: only new or changed (instrument, session)s are announced
-    # After a store run changed rows: bring what derives from the table up to date for the session
-    # range, outside any transaction (minute bars: refresh the continuous aggregates); returns what it did.
-    after_store: Callable[[psycopg.Connection, date, date], list[str]] | None = None
 
     def stored_key(self, provider: str) -> tuple[str, str, str]:
         """Asset key path of the stored layer."""
@@ -147,7 +143,7 @@ BARS_1M_DATASET = Dataset(
     canonical_columns=CANONICAL_BARS_1M, stored_columns=STORED_BARS_1M, standard_schema=StandardBars1m,
     canonical_schema=NormalizedBars1m, normalize=normalize_bars_1m, store=_store_bars("md.bars_1m"),
     announce=_sessions, topic=BARS_1M, table="md.bars_1m", screen=_minute_window,
-    event_unit="instrument session", announces_changes=True, after_store=refresh_rollups,
+    event_unit="instrument session", announces_changes=True,
 )
 CORPORATE_ACTIONS_DATASET = Dataset(
     # Two rows differing only in amount are two dividends (regular + special), not a conflict.

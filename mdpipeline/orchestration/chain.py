@@ -186,11 +186,7 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
                 return done.loaded.rows
             totals = run_pipelined("store", keys["stored"].to_user_string(), chunks, prepare, commit,
                                    reporter(context))
-            changed = counts["inserted"] + counts["updated"] + counts["deleted"]
-            derived = ds.after_store(conn, start, end) if ds.after_store is not None and changed else []
-        extra = {"refreshed": ", ".join(derived)} if derived else {}
-        return dg.MaterializeResult(metadata={**totals.metadata(), "dagster/row_count": totals.rows, **counts,
-                                              **extra})
+        return dg.MaterializeResult(metadata={**totals.metadata(), "dagster/row_count": totals.rows, **counts})
 
     @dg.asset(key=keys["published"], group_name="published", deps=[keys["stored"]], kinds={"kafka"},
               metadata={"topic": ds.topic.name, **meta["published"]},

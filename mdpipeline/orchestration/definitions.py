@@ -9,7 +9,7 @@ import dagster as dg
 
 from mdpipeline.chain.datasets import datasets_in_order
 from mdpipeline.orchestration.adjustment_assets import adjustment_assets
-from mdpipeline.orchestration.chain import dataset_chain
+from mdpipeline.orchestration.chain import OWNERS, dataset_chain
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.quality_checks import quality_checks
 from mdpipeline.orchestration.quality_publish import quality_publish_assets
@@ -22,6 +22,7 @@ from mdpipeline.orchestration.realtime import (
 from mdpipeline.orchestration.reference_assets import reference_data
 from mdpipeline.orchestration.resources import DatabaseResource, FramesResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.retention import storage_retention, storage_retention_schedule
+from mdpipeline.orchestration.rollup_assets import ROLLUPS_KEY, rollup_asset
 from mdpipeline.orchestration.run_limits import max_runtime_tags
 from mdpipeline.orchestration.schedules import session_schedules
 from mdpipeline.orchestration.sensors import freshness_sensors
@@ -46,13 +47,20 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     enabled = [name for name, setup in universe.providers.items() if setup.enabled]
     assets: list[dg.AssetsDefinition] = [reference_data]
     action_keys: list[dg.AssetKey] = []
+    minute_keys: list[dg.AssetKey] = []
+    minute_providers: set[str] = set()
     for provider in enabled:
         for ds in datasets_in_order(datasets_of(provider)):
             assets += dataset_chain(provider, ds, partitions)
             if ds.name == "corporate_actions":
                 action_keys.append(dg.AssetKey(list(ds.stored_key(provider))))
+            if ds.name == "bars_1m":
+                minute_keys.append(dg.AssetKey(list(ds.stored_key(provider))))
+                minute_providers.add(provider)
     bar_keys = [dg.AssetKey(["md", provider, "bars_1d"]) for provider in enabled]
     assets += adjustment_assets(action_keys, bar_keys)
+    if minute_keys:
+        assets.append(rollup_asset(minute_keys, partitions, OWNERS))
     for provider in enabled:  # soft data-quality checks (warn): completeness, staleness, outliers, divergence
         assets += quality_checks(provider, partitions, other_providers=enabled, after=action_keys)
         assets += quality_publish_assets(provider, partitions, other_providers=enabled, after=action_keys)
@@ -61,7 +69,8 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
             f"bars_1d_{provider}", selection=dg.AssetSelection.groups("raw", "validated", "normalized", "md",
                                                                         "published")
             & dg.AssetSelection.key_prefixes(["raw", provider], ["validated", provider], ["normalized", provider],
-                                            ["md", provider], ["published", provider]),
+                                            ["md", provider], ["published", provider])
+            | (dg.AssetSelection.assets(ROLLUPS_KEY) if provider in minute_providers else dg.AssetSelection.assets()),
             partitions_def=partitions,
             description=f"Daily bars of {provider} through all steps.",
             tags=max_runtime_tags("PROVIDER"),

@@ -41,13 +41,13 @@ def console_log_level(level: str) -> dict:
 
 
 def select_assets(defs: dg.Definitions, providers: Sequence[str] | None, select: str | None) -> dg.AssetSelection:
-    """Assets of the given providers (all when None) plus the shared unpartitioned ones (reference data,
-    adjustments), narrowed by a Dagster selection string."""
+    """Assets of the given providers (all when None) plus the shared ones (reference data, adjustments,
+    the minute-bar roll-ups), narrowed by a Dagster selection string."""
     selection: dg.AssetSelection = dg.AssetSelection.all()
     if providers:
         graph = defs.resolve_asset_graph()
         keys = [k for k in graph.get_all_asset_keys()
-                if (len(k.path) == 3 and k.path[1] in providers) or not graph.get(k).is_partitioned]
+                if (len(k.path) == 3 and k.path[1] in providers) or len(k.path) == 2]
         selection = dg.AssetSelection.assets(*keys)
     if select:
         selection = selection & dg.AssetSelection.from_string(select)
