@@ -1,6 +1,6 @@
 """Benchmark a backfill the way a user runs one: `mdpipeline backfill` on the embedded services.
 
-    python bench/backfill.py SYMBOLS SESSIONS [--start 2024-01-02] [--chunk-rows N] [--keep]
+    python bench/backfill.py SYMBOLS SESSIONS [--start 2024-01-02] [--chunk-rows N] [--no-rollup-refresh] [--keep]
 
 Makes a universe of SYMBOLS synthetic instruments (only the synthetic provider enabled: daily bars,
 one-minute bars and corporate actions), starts the embedded PostgreSQL and Kafka with
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mdpipeline.sessions import session_dates  # noqa: E402
+from mdpipeline.storage.storage_config import DEFAULT_STORAGE_CONFIG, STORAGE_CONFIG_ENV  # noqa: E402
 
 BASELINE_MAX_ROWS = 5_000_000  # the COPY baseline reads back at most this many minute bars
 
@@ -125,6 +126,8 @@ def main() -> None:
     parser.add_argument("--start", type=date.fromisoformat, default=date(2024, 1, 2))
     parser.add_argument("--chunk-rows", type=int, default=None, help="MDP_CHUNK_ROWS for the backfill")
     parser.add_argument("--keep", action="store_true", help="leave the services and the directory")
+    parser.add_argument("--no-rollup-refresh", action="store_true",
+                        help="rollups.refresh_after_load: false (TimescaleDB's policy refreshes them later)")
     args = parser.parse_args()
 
     sessions = session_dates(args.start, date(args.start.year + 3, 12, 31))[: args.sessions]
@@ -138,6 +141,11 @@ def main() -> None:
         env.pop(name, None)
     if args.chunk_rows:
         env["MDP_CHUNK_ROWS"] = str(args.chunk_rows)
+    if args.no_rollup_refresh:
+        config = yaml.safe_load(DEFAULT_STORAGE_CONFIG.read_text())
+        config.setdefault("rollups", {})["refresh_after_load"] = False
+        (workdir / "storage.yaml").write_text(yaml.safe_dump(config))
+        env[STORAGE_CONFIG_ENV] = str(workdir / "storage.yaml")
     try:
         cli(workdir, env, "dev", "up")
         migrated = cli(workdir, env, "migrate")
@@ -161,7 +169,8 @@ def main() -> None:
     bars = minute + daily
     store = steps.get("md__synthetic__bars_1m", 0.0)
     print(f"backfill: {args.symbols} symbols x {len(sessions)} sessions ({start} .. {end}),"
-          f" chunk budget {args.chunk_rows or 'default'} rows")
+          f" chunk budget {args.chunk_rows or 'default'} rows"
+          f"{', roll-ups left to the refresh policy' if args.no_rollup_refresh else ''}")
     print(f"  storage                {migrated.stdout.strip().rsplit('layout: ', 1)[-1]:>14}")
     print(f"  bars stored            {bars:>14,} ({minute:,} one-minute, {daily:,} daily)")
     print(f"  wall time              {seconds:>14.1f} s")
