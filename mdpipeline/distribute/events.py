@@ -104,8 +104,3 @@ def session_events(frame: pl.DataFrame, topic: str) -> pl.DataFrame:
 def bar_events(frame: pl.DataFrame, topic: str) -> pl.DataFrame:
     """Daily-bar events (`key`, `event_id`, `value`) in the frame's order."""
     return json_events(frame, topic, BARS_1D_EVENT_FIELDS)
-
-
-def tick_events(frame: pl.DataFrame, topic: str) -> pl.DataFrame:
-    """Tick events (`key`, `event_id`, `value`) in the frame's order."""
-    return json_events(frame, topic, TICKS_EVENT_FIELDS)

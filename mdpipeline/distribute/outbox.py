@@ -8,7 +8,7 @@ published. A crash between the database commit and the send loses nothing: the r
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date
 
 import polars as pl
 import psycopg
@@ -213,10 +213,4 @@ def mark_published(
         " where o.topic = %s and o.event_id = confirmed.event_id and o.published_at is null",
         (dead_letter_reason, event_ids, topic),
     )
-    return cur.rowcount
-
-
-def purge_published(conn: psycopg.Connection, before: datetime) -> int:
-    """Delete rows published before `before` (outbox retention); returns the rows deleted."""
-    cur = conn.execute("delete from ops.outbox where published_at < %s", (before,))
     return cur.rowcount

@@ -18,6 +18,9 @@ from mdpipeline.sessions import exchange_timezone
 
 PARTITIONS_START = date(2000, 1, 3)
 DATE_FORMAT = "%Y-%m-%d"
+# The run tags of a partition-range run (Dagster's tag names; its constants for them are not public API).
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def trading_day_partitions(

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from mdpipeline.sessions import calendar, exchange_timezone, session_bounds
 
-if TYPE_CHECKING:
-    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-    AssetJob = dg.JobDefinition | UnresolvedAssetJobDefinition
+class AssetJob(Protocol):
+    """What `dg.define_asset_job` returns (its class is not part of Dagster's public API): a named job."""
+
+    @property
+    def name(self) -> str: ...
 
 PRIORITY_TAG = "dagster/priority"
 TRIGGER_TAG = "mdpipeline/trigger"

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import polars as pl
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from mdpipeline.orchestration.partitions import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from mdpipeline.orchestration.schedules import (
     AFTER_CLOSE,
     FRESHNESS_PRIORITY,
