@@ -25,6 +25,7 @@ from pyarrow import ipc
 from mdpipeline.normalize.bars import stamp
 from mdpipeline.serve.app import APPLICATION_NAME
 from mdpipeline.serve.limits import ApiLimits
+from mdpipeline.serve.queries import INTERVALS
 from mdpipeline.serve.server import BackgroundServer
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
@@ -71,6 +72,13 @@ def _get(url: str, accept: str | None = None) -> tuple[int, dict[str, str], byte
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
+
+
+@pytest.mark.parametrize("interval", INTERVALS)
+def test_the_first_and_last_representable_days_answer_empty(api: str, interval: str) -> None:
+    for day in ("0001-01-01", "9999-12-31"):  # found by schemathesis: a 1h read of 0001-01-01 overflowed (500)
+        status, _, body = _get(f"{api}/v1/bars/{interval}?symbol=AAPL&start={day}&end={day}")
+        assert (status, json.loads(body)) == (200, [])
 
 
 def test_bars_as_json_arrow_and_parquet(api: str) -> None:

@@ -15,9 +15,11 @@ def time_bounds(start: date, end: date) -> tuple[date, date]:
 
     A session date is the exchange's local date, never more than a day away from the UTC date; the
     bounds give TimescaleDB a predicate on the time dimension of tables chunked on `ts` (chunk
-    exclusion), while the exact filter stays on `session_date`.
+    exclusion), while the exact filter stays on `session_date`. Clamped to the dates Python can hold
+    (a request for 0001-01-01 must not overflow).
     """
-    return start - timedelta(days=1), end + timedelta(days=2)
+    return (max(start, date.min + timedelta(days=1)) - timedelta(days=1),
+            min(end, date.max - timedelta(days=2)) + timedelta(days=2))
 
 
 def _bounds(interval: str, day: date) -> tuple[date, date, str]:

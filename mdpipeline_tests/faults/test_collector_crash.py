@@ -192,7 +192,11 @@ def test_collector_killed_and_frozen_then_restarted_loses_nothing(
     assert len(restart) == 1
     assert restart[0][0] <= killed_at <= restart[0][1]
     assert restart[0][1] >= restarted_at
-    assert any(a <= stopped_at and continued_at <= b for a, b, _ in gaps), gaps  # the freeze, stall or drop
+    # The freeze, stall or drop is recorded: a gap that ends after the freeze. It may start after the freeze
+    # too (frames the kernel buffered while the collector was stopped are read after SIGCONT, and the gap
+    # starts at the last frame received); what was lost inside it is checked below, against the repair.
+    frozen = [(a, b) for a, b, reason in gaps if "collector restarted" not in reason and b >= continued_at]
+    assert frozen, (stopped_at, continued_at, gaps)
 
     reset_shared_state("alpaca")
     monkeypatch.setenv("ALPACA_API_KEY_ID", KEY_ID)
