@@ -13,6 +13,7 @@ unchanged and left alone.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -47,25 +48,27 @@ def _retry() -> dg.RetryRequested:
     return dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=SECONDS_TO_WAIT)
 
 
+@contextlib.contextmanager
+def _transient_as_retry() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if is_transient(exc):
+            raise _retry() from exc
+        raise
+
+
 def retry_transient(fn: F) -> F:
     """Wrap an asset body: a transient database fault becomes a Dagster step retry (at most MAX_RETRIES)."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            try:
+            with _transient_as_retry():
                 yield from fn(*args, **kwargs)
-            except Exception as exc:
-                if is_transient(exc):
-                    raise _retry() from exc
-                raise
         return generator  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _transient_as_retry():
             return fn(*args, **kwargs)
-        except Exception as exc:
-            if is_transient(exc):
-                raise _retry() from exc
-            raise
     return call  # type: ignore[return-value]

@@ -71,8 +71,8 @@ class ErrorBody(BaseModel):
     error: str
 
 
-class BarRow(BaseModel):
-    """One stored daily bar, as JSON (prices as traded, not adjusted)."""
+class _BarValues(BaseModel):
+    """What every bar answer holds (prices as traded, not adjusted)."""
 
     instrument_id: int
     symbol: str
@@ -85,8 +85,13 @@ class BarRow(BaseModel):
     volume: float
     vwap: float | None
     trades: int | None
-    run_id: str | None
     ingested_at: str | None
+
+
+class BarRow(_BarValues):
+    """One stored daily bar, as JSON."""
+
+    run_id: str | None
 
 
 class MinuteBarRow(BarRow):
@@ -95,22 +100,10 @@ class MinuteBarRow(BarRow):
     ts: str
 
 
-class RollupRow(BaseModel):
+class RollupRow(_BarValues):
     """One roll-up bar of minute bars: `ts` the bucket start (UTC), `bars` the minute bars in it."""
 
-    instrument_id: int
-    symbol: str
-    session_date: date
-    provider: str
     ts: str
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    vwap: float | None
-    trades: int | None
-    ingested_at: str | None
     bars: int
 
 
