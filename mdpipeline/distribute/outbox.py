@@ -8,6 +8,7 @@ published. A crash between the database commit and the send loses nothing: the r
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import date
 
 import polars as pl
@@ -17,7 +18,7 @@ from mdpipeline.distribute.dead_letter import dead_letter_events, text_payload, 
 from mdpipeline.distribute.events import BARS_1M_ARRAY_FIELDS, json_events, session_events
 from mdpipeline.distribute.topics import DEAD_LETTER
 from mdpipeline.storage.binary_copy import copy_frame
-from mdpipeline.storage.reader import read_frame
+from mdpipeline.storage.reader import ArrowReader, read_frame
 
 OUTBOX_TABLE = "ops.outbox"
 # Columns written by `write_outbox` (the rest have defaults).
@@ -172,6 +173,31 @@ def replace_pending(
         return write_outbox(conn, rows)
 
 
+@dataclass(frozen=True)
+class PendingScope:
+    """Which unpublished rows a read or a relay takes: optionally one provider, a session range, some topics."""
+
+    provider: str | None = None
+    start: date | None = None
+    end: date | None = None
+    topics: tuple[str, ...] | None = None
+
+    def where(self) -> tuple[str, list[object]]:
+        """SQL conditions and parameters of the unpublished rows in scope."""
+        where = ["published_at is null"]
+        params: list[object] = []
+        if self.topics is not None:
+            where.append("topic = any(%s)")
+            params.append(list(self.topics))
+        if self.provider is not None:
+            where.append("provider = %s")
+            params.append(self.provider)
+        if self.start is not None and self.end is not None:
+            where.append("session_date between %s and %s")
+            params += [self.start, self.end]
+        return " and ".join(where), params
+
+
 def pending(
     conn: psycopg.Connection,
     *,
@@ -183,22 +209,40 @@ def pending(
     limit: int | None = None,
 ) -> pl.DataFrame:
     """Unpublished rows in outbox order, optionally of one provider, session range and some topics."""
-    where = ["published_at is null", "outbox_id > %s"]
-    params: list[object] = [after_id]
-    if topics is not None:
-        where.append("topic = any(%s)")
-        params.append(list(topics))
-    if provider is not None:
-        where.append("provider = %s")
-        params.append(provider)
-    if start is not None and end is not None:
-        where.append("session_date between %s and %s")
-        params += [start, end]
+    return pending_in(conn, PendingScope(provider, start, end, topics), after_id=after_id, limit=limit)
+
+
+def pending_in(conn: psycopg.Connection, scope: PendingScope, *, after_id: int = 0, limit: int | None = None,
+               reader: ArrowReader | None = None) -> pl.DataFrame:
+    """Unpublished rows of `scope` after `after_id`, in outbox order (columnar: Arrow when the connection is
+    idle; through `reader`'s open connection when given, which sees only committed rows)."""
+    where, params = scope.where()
     query = (
         "select outbox_id, topic, key, event_id, value, headers::text as headers, session_date from ops.outbox"
-        f" where {' and '.join(where)} order by outbox_id" + (f" limit {int(limit)}" if limit else "")
+        f" where {where} and outbox_id > %s order by outbox_id" + (f" limit {int(limit)}" if limit else "")
     )
-    return read_frame(conn, query, tuple(params), PENDING_SCHEMA)
+    if reader is not None:
+        frame = reader.read(query, (*params, after_id), PENDING_SCHEMA)
+        if frame is not None:
+            return frame
+    return read_frame(conn, query, (*params, after_id), PENDING_SCHEMA)
+
+
+def refresh_statistics(conn: psycopg.Connection, *, changed_share: float = 0.1) -> bool:
+    """Analyze ops.outbox's ordering columns when many rows changed since the last analyze; True when it did.
+
+    A store step can add a million rows just before the relay reads them, long before autovacuum
+    analyzes the table; with statistics of a near-empty table the planner reads pending rows through
+    the (topic, event_id) index and sorts all of them for every batch instead of walking the id
+    order, which makes a drain quadratic in its rows.
+    """
+    changed, rows = conn.execute(
+        "select coalesce(s.n_mod_since_analyze, 0), greatest(c.reltuples, 0) from pg_class c"
+        " left join pg_stat_user_tables s on s.relid = c.oid where c.oid = 'ops.outbox'::regclass").fetchone()
+    if changed < max(1_000, changed_share * rows):
+        return False
+    conn.execute("analyze ops.outbox (outbox_id, topic, provider, session_date, published_at)")
+    return True
 
 
 def mark_published(

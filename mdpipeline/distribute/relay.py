@@ -11,6 +11,7 @@ dead-lettered with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,9 +25,10 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from mdpipeline.distribute.dead_letter import dead_letter_events
-from mdpipeline.distribute.outbox import PENDING_SCHEMA, mark_published
+from mdpipeline.distribute.outbox import PendingScope, mark_published, pending_in, refresh_statistics
 from mdpipeline.distribute.publisher import PERMANENT_PRODUCE_ERRORS, Headers, PublishError, make_producer, send
 from mdpipeline.distribute.topics import DEAD_LETTER
+from mdpipeline.storage.reader import ArrowReader
 
 EVENT_ID_HEADER = "mdp-event-id"
 MAX_DEAD_LETTER_PAYLOAD = 4_096  # characters of a refused value kept in its dead letter (all stays in ops.outbox)
@@ -60,26 +62,32 @@ class DrainReport:
 def message_headers(rows: pl.DataFrame) -> list[Headers]:
     """Kafka headers per row: the stored lineage headers plus `mdp-event-id` (always last)."""
     parsed = {h: [(k, str(v).encode()) for k, v in json.loads(h).items()] for h in rows["headers"].unique()}
-    return [[*parsed[h], (EVENT_ID_HEADER, e.encode())] for h, e in zip(rows["headers"], rows["event_id"],
-                                                                         strict=True)]
+    event_ids = rows["event_id"].cast(pl.Binary).to_list()
+    if len(parsed) == 1:  # the usual batch: one run's lineage
+        (common,) = parsed.values()
+        return [[*common, (EVENT_ID_HEADER, e)] for e in event_ids]
+    return [[*parsed[h], (EVENT_ID_HEADER, e)] for h, e in zip(rows["headers"].to_list(), event_ids, strict=True)]
 
 
 @dataclass
 class _Sent:
     """Delivery outcome of one batch: the rows the broker confirmed, and what failed."""
 
-    index: dict[str, int]  # event id -> row of the batch
+    event_ids: list[str]  # per row of the batch
     delivered: np.ndarray  # bool per row of the batch
     failed: list[str] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)  # row index -> why produce() refused it
+    _index: dict[str, int] | None = None
 
     def on_error(self, err: KafkaError | None, msg: Message) -> None:
         """Delivery report of a failed message (the producer reports failures only)."""
         if err is None:
             return
         self.failed.append(f"{msg.topic()}: {err}")
+        if self._index is None:  # built on the first failure only: a clean batch never pays for it
+            self._index = {e: i for i, e in enumerate(self.event_ids)}
         value = msg.value() or b""
-        row = self.index.get(value[_EVENT_ID_AT:_EVENT_ID_AT + 32].decode(errors="replace"))
+        row = self._index.get(value[_EVENT_ID_AT:_EVENT_ID_AT + 32].decode(errors="replace"))
         if row is not None:
             self.delivered[row] = False
 
@@ -107,40 +115,50 @@ def drain(
     """Send every pending outbox row (of `provider`, the session range, `topics` when given), in outbox order.
 
     The drain holds an advisory lock per topic, so concurrent relays of a topic take turns instead
-    of sending the same rows. Batches overlap: while one batch is produced, the database marks the
-    previous one published and reads the next one (on a helper thread, never at the same time).
-    Raises PublishError after marking what was confirmed when any message failed; a later drain
-    sends only the rest. Topics must exist (`ensure_topics`).
+    of sending the same rows. The database work overlaps the sending: while batch k is produced, a
+    helper thread reads batch k+1 and marks batch k-1 published (one connection, one statement at a
+    time, in that order). Raises PublishError after marking what was confirmed when any message
+    failed; a later drain sends only the rest. Topics must exist (`ensure_topics`).
     """
     report = DrainReport()
     producer = make_producer(bootstrap_servers, {**RELAY_PRODUCER, **(producer_config or {})})
-    scope = _Scope(provider, start, end, topics)
+    scope = PendingScope(provider, start, end, topics)
+    refresh_statistics(conn)
     locked = _lock_topics(conn, scope)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdp-relay-db") as db:
+        with contextlib.ExitStack() as stack:
+            reader = None  # reads on a session of their own, unless they must see the caller's open transaction
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                reader = stack.enter_context(ArrowReader(conn))
+            db = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="mdp-relay-db"))
             # A small first batch, so sending starts at once; later ones sized by what the values weigh.
-            ahead = db.submit(_read, conn, scope, 0, min(FIRST_BATCH_ROWS, batch_size), batch_bytes)
+            ahead = db.submit(pending_in, conn, scope, limit=min(FIRST_BATCH_ROWS, batch_size), reader=reader)
+            marked: Future[int] | None = None
             while True:
                 batch = ahead.result()
                 if not batch.height:
+                    if marked is not None:
+                        marked.result()
                     return report
+                ahead = db.submit(pending_in, conn, scope, after_id=int(batch["outbox_id"].max()),  # type: ignore[arg-type]
+                                  limit=_next_rows(batch, batch_size, batch_bytes), reader=reader)
                 sent = _send(producer, batch, flush_timeout)
+                if marked is not None:
+                    marked.result()  # the previous batch's mark failed: stop before sending more
+                marked = db.submit(_mark, conn, scope, batch, sent.delivered)
                 confirmed = batch.filter(pl.Series(sent.delivered))
-                ahead = db.submit(_mark_then_read, conn, batch, sent.delivered, scope, batch_size, batch_bytes)
                 for (topic,), rows in confirmed.group_by("topic", maintain_order=True):
                     report.add(str(topic), rows.height, {})
-                if sent.rejected:  # the connection is the helper thread's until its work is done
-                    following = ahead.result()
+                if sent.rejected:  # the connection is the helper thread's until its queue is done
+                    marked.result()
                     report.dead_lettered += _dead_letter(conn, bootstrap_servers, batch, sent.rejected, report,
                                                          flush_timeout=flush_timeout, producer_config=producer_config)
-                    ahead = Future()
-                    ahead.set_result(following)
                 report.batches += 1
                 if on_batch is not None:
                     on_batch(report)
                 unreported = batch.height - int(sent.delivered.sum()) - len(sent.rejected)
                 if sent.failed or unreported:
-                    ahead.result()  # what was confirmed is marked before the error goes up
+                    marked.result()  # what was confirmed is marked before the error goes up
                     first = sent.failed[:3] or ["no delivery report before the flush timeout"]
                     raise PublishError(f"{unreported} of {batch.height} messages not confirmed by the broker"
                                        f" (first: {first}); they stay pending for the next drain")
@@ -148,32 +166,7 @@ def drain(
         _unlock_topics(conn, locked)
 
 
-@dataclass(frozen=True)
-class _Scope:
-    """Which pending rows a drain sends."""
-
-    provider: str | None
-    start: date | None
-    end: date | None
-    topics: tuple[str, ...] | None
-
-    def where(self) -> tuple[str, list[object]]:
-        """SQL conditions and parameters of the pending rows in scope."""
-        where = ["published_at is null"]
-        params: list[object] = []
-        if self.topics is not None:
-            where.append("topic = any(%s)")
-            params.append(list(self.topics))
-        if self.provider is not None:
-            where.append("provider = %s")
-            params.append(self.provider)
-        if self.start is not None and self.end is not None:
-            where.append("session_date between %s and %s")
-            params += [self.start, self.end]
-        return " and ".join(where), params
-
-
-def _lock_topics(conn: psycopg.Connection, scope: _Scope) -> list[str]:
+def _lock_topics(conn: psycopg.Connection, scope: PendingScope) -> list[str]:
     """Take the relay's advisory lock of each topic in scope (sorted, so two relays cannot deadlock)."""
     if scope.topics is not None:
         topics = sorted(set(scope.topics))
@@ -191,38 +184,23 @@ def _unlock_topics(conn: psycopg.Connection, topics: list[str]) -> None:
         conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"mdpipeline.relay:{topic}",))
 
 
-def _read(conn: psycopg.Connection, scope: _Scope, after: int, rows: int, max_bytes: int) -> pl.DataFrame:
-    """The next pending rows in outbox order: at most `rows` of them, about `max_bytes` of values at most
-    (the caller sizes `rows` from the values seen so far)."""
-    where, params = scope.where()
-    with conn.cursor() as cur:  # one C-level fetch: no per-row Python competing with the producer loop
-        found = cur.execute(
-            "select outbox_id, topic, key, event_id, value, headers::text, session_date from ops.outbox"
-            f" where {where} and outbox_id > %s order by outbox_id limit %s",
-            (*params, after, max(1, rows))).fetchall()
-    return pl.DataFrame(found, schema=PENDING_SCHEMA, orient="row")
-
-
 def _next_rows(batch: pl.DataFrame, rows: int, max_bytes: int) -> int:
     """How many rows the next read may take so its values stay within `max_bytes` (judged by this batch)."""
-    if not batch.height:
-        return rows
     average = max(1.0, float(batch["value"].str.len_bytes().mean() or 1.0))  # type: ignore[arg-type]
     return max(1, min(rows, int(max_bytes / average)))
 
 
-def _mark_then_read(conn: psycopg.Connection, batch: pl.DataFrame, delivered: np.ndarray, scope: _Scope,
-                    rows: int, max_bytes: int) -> pl.DataFrame:
-    """Mark the broker-confirmed rows of `batch` published (one statement), then read the next batch."""
+def _mark(conn: psycopg.Connection, scope: PendingScope, batch: pl.DataFrame, delivered: np.ndarray) -> int:
+    """Mark the broker-confirmed rows of `batch` published, in one statement; returns the rows marked."""
     ids = batch["outbox_id"]
     if delivered.all():  # the usual case: the batch's id range, no id list to send
         where, params = scope.where()
-        conn.execute(f"update ops.outbox set published_at = now() where {where} and outbox_id between %s and %s",
-                     (*params, ids.min(), ids.max()))
-    elif delivered.any():
-        conn.execute("update ops.outbox set published_at = now() where outbox_id = any(%s) and published_at is null",
-                     (ids.filter(pl.Series(delivered)).to_list(),))
-    return _read(conn, scope, int(ids.max()), _next_rows(batch, rows, max_bytes), max_bytes)  # type: ignore[arg-type]
+        return conn.execute(f"update ops.outbox set published_at = now() where {where}"
+                            " and outbox_id between %s and %s", (*params, ids.min(), ids.max())).rowcount
+    if delivered.any():
+        return conn.execute("update ops.outbox set published_at = now() where outbox_id = any(%s)"
+                            " and published_at is null", (ids.filter(pl.Series(delivered)).to_list(),)).rowcount
+    return 0
 
 
 def _send(producer: Producer, batch: pl.DataFrame, flush_timeout: float) -> _Sent:
@@ -231,12 +209,11 @@ def _send(producer: Producer, batch: pl.DataFrame, flush_timeout: float) -> _Sen
     The producer reports failures only: a row counts as confirmed when no failure was reported and
     nothing was left in flight when the flush returned (otherwise nothing of the batch counts).
     """
-    sent = _Sent(index=dict(zip(batch["event_id"], range(batch.height), strict=True)),
-                 delivered=np.ones(batch.height, dtype=bool))
+    sent = _Sent(event_ids=batch["event_id"].to_list(), delivered=np.ones(batch.height, dtype=bool))
     headers = message_headers(batch)
     values = batch["value"].cast(pl.Binary).to_list()
     keys = batch["key"].cast(pl.Binary).to_list()
-    for i, (topic, key, value) in enumerate(zip(batch["topic"], keys, values, strict=True)):
+    for i, (topic, key, value) in enumerate(zip(batch["topic"].to_list(), keys, values, strict=True)):
         while True:
             try:
                 producer.produce(topic, value=value, key=key, headers=headers[i], on_delivery=sent.on_error)

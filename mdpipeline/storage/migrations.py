@@ -514,6 +514,13 @@ def _stream_state(conn: psycopg.Connection, timescale: bool) -> None:
 
 
 # Every schema version, in order. Append new versions; never edit an applied one.
+def _outbox_pending_order(conn: psycopg.Connection, timescale: bool) -> None:
+    """The relay reads pending rows in id order: an index of just those, so a long published history
+    is not walked on every drain."""
+    conn.execute("create index if not exists outbox_pending_order on ops.outbox (outbox_id)"
+                 " where published_at is null")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
     Migration(2, "corporate actions and adjustment factors", _corporate_actions_and_factors),
@@ -524,4 +531,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "bar revisions; minute bars chunked on ts", _revisions_and_minute_chunks),
     Migration(8, "expiry of raw payloads and published outbox rows", _expire_rows_procedure),
     Migration(9, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
+    Migration(10, "pending outbox rows in id order", _outbox_pending_order),
 )

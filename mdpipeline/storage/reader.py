@@ -51,16 +51,50 @@ def read_frame(
 def _read_arrow(conn: psycopg.Connection, query: str, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
     """`query` (parameters already bound) read through ADBC on a connection to the same database; None
     when a column comes back in a type Arrow only carries opaquely (e.g. jsonb): the text path reads it."""
-    with adbc.connect(_uri(conn)) as reader, reader.cursor() as cur:
-        cur.execute(query)
-        table = cur.fetch_arrow_table()
-    if any(isinstance(field.type, pa.BaseExtensionType) for field in table.schema):
-        return None
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    if frame.is_empty():
-        return pl.DataFrame(schema=schema)
-    return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
+    with ArrowReader(conn) as reader:
+        return reader.read_bound(query, schema)
+
+
+class ArrowReader:
+    """One ADBC connection to the database `conn` is connected to, kept open for many columnar reads
+    (a relay's batches): a connection per read costs more than reading 20,000 rows.
+
+    It is a session of its own: it sees what other sessions committed, never `conn`'s open transaction.
+    """
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+        self._adbc = adbc.connect(_uri(conn))
+
+    def read(self, query: sql.Composable | str, params: tuple[Any, ...] | None,
+             schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+        """Rows of `query` as a frame of exactly `schema`; None when a column is of a type Arrow carries opaquely."""
+        query_sql = sql.SQL(query) if isinstance(query, str) else query
+        bound = query_sql.as_string(self._conn) if params is None else _bind(self._conn, query_sql, params)
+        return self.read_bound(bound, schema)
+
+    def read_bound(self, query: str, schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
+        """`read` of a query whose parameters are already bound."""
+        with self._adbc.cursor() as cur:
+            cur.execute(query)
+            table = cur.fetch_arrow_table()
+        if any(isinstance(field.type, pa.BaseExtensionType) for field in table.schema):
+            return None
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        if frame.is_empty():
+            return pl.DataFrame(schema=schema)
+        return frame.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
+
+    def close(self) -> None:
+        """Close the ADBC connection."""
+        self._adbc.close()
+
+    def __enter__(self) -> ArrowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _uri(conn: psycopg.Connection) -> str:
