@@ -68,10 +68,11 @@ def expected(day: date, first: int, last: int, shift: float = 0.0) -> dict[str, 
             "vwap": weighted / (weights * 100.0), "trades": weights, "bars": last - first + 1}
 
 
-def load(conn: psycopg.Connection, frame: pl.DataFrame, day: date) -> None:
-    """Store minute bars as the store step does: the load, then the roll-ups' refresh."""
+def load(conn: psycopg.Connection, frame: pl.DataFrame, day: date, url: str | None = None) -> None:
+    """Store minute bars as the store step does: the load, then the roll-ups' refresh (with `url`: the
+    aggregates at the same time, each on a session of its own, as the roll-up asset does)."""
     replace_range(conn, "md.bars_1m", frame, provider="file", start=day, end=day, allow_deletes=True)
-    refresh_rollups(conn, day, day)
+    refresh_rollups(conn, day, day, url=url)
 
 
 COLUMNS = ["ts", "open", "high", "low", "close", "volume", "vwap", "trades", "bars"]
@@ -113,10 +114,11 @@ def test_vwap_and_trades_are_null_unless_every_bar_has_them(conn: psycopg.Connec
     assert five.select("vwap", "trades").rows() == [(None, 15), (expected(WINTER, 5, 9)["vwap"], None)]
 
 
-def test_a_correction_shows_in_the_rollups_and_as_of_reads_roll_up_what_was_known(conn: psycopg.Connection) -> None:
-    load(conn, minute_bars(SUMMER), SUMMER)
+def test_a_correction_shows_in_the_rollups_and_as_of_reads_roll_up_what_was_known(conn: psycopg.Connection,
+                                                                                   database_url: str) -> None:
+    load(conn, minute_bars(SUMMER), SUMMER, url=database_url)
     corrected_at = LEARNT + timedelta(days=3)
-    load(conn, minute_bars(SUMMER, learnt=corrected_at, shift=1.0), SUMMER)  # every price 1.0 higher
+    load(conn, minute_bars(SUMMER, learnt=corrected_at, shift=1.0), SUMMER, url=database_url)  # prices 1.0 higher
     assert rows(read_bars(conn, "AAPL", SUMMER, SUMMER, interval="1h")) == [
         expected(SUMMER, 0, 59, shift=1.0), expected(SUMMER, 60, 74, shift=1.0)]
     before = read_bars(conn, "AAPL", SUMMER, SUMMER, interval="1h", as_of=corrected_at - timedelta(seconds=1))

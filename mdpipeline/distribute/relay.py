@@ -33,8 +33,8 @@ from mdpipeline.storage.reader import ArrowReader
 EVENT_ID_HEADER = "mdp-event-id"
 MAX_DEAD_LETTER_PAYLOAD = 4_096  # characters of a refused value kept in its dead letter (all stays in ops.outbox)
 BATCH_ROWS = 20_000
-FIRST_BATCH_ROWS = 2_000
-BATCH_BYTES = 64 * 1024 * 1024  # values claimed per batch (minute-bar sessions are ~20 kB each)
+FIRST_BATCH_ROWS = 200
+BATCH_BYTES = 32 * 1024 * 1024  # values read per set (minute-bar sessions are 20-40 kB each)
 
 
 @dataclass

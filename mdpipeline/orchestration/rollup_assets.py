@@ -33,7 +33,7 @@ def rollup_asset(minute_keys: Sequence[dg.AssetKey], partitions: dg.PartitionsDe
     def bars_1m_rollups(context: dg.AssetExecutionContext, db: DatabaseResource) -> dg.MaterializeResult:
         start, end = partition_dates(context)
         with db.connection() as conn:
-            refreshed = refresh_rollups(conn, start, end)
+            refreshed = refresh_rollups(conn, start, end, url=db.url)
         return dg.MaterializeResult(metadata={
             "refreshed": ", ".join(refreshed) or "nothing to refresh (views, or refresh after load turned off)"})
 

@@ -15,12 +15,14 @@ aggregate the minute bars known at that time with the same SQL on both layouts (
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg import sql
 
+from mdpipeline.storage.database import connect
 from mdpipeline.storage.partitions import time_bounds
 from mdpipeline.storage.storage_config import RollupConfig, load_storage_config
 
@@ -165,30 +167,44 @@ def _refresh_takes_options(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def refresh_rollups(conn: psycopg.Connection, start: date, end: date, config: RollupConfig | None = None) -> list[str]:
+def refresh_rollups(conn: psycopg.Connection, start: date, end: date, config: RollupConfig | None = None, *,
+                    url: str | None = None) -> list[str]:
     """Bring the continuous aggregates up to date for the sessions [start, end] (after a load changed them).
 
     Only invalidated buckets are recomputed. A no-op on the plain layout (views aggregate at read
     time), and when the configuration's `refresh_after_load` is off (the refresh policy catches up
     within `refresh_every`). Must run outside a transaction (TimescaleDB refuses a refresh inside one).
+    With `url` (the database `conn` is on) the aggregates refresh at the same time, one session each:
+    each refresh scans the same minute bars on one server process, so on two cores a range's three
+    refreshes take about half the time they take one after the other.
     """
     if not (config or load_storage_config().rollups).refresh_after_load:
         return []
-    refreshed: list[str] = []
-    batched: bool | None = None
-    for interval in ROLLUPS:
-        view = rollup_view(interval)
-        if not _is_cagg(conn, view):
-            continue
-        lower, upper = time_bounds(start, end)
-        if batched is None:
-            batched = _refresh_takes_options(conn)
-        if batched:
-            conn.execute("call refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz,"
-                         " options => %s::jsonb)", (view, lower.isoformat(), upper.isoformat(), REFRESH_OPTIONS))
-        else:
-            conn.execute("call refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz)",
-                         (view, lower.isoformat(), upper.isoformat()))
-        refreshed.append(view)
-    return refreshed
+    views = [rollup_view(interval) for interval in ROLLUPS if _is_cagg(conn, rollup_view(interval))]
+    if not views:
+        return []
+    lower, upper = time_bounds(start, end)
+    options = REFRESH_OPTIONS if _refresh_takes_options(conn) else None
+    if url is None or len(views) == 1:
+        for view in views:
+            _refresh(conn, view, lower, upper, options)
+        return views
+    with ThreadPoolExecutor(max_workers=len(views), thread_name_prefix="mdp-rollup") as pool:
+        done = [pool.submit(_refresh_on_own_session, url, view, lower, upper, options) for view in views]
+        for future in done:
+            future.result()
+    return views
 
+
+def _refresh(conn: psycopg.Connection, view: str, lower: date, upper: date, options: str | None) -> None:
+    if options is not None:
+        conn.execute("call refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz, options => %s::jsonb)",
+                     (view, lower.isoformat(), upper.isoformat(), options))
+    else:
+        conn.execute("call refresh_continuous_aggregate(%s, %s::timestamptz, %s::timestamptz)",
+                     (view, lower.isoformat(), upper.isoformat()))
+
+
+def _refresh_on_own_session(url: str, view: str, lower: date, upper: date, options: str | None) -> None:
+    with connect(url) as conn:
+        _refresh(conn, view, lower, upper, options)
