@@ -51,6 +51,7 @@ from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
 from mdpipeline.providers.base import ProviderError
 from mdpipeline.providers.http import HttpClient, HttpPolicy
+from mdpipeline.providers.registry import SPECS
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
 from mdpipeline.stream.process import quarantine_actions
@@ -58,10 +59,7 @@ from mdpipeline.stream.synthetic import synthetic_history
 from mdpipeline.stream.ticks import CANONICAL_TICKS, normalize_ticks, stored_ticks
 
 DEFAULT_MARGIN = timedelta(seconds=2)  # fetched around the gap: clock skew between collector and exchange
-UNREPAIRABLE: dict[str, str] = {
-    "finnhub": "finnhub has no historical tick data on the free tier (REST /stock/tick is a premium "
-               "endpoint): the missed interval cannot be backfilled",
-}
+UNREPAIRABLE: dict[str, str] = {name: spec.unrepairable for name, spec in SPECS.items() if spec.unrepairable}
 ALPACA_BASE_URL = "https://data.alpaca.markets"
 ALPACA_TRADES_PATH = "/v2/stocks/trades"
 FETCHED_TRADES: dict[str, pl.DataType] = {
@@ -122,7 +120,7 @@ class AlpacaTrades:
     pages: int = 0
 
     @classmethod
-    def from_env(cls, base_url: str | None = None) -> AlpacaTrades:
+    def from_env(cls, base_url: str | None = None, options: Mapping[str, Any] | None = None) -> AlpacaTrades:
         """Credentials and base URL as for the Alpaca provider; the feed of the stream being repaired."""
         stream = os.environ.get("MDP_ALPACA_STREAM_URL", "wss://stream.data.alpaca.markets/v2/iex")
         feed = urlsplit(stream).path.rstrip("/").rsplit("/", 1)[-1] or "iex"
@@ -171,6 +169,11 @@ class SyntheticTrades:
     seed: int = 7
     provider: str = "synthetic"
     identity: Literal["id", "content"] = "id"
+
+    @classmethod
+    def from_env(cls, base_url: str | None = None, options: Mapping[str, Any] | None = None) -> SyntheticTrades:
+        """The history of the synthetic provider with its universe `seed` option."""
+        return cls(seed=int((options or {}).get("seed", 7)))
 
     def trades(self, symbols: Sequence[str], start: datetime, end: datetime) -> pl.DataFrame:
         return alpaca_trades_frame((t["S"], t) for t in synthetic_history(symbols, start, end, seed=self.seed))

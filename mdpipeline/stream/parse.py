@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from mdpipeline.providers.registry import SPECS
+
 TRADE_ACTIONS: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "symbol": pl.String(),
     "ts": pl.Datetime("ns", "UTC"), "action": pl.String(), "price": pl.Float64(), "size": pl.Float64(),
@@ -50,8 +52,8 @@ _TRADE_TYPES = ("t", "x", "c")
 _MESSAGE = r"\{[^{}]*\}"  # one Alpaca message: a flat object (its arrays hold strings without braces)
 _FINNHUB = pl.Struct({"type": pl.String, "data": pl.List(pl.Struct({
     "s": pl.String, "p": pl.Float64, "t": pl.Int64, "v": pl.Float64, "c": pl.List(pl.String)}))})
-# Frames of these providers are Alpaca-shaped (the synthetic feed imitates Alpaca).
-ALPACA_SHAPED = frozenset({"alpaca", "synthetic"})
+# Frames of these providers are Alpaca-shaped (the synthetic feed imitates Alpaca): the registry says which.
+ALPACA_SHAPED = frozenset(name for name, spec in SPECS.items() if spec.stream_frames == "alpaca")
 FINNHUB_SEQUENCE_STRIDE = 100_000  # Finnhub has no trade id: sequence = raw offset * stride + position
 # Timestamps outside [TS_MIN, TS_MAX) are not data (and past 2262 do not fit nanoseconds): null, then rejected.
 TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
