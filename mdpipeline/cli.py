@@ -373,7 +373,7 @@ def stream(
         err_console.print("[red]MDP_KAFKA_BOOTSTRAP_SERVERS is not set[/]")
         raise typer.Exit(2)
     if provider not in STREAM_PROVIDERS:
-        raise typer.BadParameter(f"one of {', '.join(sorted(STREAM_PROVIDERS))}", param_hint="--provider")
+        raise typer.BadParameter(f"one of {', '.join(STREAM_PROVIDERS)}", param_hint="--provider")
     universe = load_universe(settings.universe_path)
     wanted = ([s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols
               else sorted(universe.symbology["symbol"].unique().to_list()))

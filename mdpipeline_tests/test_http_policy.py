@@ -65,7 +65,8 @@ def test_params_and_credentials_are_sent_and_redacted_in_the_result() -> None:
     assert urlsplit(url).path == "/v1/bars"
     assert headers["X-Key"] == SECRET
     assert result.params == {"apikey": "***", "symbol": "AAPL"}
-    assert SECRET not in result.url and result.endpoint == "/v1/bars"
+    assert SECRET not in result.url
+    assert result.endpoint == "/v1/bars"
     http.close()
     assert transport.closed
 
@@ -77,13 +78,15 @@ def test_transport_failures_become_typed_errors_retried_and_redacted() -> None:
     http, waits = client(transport, default_params={"apikey": SECRET})
     assert http.get_json("/bars").json() == {"ok": True}
     assert len(transport.sent) == 4
-    assert http.stats.retries == 3 and len(waits) == 3
+    assert http.stats.retries == 3
+    assert len(waits) == 3
 
     failing = ScriptedTransport(TransportError("connection", leak))
     http, _ = client(failing, HttpPolicy(max_attempts=2), default_params={"apikey": SECRET})
     with pytest.raises(ProviderUnavailableError) as info:
         http.get_json("/bars")
-    assert SECRET not in str(info.value) and "gave up after 2 attempts" in str(info.value)
+    assert SECRET not in str(info.value)
+    assert "gave up after 2 attempts" in str(info.value)
     assert info.value.__cause__ is None
 
     cut = ScriptedTransport(TransportError("truncated", "IncompleteRead"))
@@ -103,13 +106,15 @@ def test_retry_after_is_waited_and_an_over_long_one_fails_at_once() -> None:
     http, waits = client(transport)
     http.get_json("/bars")
     assert waits == [7.0]
-    assert http.stats.throttled_seconds == 7.0 and http.stats.rate_limited == 1
+    assert http.stats.throttled_seconds == 7.0
+    assert http.stats.rate_limited == 1
 
     later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     http, waits = client(ScriptedTransport(Response(429, {"retry-after": later}, b"")), HttpPolicy(max_retry_after=60))
     with pytest.raises(RateLimitError, match="more than max_retry_after 60s") as info:
         http.get("/bars")
-    assert not info.value.retryable and waits == []
+    assert not info.value.retryable
+    assert waits == []
 
 
 def test_breaker_state_is_shared_per_provider_within_one_states_only() -> None:
@@ -120,7 +125,8 @@ def test_breaker_state_is_shared_per_provider_within_one_states_only() -> None:
     for _ in range(2):
         with pytest.raises(ProviderUnavailableError):
             first.get("/x")
-    assert first.breaker_state == "open" and first.stats.breaker_opened == 1
+    assert first.breaker_state == "open"
+    assert first.stats.breaker_opened == 1
     second, _ = client(ScriptedTransport(ok()), policy, states)
     with pytest.raises(CircuitOpenError, match="after 2 consecutive failures"):
         second.get("/x")
@@ -134,7 +140,8 @@ def test_breaker_closed_open_half_open_closed_on_a_clock() -> None:
     assert not breaker.failure("HTTP 503")
     breaker.success()  # an answer resets the count
     assert not breaker.failure("HTTP 503")
-    assert breaker.failure("HTTP 502") and breaker.state == "open"
+    assert breaker.failure("HTTP 502")
+    assert breaker.state == "open"
     with pytest.raises(CircuitOpenError, match=r"next trial call allowed at 2024-06-03 12:00:30 UTC \(in 30s\)"):
         breaker.before_call()
     breaker.success()  # a request sent before it opened does not close it
@@ -142,7 +149,8 @@ def test_breaker_closed_open_half_open_closed_on_a_clock() -> None:
     now[0] += timedelta(seconds=30)
     assert breaker.state == "half-open"
     breaker.before_call()  # the trial call may go
-    assert breaker.failure("HTTP 503") and breaker.state == "open"  # a failed trial reopens at once
+    assert breaker.failure("HTTP 503")
+    assert breaker.state == "open"
     now[0] += timedelta(seconds=31)
     breaker.before_call()
     breaker.success()

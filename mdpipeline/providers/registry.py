@@ -17,7 +17,7 @@ _MODULES = (alphavantage, finnhub, iexcloud, ibkr, alpaca, polygon, files, synth
 
 SPECS: dict[str, ProviderSpec] = {m.SPEC.name: m.SPEC for m in _MODULES}
 PROVIDERS: tuple[str, ...] = tuple(SPECS)  # provider names (command line, universe file, tables, topics)
-STREAM_PROVIDERS: tuple[str, ...] = tuple(n for n, s in SPECS.items() if s.streams)
+STREAM_PROVIDERS: tuple[str, ...] = tuple(sorted(n for n, s in SPECS.items() if s.streams))  # real-time
 
 
 def spec(name: str) -> ProviderSpec:
