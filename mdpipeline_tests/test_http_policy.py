@@ -4,6 +4,8 @@ tests and test_http_client.py talk to real local HTTP servers.)"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlsplit
@@ -155,3 +157,21 @@ def test_breaker_closed_open_half_open_closed_on_a_clock() -> None:
     breaker.before_call()
     breaker.success()
     assert breaker.state == "closed"
+
+
+def test_importing_the_providers_has_no_side_effects() -> None:
+    """No log filter attached and no provider state made at import: they come with the first client."""
+    code = """
+import logging
+import mdpipeline.providers, mdpipeline.providers.http
+from mdpipeline.providers.provider_state import process_states
+assert logging.getLogger("urllib3.connectionpool").filters == [], "filter attached at import"
+assert logging.getLogger("mdpipeline.providers").filters == [], "filter attached at import"
+assert process_states.cache_info().currsize == 0, "provider states made at import"
+from mdpipeline.providers.http import HttpClient, HttpPolicy
+HttpClient("p", "http://127.0.0.1:9", HttpPolicy(), secrets=["s3cret"])
+assert len(logging.getLogger("urllib3.connectionpool").filters) == 1
+assert process_states().breaker_state("p") == "closed"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
