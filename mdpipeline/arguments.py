@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mdpipeline.settings import PROVIDERS
+from mdpipeline.providers.registry import PROVIDERS
 from mdpipeline.universe import Universe
 
 

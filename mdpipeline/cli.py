@@ -360,9 +360,10 @@ def stream(
     import signal
 
     from mdpipeline.distribute.topics import TopicSpec, ensure_topics, raw_stream_topic
+    from mdpipeline.providers.registry import SPECS, STREAM_PROVIDERS
     from mdpipeline.stream.collector import CollectReport, Timeouts, collect
     from mdpipeline.stream.collector_state import CollectorState
-    from mdpipeline.stream.feeds import AlpacaFeed, FeedError, FinnhubFeed
+    from mdpipeline.stream.feeds import FeedError
     from mdpipeline.stream.landing import RawLanding
     from mdpipeline.stream.synthetic import run_synthetic
     from mdpipeline.universe import load_universe
@@ -371,8 +372,8 @@ def stream(
     if not settings.kafka_bootstrap_servers:
         err_console.print("[red]MDP_KAFKA_BOOTSTRAP_SERVERS is not set[/]")
         raise typer.Exit(2)
-    if provider not in ("alpaca", "finnhub", "synthetic"):
-        raise typer.BadParameter("one of alpaca, finnhub, synthetic", param_hint="--provider")
+    if provider not in STREAM_PROVIDERS:
+        raise typer.BadParameter(f"one of {', '.join(STREAM_PROVIDERS)}", param_hint="--provider")
     universe = load_universe(settings.universe_path)
     wanted = ([s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols
               else sorted(universe.symbology["symbol"].unique().to_list()))
@@ -396,8 +397,7 @@ def stream(
             loop.add_signal_handler(sig, stop.set)
         if provider == "synthetic":
             return await run_synthetic(landing, wanted, frames=max_frames or 10**9, rate=rate, stop=stop)
-        feed = (AlpacaFeed.from_env(wanted, quotes=quotes, bars=minute_bars, url=url) if provider == "alpaca"
-                else FinnhubFeed.from_env(wanted, url=url))
+        feed = SPECS[provider].feed_class().from_env(wanted, quotes=quotes, bars=minute_bars, url=url)
         report: CollectReport = await collect(feed, landing, stop=stop, max_frames=max_frames,
                                               timeouts=Timeouts.from_env(), state=state)
         return report.frames

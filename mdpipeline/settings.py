@@ -6,22 +6,22 @@ The variable names are public contracts (see docs/configuration.md): changing on
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import load_dotenv
 
-PROVIDERS = ("alphavantage", "finnhub", "iexcloud", "ibkr", "alpaca", "polygon", "file", "synthetic")
-_BASE_URL_ENV = {
-    "alphavantage": "MDP_ALPHAVANTAGE_BASE_URL",
-    "finnhub": "MDP_FINNHUB_BASE_URL",
-    "iexcloud": "MDP_IEXCLOUD_BASE_URL",
-    "ibkr": "MDP_IBKR_BASE_URL",
-    "alpaca": "MDP_ALPACA_BASE_URL",
-    "polygon": "MDP_POLYGON_BASE_URL",
-}
+# MDP_<PROVIDER>_BASE_URL: a provider's base-URL override (proxies, gateways, tests). Which providers
+# exist is the provider registry's business (`mdpipeline.providers.registry`), not this module's.
+_BASE_URL_ENV = re.compile(r"MDP_([A-Z0-9]+)_BASE_URL")
 DEFAULT_UNIVERSE = Path(__file__).resolve().parent.parent / "config" / "universe.yaml"
 DEFAULT_FILES_DIR = Path(__file__).resolve().parent.parent / "samples" / "files"
+
+
+def base_url_variable(provider: str) -> str:
+    """The environment variable overriding the base URL of `provider` (e.g. MDP_ALPACA_BASE_URL)."""
+    return f"MDP_{provider.upper()}_BASE_URL"
 
 
 def load_env(path: Path | None = None) -> None:
@@ -48,5 +48,6 @@ class Settings:
             kafka_bootstrap_servers=os.environ.get("MDP_KAFKA_BOOTSTRAP_SERVERS", ""),
             universe_path=Path(os.environ.get("MDP_UNIVERSE", str(DEFAULT_UNIVERSE))),
             files_dir=Path(os.environ.get("MDP_FILES_DIR", str(DEFAULT_FILES_DIR))),
-            base_urls={p: os.environ[v] for p, v in _BASE_URL_ENV.items() if os.environ.get(v)},
+            base_urls={m[1].lower(): value for name, value in os.environ.items()
+                       if value and (m := _BASE_URL_ENV.fullmatch(name))},
         )

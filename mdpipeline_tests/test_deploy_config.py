@@ -26,6 +26,7 @@ from dagster._core.workspace.config_schema import process_workspace_config
 from psycopg import sql as psql
 
 from mdpipeline.devservices.kafka_dist import kafka_version
+from mdpipeline.providers.registry import SPECS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -39,14 +40,12 @@ INITDB_SQL = ROOT / "deploy" / "initdb" / "10-dagster.sql"
 DEFINITIONS_MODULE = "mdpipeline.orchestration.definitions"
 LOCATION_NAME = "mdpipeline"
 DAGSTER_SERVICES = ("code", "webserver", "daemon")
-PROVIDER_CREDENTIALS = (
-    "ALPHAVANTAGE_API_KEY",
-    "FINNHUB_API_KEY",
-    "IEX_CLOUD_TOKEN",
-    "ALPACA_API_KEY_ID",
-    "ALPACA_API_SECRET_KEY",
-    "POLYGON_API_KEY",
-)
+# Every provider's credential and base-URL variables, from the provider registry (a new provider's must reach
+# the stack too); the credentials are the public contract's (DESIGN.md).
+PROVIDER_CREDENTIALS = tuple(v for spec in SPECS.values() for v in spec.credentials)
+PROVIDER_BASE_URLS = tuple(spec.base_url_env for spec in SPECS.values() if spec.base_url_env)
+assert set(PROVIDER_CREDENTIALS) == {"ALPHAVANTAGE_API_KEY", "FINNHUB_API_KEY", "IEX_CLOUD_TOKEN", "ALPACA_API_KEY_ID",
+                                     "ALPACA_API_SECRET_KEY", "POLYGON_API_KEY"}
 DAGSTER_PG_VARS = (
     "DAGSTER_PG_USERNAME",
     "DAGSTER_PG_PASSWORD",
@@ -191,7 +190,8 @@ def test_dagster_services_share_the_storage_and_pipeline_environment(
 ) -> None:
     envs = {name: _env(services[name]) for name in DAGSTER_SERVICES}
     shared_names = (
-        set(DAGSTER_PG_VARS) | set(PROVIDER_CREDENTIALS) | {"MDP_DATABASE_URL", "MDP_KAFKA_BOOTSTRAP_SERVERS"}
+        set(DAGSTER_PG_VARS) | set(PROVIDER_CREDENTIALS) | set(PROVIDER_BASE_URLS)
+        | {"MDP_DATABASE_URL", "MDP_KAFKA_BOOTSTRAP_SERVERS"}
     )
     for name, env in envs.items():
         assert shared_names <= set(env), f"{name} lacks {shared_names - set(env)}"

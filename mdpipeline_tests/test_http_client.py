@@ -26,12 +26,12 @@ from mdpipeline.providers.errors import (
 from mdpipeline.providers.http import (
     HttpClient,
     HttpPolicy,
-    TokenBucket,
     breaker_state,
     json_body,
     parse_retry_after,
     reset_shared_state,
 )
+from mdpipeline.providers.limits import TokenBucket
 from mdpipeline_tests.provider_servers import (
     SleepRecorder,
     closed_port_url,
@@ -426,13 +426,14 @@ def test_base_url_keeps_its_path_prefix(httpserver: HTTPServer) -> None:
 
 
 def test_parse_retry_after() -> None:
-    now = datetime(2024, 6, 3, 12, 0, tzinfo=UTC)
-    assert parse_retry_after("5", now) == 5.0
-    assert parse_retry_after(" 1.5 ", now) == 1.5
-    assert parse_retry_after("Mon, 03 Jun 2024 12:00:30 GMT", now) == 30.0
-    assert parse_retry_after("Mon, 03 Jun 2024 11:00:00 GMT", now) == 0.0
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after(None, now) is None
+    # HTTP dates are read by urllib3 against the clock (whole seconds): a date 30 s ahead, and one past.
+    ahead = format_datetime((datetime.now(UTC) + timedelta(seconds=30)).replace(microsecond=0), usegmt=True)
+    assert parse_retry_after("5") == 5.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after(ahead) == pytest.approx(30.0, abs=1.5)
+    assert parse_retry_after("Mon, 03 Jun 2024 11:00:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
 
 
 def test_policy_from_options() -> None:

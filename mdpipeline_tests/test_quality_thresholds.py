@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mdpipeline.providers.registry import PROVIDERS
 from mdpipeline.quality.thresholds import DEFAULT_QUALITY_CONFIG, Thresholds, load_thresholds
-from mdpipeline.settings import PROVIDERS
 
 
 def write(tmp_path: Path, doc: dict) -> Path:

@@ -16,11 +16,11 @@ from confluent_kafka.admin import AdminClient
 from mdpipeline.distribute.topics import raw_stream_topic
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.run_limits import max_runtime_tags
-from mdpipeline.stream.gap_repair import AlpacaTrades, SyntheticTrades, TradeSource, open_gaps, repair_gaps
+from mdpipeline.providers.registry import SPECS, STREAM_PROVIDERS
+from mdpipeline.stream.gap_repair import TradeSource, open_gaps, repair_gaps
 from mdpipeline.stream.offsets import next_range, processed
 from mdpipeline.stream.process import process_range
 
-STREAM_PROVIDERS = ("alpaca", "finnhub", "synthetic")
 JOB_NAME = "realtime_ticks"
 TOPIC_TAG, PARTITION_TAG, RANGE_TAG = "mdp/raw-topic", "mdp/raw-partition", "mdp/raw-range"
 MAX_MESSAGES_PER_RUN = 50_000
@@ -122,11 +122,10 @@ def repair_stream_gaps(
     context: dg.OpExecutionContext, db: DatabaseResource, kafka: KafkaResource, providers: ProvidersResource,
 ) -> dg.Output[int]:
     universe = providers.universe()
-    synthetic = universe.providers.get("synthetic")
     sources: dict[str, TradeSource] = {
-        "alpaca": AlpacaTrades.from_env(base_url=providers.base_urls.get("alpaca")),
-        "synthetic": SyntheticTrades(seed=int((synthetic.options if synthetic else {}).get("seed", 7))),
-    }
+        name: repairer.from_env(base_url=providers.base_urls.get(name),
+                                options=setup.options if (setup := universe.providers.get(name)) else {})
+        for name, spec in SPECS.items() if (repairer := spec.repairer_class()) is not None}
     symbols = {name: list(setup.symbols) for name, setup in universe.providers.items() if setup.symbols}
     with db.connection() as conn:
         report = repair_gaps(conn, kafka.bootstrap_servers, sources=sources, symbology=universe.symbology,

@@ -29,20 +29,24 @@ after that instant is not requested.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import polars as pl
-import requests
 
-from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.base import Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import MalformedPayloadError, RateLimitError
 from mdpipeline.providers.files import cast_to_standard, parse_utc_timestamp
-from mdpipeline.providers.http import HttpResult, json_body
-from mdpipeline.providers.rest import RestProvider, credential, payload_from, read_json, regular_hours
-from mdpipeline.sessions import calendar
+from mdpipeline.providers.http import HttpResult, Response, json_body
+from mdpipeline.providers.kit.actions import split_ratio
+from mdpipeline.providers.kit.bars import bar_time, exchange_tz, regular_hours
+from mdpipeline.providers.kit.pagination import paginate
+from mdpipeline.providers.kit.payloads import payload_from, read_json
+from mdpipeline.providers.kit.rate_limits import seconds_until_reset
+from mdpipeline.providers.rest import RestProvider, credential
+from mdpipeline.providers.spec import ProviderSpec
 
 log = logging.getLogger("mdpipeline.providers")
 
@@ -131,7 +135,7 @@ class AlpacaProvider(RestProvider):
     def _bars_params(self, dataset: str, symbols: str, first: date, last: date) -> dict[str, Any]:
         """Start at local midnight of the first session, end just before local midnight after the last;
         on the SIP feed, `end` is at most `sip_delay_minutes` (15) ago, which Free/Basic plans may query."""
-        tz = calendar(self.calendar_name).tz
+        tz = ZoneInfo(exchange_tz(self.calendar_name))
         start = datetime.combine(first, datetime.min.time(), tz)
         end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tz) - timedelta(seconds=1)
         if self.feed == "sip" and self.sip_delay:
@@ -146,23 +150,13 @@ class AlpacaProvider(RestProvider):
 
     def _pages(self, path: str, params: dict[str, Any], dataset: str, key: str, first: date,
                last: date) -> list[RawPayload]:
-        """Follow `next_page_token` to the end; a token seen before is a pagination loop."""
-        client = self.http
-        payloads: list[RawPayload] = []
-        seen: set[str] = set()
-        token: str | None = None
-        for page in range(self.max_pages):
-            result = client.get_json(path, {**params, "page_token": token})
-            payloads.append(payload_from(self.name, dataset, result, f"{key}:p{page}", first, last))
-            token = _next_token(result, "bars" if dataset != "corporate_actions" else "corporate_actions")
-            if token is None:
-                return payloads
-            if token in seen:
-                raise MalformedPayloadError(
-                    f"alpaca: next_page_token {token!r} returned again after page {page} of {path} ({key}): "
-                    "pagination loop, stopped")
-            seen.add(token)
-        raise ProviderError(f"alpaca: {path} ({key}) has more than {self.max_pages} pages (option max_pages)")
+        """Follow `next_page_token` to the end (a token seen before is a pagination loop)."""
+        list_key = "bars" if dataset != "corporate_actions" else "corporate_actions"
+        pages = paginate(self.name, lambda token: self.http.get_json(path, {**params, "page_token": token}),
+                         lambda result: _next_token(result, list_key), max_pages=self.max_pages,
+                         where=f"{path} ({key})", cursor_name="next_page_token")
+        return [payload_from(self.name, dataset, result, f"{key}:p{page}", first, last)
+                for page, result in enumerate(pages)]
 
     # -- transform ----------------------------------------------------------------------------------
 
@@ -185,12 +179,7 @@ class AlpacaProvider(RestProvider):
         doc = read_json("alpaca", payload, schema)
         rows = (doc.unnest("bars").unpivot(index=[], variable_name="symbol", value_name="bar")
                 .explode("bar").filter(pl.col("bar").is_not_null()).unnest("bar").rename(_BAR_RENAMES))
-        ts = parse_utc_timestamp(pl.col("t"))
-        if dataset == "bars_1d":
-            tz = str(calendar(self.calendar_name).tz)
-            typed = rows.select(session_date=ts.dt.convert_time_zone(tz).dt.date())
-        else:
-            typed = rows.select(ts=ts)
+        typed = rows.select(bar_time(parse_utc_timestamp(pl.col("t")), dataset, exchange_tz(self.calendar_name)))
         frame = cast_to_standard(rows.drop("t"), dataset, payload.payload_id).with_columns(typed.to_series())
         if dataset == "bars_1m" and not self.extended_hours:
             frame = regular_hours(frame, self.calendar_name)
@@ -205,10 +194,8 @@ def _actions_frame(payload: RawPayload) -> pl.DataFrame:
         return doc.select(pl.col(column).explode()).filter(pl.col(column).is_not_null()).unnest(column)
 
     splits = pl.concat([rows("forward_splits"), rows("reverse_splits")], how="vertical")
-    new, old = (pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in ("new_rate", "old_rate"))
-    split_frame = splits.select(
-        "symbol", "ex_date", action=pl.lit("split"),
-        ratio=pl.when((new > 0) & (old > 0)).then(new / old).cast(pl.String))
+    split_frame = splits.select("symbol", "ex_date", action=pl.lit("split"),
+                                ratio=split_ratio(pl.col("new_rate"), pl.col("old_rate")))
     dividends = rows("cash_dividends").select(
         "symbol", "ex_date", action=pl.lit("cash_dividend"), amount="rate", currency=pl.lit("USD"))
     both = pl.concat([split_frame, dividends], how="diagonal_relaxed")
@@ -234,17 +221,17 @@ def _next_token(result: HttpResult, list_key: str) -> str | None:
     return token or None
 
 
-def _classify(resp: requests.Response) -> None:
+def _classify(resp: Response) -> None:
     """429 without Retry-After: wait until `X-RateLimit-Reset` (epoch seconds)."""
     if resp.status_code != 429 or resp.headers.get("Retry-After"):
         return
     body = json_body(resp)
     message = body.get("message") if isinstance(body, dict) else None
-    reset = resp.headers.get("X-RateLimit-Reset")
-    try:
-        retry_after = max(0.0, float(reset) - time.time()) if reset else None
-    except ValueError:
-        retry_after = None
-    raise RateLimitError(f"HTTP 429: {message or 'too many requests'}", retry_after=retry_after)
+    raise RateLimitError(f"HTTP 429: {message or 'too many requests'}",
+                         retry_after=seconds_until_reset(resp.headers.get("X-RateLimit-Reset")))
 
-__all__ = ["AlpacaProvider"]
+
+SPEC = ProviderSpec(AlpacaProvider, credentials=(KEY_ENV, SECRET_ENV), stream_feed="mdpipeline.stream.feeds:AlpacaFeed",
+                    stream_frames="alpaca", gap_repair="mdpipeline.stream.gap_repair:AlpacaTrades")
+
+__all__ = ["SPEC", "AlpacaProvider"]

@@ -31,14 +31,16 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import polars as pl
-import requests
 
 from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import BadRequestError, EntitlementError, MalformedPayloadError, RateLimitError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpResult, json_body, parse_json
-from mdpipeline.providers.rest import RestProvider, credential, sessions_by
-from mdpipeline.providers.rest import text_column as _col
+from mdpipeline.providers.http import HttpResult, Response, json_body, parse_json
+from mdpipeline.providers.kit.bars import sessions_by
+from mdpipeline.providers.kit.payloads import payload_from
+from mdpipeline.providers.kit.payloads import text_column as _col
+from mdpipeline.providers.rest import RestProvider, credential
+from mdpipeline.providers.spec import ProviderSpec
 from mdpipeline.sessions import session_dates
 
 NAME = "alphavantage"
@@ -46,6 +48,7 @@ DEFAULT_BASE_URL = "https://www.alphavantage.co"
 KEY_ENV = "ALPHAVANTAGE_API_KEY"
 PATH = "/query"
 DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 5 / 60, "burst": 1, "daily_limit": 25, "timeout": 30.0}
+OPTIONS = frozenset({"daily_function", "outputsize", "currency", "http"})
 COMPACT_SESSIONS = 100  # what outputsize=compact returns
 PREMIUM_URL = "https://www.alphavantage.co/premium/"
 _PREMIUM = re.compile(r"\bis a premium (endpoint|feature)")  # not "unlock all premium endpoints"
@@ -54,7 +57,7 @@ _PRICE_FIELDS = {"1. open": "open", "2. high": "high", "3. low": "low", "4. clos
 _DATA_KEYS = ("Meta Data", "data")  # a body holding data is never an error, whatever else it says
 
 
-def classify(resp: requests.Response) -> None:
+def classify(resp: Response) -> None:
     """HTTP 200 error bodies -> typed errors (see the module docstring).
 
     The order matters, because the texts overlap: the daily-quota text invites to "the premium plans",
@@ -104,6 +107,7 @@ class AlphaVantageProvider(RestProvider):
     name = NAME
     default_base_url = DEFAULT_BASE_URL
     default_policy = DEFAULT_POLICY
+    options = OPTIONS
 
     def configure(self, opts: Mapping[str, Any]) -> None:
         """Options: see the module docstring."""
@@ -145,7 +149,7 @@ class AlphaVantageProvider(RestProvider):
         _check_shape(result, data_key)
         key = ":".join([params["function"], params["symbol"],
                         *(params[p] for p in ("interval", "month", "outputsize") if p in params)])
-        return result.to_payload(NAME, dataset, f"{key}@{last.isoformat()}", first, last)
+        return payload_from(NAME, dataset, result, f"{key}@{last.isoformat()}", first, last)
 
     def _outputsize(self, first: date) -> str:
         """compact when the latest 100 sessions reach back to `first`, else full."""
@@ -227,3 +231,8 @@ def _check_shape(result: HttpResult, data_key: str) -> None:
         return
     keys = ", ".join(sorted(doc)) if isinstance(doc, dict) else type(doc).__name__
     raise MalformedPayloadError(f"{NAME}: GET {result.url}: no {data_key!r} in the response (got: {keys or 'empty'})")
+
+
+SPEC = ProviderSpec(AlphaVantageProvider, credentials=(KEY_ENV,))
+
+__all__ = ["SPEC", "AlphaVantageProvider", "classify"]

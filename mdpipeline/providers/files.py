@@ -29,7 +29,10 @@ from mdpipeline.providers.base import (
     RawPayload,
     empty_standard_frame,
 )
+from mdpipeline.providers.kit.options import check_options
+from mdpipeline.providers.spec import ProviderSpec
 from mdpipeline.sessions import calendar, session_dates
+from mdpipeline.settings import Settings
 from mdpipeline.universe import ProviderSetup
 
 log = logging.getLogger(__name__)
@@ -95,11 +98,18 @@ class FileProvider:
 
     name = "file"
     datasets: tuple[str, ...] = DATASETS
+    options: frozenset[str] = frozenset()  # the universe options understood: none
 
     def __init__(self, setup: ProviderSetup, files_dir: Path, calendar_name: str = "XNYS") -> None:
+        check_options(self.name, setup.options, self.options)
         self.setup = setup
         self.files_dir = Path(files_dir)
         self.calendar_name = calendar_name
+
+    @classmethod
+    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str) -> FileProvider:
+        """The provider reading `settings.files_dir` (MDP_FILES_DIR)."""
+        return cls(setup, settings.files_dir, calendar_name=calendar_name)
 
     def extract(self, query: Query) -> list[RawPayload]:
         """One payload per source file and session date in the range that has matching rows.
@@ -202,3 +212,6 @@ class FileProvider:
 def _check_dataset(dataset: str) -> None:
     if dataset not in DATASETS:
         raise ProviderError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
+
+
+SPEC = ProviderSpec(FileProvider, network=False)  # reads MDP_FILES_DIR (Settings.files_dir)

@@ -23,35 +23,38 @@ Retry-After or else until `X-Ratelimit-Reset`. Free tier: 60 calls per minute (t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from typing import Any
 
 import polars as pl
-import requests
 
 from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import BadRequestError, EntitlementError, MalformedPayloadError, RateLimitError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpResult, json_body, parse_json
-from mdpipeline.providers.rest import RestProvider, credential, regular_hours, sessions_by
+from mdpipeline.providers.http import HttpResult, Response, json_body, parse_json
+from mdpipeline.providers.kit.actions import number, split_ratio
+from mdpipeline.providers.kit.bars import bar_time, epoch_utc, regular_hours, sessions_by
+from mdpipeline.providers.kit.payloads import payload_from
+from mdpipeline.providers.kit.rate_limits import seconds_until_reset
+from mdpipeline.providers.rest import RestProvider, credential
+from mdpipeline.providers.spec import ProviderSpec
 
 NAME = "finnhub"
 DEFAULT_BASE_URL = "https://finnhub.io/api/v1"
 KEY_ENV = "FINNHUB_API_KEY"
 DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 1.0, "burst": 1, "timeout": 30.0}
+OPTIONS = frozenset({"token_in", "unadjust_splits", "extended_hours", "http"})
 _CANDLE_FIELDS = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
 _CANDLE_STATUS = ("ok", "no_data")
 
 
-def classify(resp: requests.Response) -> None:
+def classify(resp: Response) -> None:
     """429 without Retry-After waits for X-Ratelimit-Reset; a 200 `{"error": ...}` is a typed error."""
     if resp.status_code == 429 and not resp.headers.get("Retry-After"):
-        reset = resp.headers.get("X-Ratelimit-Reset", "")
-        if reset.strip().isdigit():
-            wait = max(0.0, int(reset) - time.time())
+        wait = seconds_until_reset(resp.headers.get("X-Ratelimit-Reset"))
+        if wait is not None:
             raise RateLimitError(f"HTTP 429: rate limit, resets in {wait:.0f}s", retry_after=wait)
         return
     body = json_body(resp)
@@ -66,6 +69,7 @@ class FinnhubProvider(RestProvider):
     name = NAME
     default_base_url = DEFAULT_BASE_URL
     default_policy = DEFAULT_POLICY
+    options = OPTIONS
 
     def configure(self, opts: Mapping[str, Any]) -> None:
         """Options: see the module docstring."""
@@ -109,7 +113,8 @@ class FinnhubProvider(RestProvider):
                   "to": _unix(days[-1], dtime.max.replace(microsecond=0))}
         result = self.http.get_json("/stock/candle", params)
         _check_candles(result)
-        return result.to_payload(NAME, dataset, f"candle:{resolution}:{symbol}:{chunk}@{days[-1]}", days[0], days[-1])
+        key = f"candle:{resolution}:{symbol}:{chunk}@{days[-1]}"
+        return payload_from(NAME, dataset, result, key, days[0], days[-1])
 
     def _list(self, dataset: str, kind: str, symbol: str, first: date, to: date, last: date) -> RawPayload:
         result = self.http.get_json(f"/stock/{kind}", {"symbol": symbol, "from": first.isoformat(),
@@ -117,7 +122,7 @@ class FinnhubProvider(RestProvider):
         if not isinstance(result.json(), list):
             raise MalformedPayloadError(f"{NAME}: GET {result.url}: expected a JSON list, got "
                                         f"{type(result.json()).__name__}")
-        return result.to_payload(NAME, dataset, f"{kind}:{symbol}@{last}", first, last)
+        return payload_from(NAME, dataset, result, f"{kind}:{symbol}@{last}", first, last)
 
     # -- transform -------------------------------------------------------------------------------
 
@@ -149,9 +154,7 @@ def _candle_frame(dataset: str, payload: RawPayload) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, TypeError) as exc:
         raise MalformedPayloadError(f"{NAME}: payload {payload.request_key}: candle arrays unusable: "
                                     f"{str(exc)[:160]}") from None
-    moment = pl.from_epoch(pl.col("t").cast(pl.Int64), time_unit="s").dt.replace_time_zone("UTC")
-    when = moment.dt.date().alias("session_date") if dataset == "bars_1d" else moment.dt.cast_time_unit("us").alias(
-        "ts")
+    when = bar_time(epoch_utc(pl.col("t").cast(pl.Int64), "s"), dataset, "UTC")  # a daily bar's t is a UTC date
     symbol = str(payload.params.get("symbol", ""))
     std = cast_to_standard(frame.rename(_CANDLE_FIELDS).with_columns(symbol=pl.lit(symbol)), dataset,
                            payload.payload_id)
@@ -164,13 +167,13 @@ def _actions_frame(payload: RawPayload) -> pl.DataFrame:
     if not isinstance(rows, list) or not rows:
         return empty_standard_frame("corporate_actions")
     frame = pl.from_dicts(rows, infer_schema_length=None)
-    num = {c: pl.col(c).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False) if c in frame.columns
-           else pl.lit(None, pl.Float64) for c in ("toFactor", "fromFactor", "amount")}
+    num = {c: number(pl.col(c)) if c in frame.columns else pl.lit(None, pl.Float64)
+           for c in ("toFactor", "fromFactor", "amount")}
     text = {c: pl.col(c).cast(pl.String) if c in frame.columns else pl.lit(None, pl.String)
             for c in ("symbol", "date", "currency")}
     fallback = str(payload.params.get("symbol", ""))
     if payload.request_key.startswith("split:"):
-        ratio = pl.when((num["toFactor"] > 0) & (num["fromFactor"] > 0)).then(num["toFactor"] / num["fromFactor"])
+        ratio = split_ratio(num["toFactor"], num["fromFactor"])
         out = frame.select(ex_date=text["date"], action=pl.lit("split"), ratio=ratio,
                            symbol=pl.coalesce(text["symbol"], pl.lit(fallback)))
     else:
@@ -218,3 +221,11 @@ def _doc(payload: RawPayload) -> Any:
 
 def _unix(day: date, at: dtime) -> int:
     return int(datetime.combine(day, at, UTC).timestamp())
+
+
+SPEC = ProviderSpec(FinnhubProvider, credentials=(KEY_ENV,), stream_feed="mdpipeline.stream.feeds:FinnhubFeed",
+                    stream_frames="finnhub",
+                    unrepairable="finnhub has no historical tick data on the free tier (REST /stock/tick is a premium "
+                                 "endpoint): the missed interval cannot be backfilled")
+
+__all__ = ["SPEC", "FinnhubProvider", "classify", "unadjust_splits"]

@@ -32,14 +32,16 @@ from datetime import date
 from typing import Any
 
 import polars as pl
-import requests
 
 from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import BadRequestError, EntitlementError, MalformedPayloadError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpResult, json_body
-from mdpipeline.providers.rest import RestProvider, payload_from, read_json
-from mdpipeline.sessions import calendar, session_bounds
+from mdpipeline.providers.http import HttpResult, Response, json_body
+from mdpipeline.providers.kit.bars import bar_time, epoch_utc, exchange_tz
+from mdpipeline.providers.kit.payloads import payload_from, read_json
+from mdpipeline.providers.rest import RestProvider
+from mdpipeline.providers.spec import ProviderSpec
+from mdpipeline.sessions import session_bounds
 
 DEFAULT_BASE_URL = "https://localhost:5000/v1/api"
 SEARCH_PATH = "/iserver/secdef/search"
@@ -153,7 +155,7 @@ class IbkrProvider(RestProvider):
         """Parse stored history payloads into the standard frame (values read as text, cast leniently)."""
         self.check_dataset(dataset)
         frames = [empty_standard_frame(dataset)]
-        tz = str(calendar(self.calendar_name).tz)
+        tz = exchange_tz(self.calendar_name)
         for payload in payloads:
             doc = _read_history(payload)
             rows = doc.select(pl.col("data").explode()).filter(pl.col("data").is_not_null()).unnest("data")
@@ -163,11 +165,8 @@ class IbkrProvider(RestProvider):
             # Lots x multiplier; rounding drops the binary noise of the product (lots carry 2 decimals).
             volume = (pl.col("v").str.strip_chars().cast(pl.Float64, strict=False) * self.volume_multiplier).round(6)
             symbol = payload.params.get("symbol") or doc["symbol"][0]
-            ts = pl.from_epoch(pl.col("t").str.strip_chars().cast(pl.Int64, strict=False), time_unit="ms")
-            ts = ts.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-            when = {"session_date": ts.dt.convert_time_zone(tz).dt.date()} if dataset == "bars_1d" else {"ts": ts}
             values = rows.select(**prices, volume=volume, symbol=pl.lit(symbol, pl.String))
-            typed = rows.select(**when)
+            typed = rows.select(bar_time(epoch_utc(pl.col("t"), "ms"), dataset, tz))
             frames.append(cast_to_standard(values, dataset, payload.payload_id).with_columns(typed.to_series()))
         return pl.concat(frames, how="vertical")
 
@@ -224,7 +223,7 @@ def _read_history(payload: RawPayload) -> pl.DataFrame:
     return read_json("ibkr", payload, schema)
 
 
-def _classify(resp: requests.Response) -> None:
+def _classify(resp: Response) -> None:
     """401: the gateway is not logged in. An `error` body about market-data permissions (whatever the
     status) is an entitlement error; any other `error` body with HTTP 200 is a refused request."""
     if resp.status_code == 401:
@@ -241,4 +240,6 @@ def _classify(resp: requests.Response) -> None:
         raise BadRequestError(f"HTTP 200 with error: {text}")
 
 
-__all__ = ["IbkrProvider", "price_divisor"]
+SPEC = ProviderSpec(IbkrProvider)  # no credential: the Client Portal gateway holds the session
+
+__all__ = ["SPEC", "IbkrProvider", "price_divisor"]

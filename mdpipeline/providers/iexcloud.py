@@ -34,21 +34,24 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import polars as pl
-import requests
 
 from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import EntitlementError, MalformedPayloadError
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpResult, parse_json
+from mdpipeline.providers.http import HttpResult, Response, parse_json
+from mdpipeline.providers.kit.actions import number, split_ratio
+from mdpipeline.providers.kit.bars import exchange_tz
+from mdpipeline.providers.kit.payloads import payload_from
+from mdpipeline.providers.kit.payloads import text_column as _text
 from mdpipeline.providers.rest import RestProvider, credential
-from mdpipeline.providers.rest import text_column as _text
-from mdpipeline.sessions import calendar
+from mdpipeline.providers.spec import ProviderSpec
+from mdpipeline.settings import base_url_variable
 
 log = logging.getLogger("mdpipeline.providers")
 
 NAME = "iexcloud"
 TOKEN_ENV = "IEX_CLOUD_TOKEN"
-BASE_URL_ENV = "MDP_IEXCLOUD_BASE_URL"
+BASE_URL_ENV = base_url_variable(NAME)
 RETIRED = ("the hosted IEX Cloud service (cloud.iexapis.com) was retired on 2024-08-31; set "
            f"{BASE_URL_ENV} to an IEX-compatible endpoint, or set enabled: false for iexcloud in the universe file")
 DEFAULT_POLICY: dict[str, Any] = {"rate_per_second": 10.0, "burst": 10, "timeout": 30.0}
@@ -57,7 +60,7 @@ RANGES = (("1m", 28), ("3m", 89), ("6m", 180), ("1y", 365), ("2y", 730), ("5y", 
 _PRICES = ("open", "high", "low", "close", "volume")
 
 
-def classify(resp: requests.Response) -> None:
+def classify(resp: Response) -> None:
     """402 Payment Required (message quota exhausted or endpoint not in the plan) is an entitlement error."""
     if resp.status_code == 402:
         text = " ".join(resp.text.split())[:200] or "Payment Required"
@@ -97,7 +100,7 @@ class IexCloudProvider(RestProvider):
     def _get(self, dataset: str, path: str, params: dict[str, str], key: str, first: date, last: date) -> RawPayload:
         result = self.http.get_json(path, params)
         _check_list(result)
-        return result.to_payload(NAME, dataset, key, first, last)
+        return payload_from(NAME, dataset, result, key, first, last)
 
     # -- transform -------------------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ class IexCloudProvider(RestProvider):
             return empty_standard_frame("bars_1m")
         frame = rows.select(**_consolidated(rows), symbol=pl.lit(_symbol(payload)))
         local = pl.concat_str(_text(rows, "date").str.replace_all("-", ""), pl.lit(" "), _text(rows, "minute"))
-        zone = str(calendar(self.calendar_name).tz)
+        zone = exchange_tz(self.calendar_name)
         ts = rows.select(local.str.to_datetime("%Y%m%d %H:%M", time_unit="us", strict=False)
                          .dt.replace_time_zone(zone, ambiguous="null", non_existent="null")
                          .dt.convert_time_zone("UTC").alias("ts")).to_series()
@@ -147,8 +150,8 @@ def _actions_frame(payload: RawPayload) -> pl.DataFrame:
         return empty_standard_frame("corporate_actions")
     symbol = pl.coalesce(_text(rows, "symbol"), pl.lit(_symbol(payload)))
     if "/splits/" in payload.endpoint:
-        to, fr, iex = (_text(rows, c).cast(pl.Float64, strict=False) for c in ("toFactor", "fromFactor", "ratio"))
-        ratio = pl.when((to > 0) & (fr > 0)).then(to / fr).when(iex > 0).then(1.0 / iex)
+        iex = number(_text(rows, "ratio"))
+        ratio = split_ratio(_text(rows, "toFactor"), _text(rows, "fromFactor")).when(iex > 0).then(1.0 / iex)
         frame = rows.select(symbol=symbol, ex_date=_text(rows, "exDate"), action=pl.lit("split"), ratio=ratio)
     else:
         flag = _text(rows, "flag")
@@ -192,3 +195,8 @@ def _check_list(result: HttpResult) -> None:
     doc = result.json()
     if not isinstance(doc, list):
         raise MalformedPayloadError(f"{NAME}: GET {result.url}: expected a JSON list, got {type(doc).__name__}")
+
+
+SPEC = ProviderSpec(IexCloudProvider, credentials=(TOKEN_ENV,))
+
+__all__ = ["SPEC", "IexCloudProvider", "classify"]

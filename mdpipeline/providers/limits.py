@@ -261,6 +261,7 @@ Limits = LocalLimits | SharedLimits
 _STORES: weakref.WeakValueDictionary[str, QuotaStore] = weakref.WeakValueDictionary()
 _STORES_LOCK = threading.Lock()
 _INHERITED: list[psycopg.Connection | None] = []  # connections of a parent process, kept from being closed
+_FORK_HOOK: list[bool] = []  # [True] once `_after_fork_in_child` is registered
 
 
 def limits_for(provider: str, database_url: str | None) -> Limits:
@@ -268,6 +269,9 @@ def limits_for(provider: str, database_url: str | None) -> Limits:
     if not database_url:
         return LocalLimits(provider)
     with _STORES_LOCK:
+        if not _FORK_HOOK:  # registered with the first store, not at import
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _FORK_HOOK.append(True)
         store = _STORES.get(database_url)
         if store is None:
             store = QuotaStore(database_url)
@@ -278,9 +282,6 @@ def limits_for(provider: str, database_url: str | None) -> Limits:
 def _after_fork_in_child() -> None:
     for store in list(_STORES.values()):
         store.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 __all__ = ["DailyQuota", "Limits", "LocalLimits", "QuotaStore", "SharedLimits", "TokenBucket", "limits_for",

@@ -27,9 +27,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import polars as pl
-import requests
 
-from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_standard_frame
+from mdpipeline.providers.base import Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.errors import (
     BadRequestError,
     EntitlementError,
@@ -38,9 +37,13 @@ from mdpipeline.providers.errors import (
     RateLimitError,
 )
 from mdpipeline.providers.files import cast_to_standard
-from mdpipeline.providers.http import HttpResult, json_body, parse_retry_after
-from mdpipeline.providers.rest import RestProvider, credential, payload_from, read_json, regular_hours
-from mdpipeline.sessions import calendar
+from mdpipeline.providers.http import HttpResult, Response, json_body, parse_retry_after
+from mdpipeline.providers.kit.actions import split_ratio
+from mdpipeline.providers.kit.bars import bar_time, epoch_utc, exchange_tz, regular_hours
+from mdpipeline.providers.kit.pagination import paginate
+from mdpipeline.providers.kit.payloads import payload_from, read_json
+from mdpipeline.providers.rest import RestProvider, credential
+from mdpipeline.providers.spec import ProviderSpec
 
 DEFAULT_BASE_URL = "https://api.polygon.io"
 KEY_ENV = "POLYGON_API_KEY"
@@ -97,22 +100,13 @@ class PolygonProvider(RestProvider):
 
     def _pages(self, path: str, params: dict[str, Any], dataset: str, key: str, first: date,
                last: date) -> list[RawPayload]:
-        """Follow `next_url` to the end; a `next_url` seen before is a pagination loop."""
+        """Follow `next_url` to the end (a `next_url` seen before is a pagination loop)."""
         client = self.http
-        result = client.get_json(path, params)
-        payloads = [payload_from(self.name, dataset, result, f"{key}:p0", first, last)]
-        seen: set[str] = set()
-        while (next_url := _next_url(result)) is not None:
-            if next_url in seen:
-                raise MalformedPayloadError(
-                    f"polygon: next_url {client.redact(next_url)!r} returned again after page {len(payloads) - 1} "
-                    f"of {key}: pagination loop, stopped")
-            if len(payloads) >= self.max_pages:
-                raise ProviderError(f"polygon: {path} ({key}) has more than {self.max_pages} pages (option max_pages)")
-            seen.add(next_url)
-            result = client.get_json(self._on_base(next_url))
-            payloads.append(payload_from(self.name, dataset, result, f"{key}:p{len(payloads)}", first, last))
-        return payloads
+        pages = paginate(self.name, lambda url: client.get_json(path, params) if url is None else
+                         client.get_json(self._on_base(url)), _next_url, max_pages=self.max_pages,
+                         where=f"{path} ({key})", cursor_name="next_url", shown=client.redact)
+        return [payload_from(self.name, dataset, result, f"{key}:p{page}", first, last)
+                for page, result in enumerate(pages)]
 
     def _on_base(self, next_url: str) -> str:
         """`next_url` as is when it is on the base URL's origin, else its path and query on the base URL."""
@@ -144,13 +138,7 @@ class PolygonProvider(RestProvider):
         rows = (doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null())
                 .unnest("results").rename(_AGG_RENAMES))
         symbol = _path_ticker(payload.endpoint) or doc["ticker"][0]
-        ms = pl.col("t").str.strip_chars().cast(pl.Int64, strict=False)
-        ts = pl.from_epoch(ms, time_unit="ms").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-        if dataset == "bars_1d":
-            tz = str(calendar(self.calendar_name).tz)
-            typed = rows.select(session_date=ts.dt.convert_time_zone(tz).dt.date())
-        else:
-            typed = rows.select(ts=ts)
+        typed = rows.select(bar_time(epoch_utc(pl.col("t"), "ms"), dataset, exchange_tz(self.calendar_name)))
         frame = cast_to_standard(rows.drop("t").with_columns(symbol=pl.lit(symbol, pl.String)), dataset,
                                  payload.payload_id).with_columns(typed.to_series())
         if dataset == "bars_1m" and not self.extended_hours:
@@ -161,9 +149,8 @@ class PolygonProvider(RestProvider):
 def _splits_frame(payload: RawPayload) -> pl.DataFrame:
     doc = read_json("polygon", payload, _results_schema(_SPLIT_FIELDS))
     rows = doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null()).unnest("results")
-    to, frm = (pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in ("split_to", "split_from"))
     frame = rows.select(symbol="ticker", ex_date="execution_date", action=pl.lit("split"),
-                        ratio=pl.when((to > 0) & (frm > 0)).then(to / frm).cast(pl.String))
+                        ratio=split_ratio(pl.col("split_to"), pl.col("split_from")))
     return cast_to_standard(frame, "corporate_actions", payload.payload_id)
 
 
@@ -219,7 +206,7 @@ def _next_url(result: HttpResult) -> str | None:
     return next_url or None
 
 
-def _classify(resp: requests.Response) -> None:
+def _classify(resp: Response) -> None:
     """Polygon's error bodies (`status: ERROR | NOT_AUTHORIZED`) -> typed errors, whatever the HTTP status."""
     body = json_body(resp)
     if not isinstance(body, dict):
@@ -238,4 +225,6 @@ def _classify(resp: requests.Response) -> None:
     raise BadRequestError(f"HTTP {code}: {message}")
 
 
-__all__ = ["PolygonProvider"]
+SPEC = ProviderSpec(PolygonProvider, credentials=(KEY_ENV,))
+
+__all__ = ["SPEC", "PolygonProvider"]

@@ -39,7 +39,10 @@ import polars as pl
 
 from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.files import cast_to_standard
+from mdpipeline.providers.kit.options import check_options
+from mdpipeline.providers.spec import ProviderSpec
 from mdpipeline.sessions import session_bounds, session_dates
+from mdpipeline.settings import Settings
 from mdpipeline.universe import ProviderSetup
 
 ORIGIN = date(2000, 1, 3)
@@ -266,13 +269,20 @@ class SyntheticProvider:
 
     name = "synthetic"
     datasets: tuple[str, ...] = DATASETS
+    options: frozenset[str] = frozenset({"seed", "corporate_actions", "anomalies"})
 
     def __init__(self, setup: ProviderSetup, calendar_name: str = "XNYS") -> None:
+        check_options(self.name, setup.options, self.options)
         self.setup = setup
         self.calendar_name = calendar_name
         self.seed = int(setup.options.get("seed", 7))
         self.actions = _parse_actions(setup.options.get("corporate_actions") or [], calendar_name)
         self.anomalies = _parse_anomalies(setup.options.get("anomalies") or [])
+
+    @classmethod
+    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str) -> SyntheticProvider:
+        """The provider for `setup` (it needs nothing from the surroundings)."""
+        return cls(setup, calendar_name=calendar_name)
 
     # -- generation (clean data, before anomalies) ------------------------------------------------
 
@@ -482,4 +492,10 @@ _CORRUPT: dict[str, dict[str, pl.Expr]] = {
     "spike": {"close": pl.col("close") * 3, "high": pl.col("high") * 3},
 }
 
-__all__ = ["ORIGIN", "Anomaly", "CorporateAction", "SyntheticProvider", "daily_path", "minute_path", "minute_paths"]
+# Real-time: `mdpipeline stream --provider synthetic` lands Alpaca-shaped frames; gaps are repaired from the
+# same deterministic history.
+SPEC = ProviderSpec(SyntheticProvider, network=False, stream_frames="alpaca",
+                    gap_repair="mdpipeline.stream.gap_repair:SyntheticTrades")
+
+__all__ = ["ORIGIN", "SPEC", "Anomaly", "CorporateAction", "SyntheticProvider", "daily_path", "minute_path",
+           "minute_paths"]

@@ -32,10 +32,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from mdpipeline.providers.registry import PROVIDERS
 from mdpipeline.serve.formats import MEDIA_TYPES, encode, negotiate
 from mdpipeline.serve.limits import ApiLimits
 from mdpipeline.serve.queries import BARS, quality
-from mdpipeline.settings import PROVIDERS
 from mdpipeline.storage.database import Timeouts, connection_kwargs
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 APPLICATION_NAME = "mdpipeline-serve"  # in pg_stat_activity
 SYMBOL = r"[A-Za-z0-9.^=_/-]{1,20}"
 SYMBOLS_PATTERN = rf"^{SYMBOL}(,{SYMBOL})*$"
-Provider = Literal["alphavantage", "finnhub", "iexcloud", "ibkr", "alpaca", "polygon", "file", "synthetic"]
+Provider = Literal[PROVIDERS]  # type: ignore[valid-type]  # the registry's names, in its order
 Format = Literal["json", "arrow", "parquet"]
 Query_ = Callable[[psycopg.Connection, list[str], date, date, str | None, int], pl.DataFrame]
 Symbols = Annotated[str, Query(description="Comma-separated tickers (at most MDP_SERVE_MAX_SYMBOLS, default 100).",
@@ -53,7 +53,6 @@ End = Annotated[date, Query(description="Last session (YYYY-MM-DD), inclusive.")
 ProviderQ = Annotated[Provider | None, Query(description="Only this provider.")]
 FormatQ = Annotated[Format | None, Query(description="json (default), arrow or parquet; else the Accept header.")]
 Accept = Annotated[str | None, Header(include_in_schema=False)]
-assert set(Provider.__args__) == set(PROVIDERS)  # type: ignore[attr-defined]
 
 
 class ApiError(Exception):

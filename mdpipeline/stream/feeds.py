@@ -141,8 +141,9 @@ class FinnhubFeed:
     provider: str = "finnhub"
 
     @classmethod
-    def from_env(cls, symbols: list[str], *, url: str | None = None) -> FinnhubFeed:
-        """Token from FINNHUB_API_KEY, URL from MDP_FINNHUB_STREAM_URL."""
+    def from_env(cls, symbols: list[str], *, quotes: bool = False, bars: bool = False,
+                 url: str | None = None) -> FinnhubFeed:
+        """Token from FINNHUB_API_KEY, URL from MDP_FINNHUB_STREAM_URL (trades only: `quotes`/`bars` ignored)."""
         return cls(os.environ.get("FINNHUB_API_KEY", ""), symbols,
                    stream_url=url or os.environ.get("MDP_FINNHUB_STREAM_URL", FINNHUB_STREAM_URL))
 

@@ -49,8 +49,10 @@ from mdpipeline.distribute.events import TICKS_EVENT_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
+from mdpipeline.providers import alpaca
 from mdpipeline.providers.base import ProviderError
 from mdpipeline.providers.http import HttpClient, HttpPolicy
+from mdpipeline.providers.registry import SPECS
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
 from mdpipeline.stream.process import quarantine_actions
@@ -58,11 +60,8 @@ from mdpipeline.stream.synthetic import synthetic_history
 from mdpipeline.stream.ticks import CANONICAL_TICKS, normalize_ticks, stored_ticks
 
 DEFAULT_MARGIN = timedelta(seconds=2)  # fetched around the gap: clock skew between collector and exchange
-UNREPAIRABLE: dict[str, str] = {
-    "finnhub": "finnhub has no historical tick data on the free tier (REST /stock/tick is a premium "
-               "endpoint): the missed interval cannot be backfilled",
-}
-ALPACA_BASE_URL = "https://data.alpaca.markets"
+UNREPAIRABLE: dict[str, str] = {name: spec.unrepairable for name, spec in SPECS.items() if spec.unrepairable}
+ALPACA_BASE_URL = alpaca.DEFAULT_BASE_URL
 ALPACA_TRADES_PATH = "/v2/stocks/trades"
 FETCHED_TRADES: dict[str, pl.DataType] = {
     "symbol": pl.String(), "ts": pl.Datetime("ns", "UTC"), "price": pl.Float64(), "size": pl.Float64(),
@@ -115,19 +114,19 @@ class AlpacaTrades:
     page_limit: int = 10_000  # the documented maximum
     symbols_per_request: int = 100
     max_pages: int = 10_000
-    policy: HttpPolicy = field(default_factory=lambda: HttpPolicy(rate_per_second=200 / 60, burst=10,
-                                                                  timeout=30.0))
+    policy: HttpPolicy = field(default_factory=lambda: HttpPolicy(**alpaca.DEFAULT_POLICY))
     provider: str = "alpaca"
     identity: Literal["id", "content"] = "id"
     pages: int = 0
 
     @classmethod
-    def from_env(cls, base_url: str | None = None) -> AlpacaTrades:
+    def from_env(cls, base_url: str | None = None, options: Mapping[str, Any] | None = None) -> AlpacaTrades:
         """Credentials and base URL as for the Alpaca provider; the feed of the stream being repaired."""
         stream = os.environ.get("MDP_ALPACA_STREAM_URL", "wss://stream.data.alpaca.markets/v2/iex")
         feed = urlsplit(stream).path.rstrip("/").rsplit("/", 1)[-1] or "iex"
-        return cls(os.environ.get("ALPACA_API_KEY_ID", ""), os.environ.get("ALPACA_API_SECRET_KEY", ""),
-                   base_url=base_url or os.environ.get("MDP_ALPACA_BASE_URL") or ALPACA_BASE_URL, feed=feed)
+        key_id, secret = (os.environ.get(v, "") for v in SPECS["alpaca"].credentials)
+        return cls(key_id, secret, base_url=base_url or os.environ.get(SPECS["alpaca"].base_url_env or "")
+                   or ALPACA_BASE_URL, feed=feed)
 
     def trades(self, symbols: Sequence[str], start: datetime, end: datetime) -> pl.DataFrame:
         if not self.key_id or not self.secret_key:
@@ -171,6 +170,11 @@ class SyntheticTrades:
     seed: int = 7
     provider: str = "synthetic"
     identity: Literal["id", "content"] = "id"
+
+    @classmethod
+    def from_env(cls, base_url: str | None = None, options: Mapping[str, Any] | None = None) -> SyntheticTrades:
+        """The history of the synthetic provider with its universe `seed` option."""
+        return cls(seed=int((options or {}).get("seed", 7)))
 
     def trades(self, symbols: Sequence[str], start: datetime, end: datetime) -> pl.DataFrame:
         return alpaca_trades_frame((t["S"], t) for t in synthetic_history(symbols, start, end, seed=self.seed))

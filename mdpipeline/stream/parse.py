@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from mdpipeline.providers.registry import SPECS
+
 TRADE_ACTIONS: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "symbol": pl.String(),
     "ts": pl.Datetime("ns", "UTC"), "action": pl.String(), "price": pl.Float64(), "size": pl.Float64(),
@@ -50,8 +52,9 @@ _TRADE_TYPES = ("t", "x", "c")
 _MESSAGE = r"\{[^{}]*\}"  # one Alpaca message: a flat object (its arrays hold strings without braces)
 _FINNHUB = pl.Struct({"type": pl.String, "data": pl.List(pl.Struct({
     "s": pl.String, "p": pl.Float64, "t": pl.Int64, "v": pl.Float64, "c": pl.List(pl.String)}))})
-# Frames of these providers are Alpaca-shaped (the synthetic feed imitates Alpaca).
-ALPACA_SHAPED = frozenset({"alpaca", "synthetic"})
+# Frames of these providers are Alpaca-shaped (the synthetic feed imitates Alpaca): the registry says which.
+ALPACA_SHAPED = frozenset(name for name, spec in SPECS.items() if spec.stream_frames == "alpaca")
+FINNHUB_SHAPED = frozenset(name for name, spec in SPECS.items() if spec.stream_frames == "finnhub")
 FINNHUB_SEQUENCE_STRIDE = 100_000  # Finnhub has no trade id: sequence = raw offset * stride + position
 # Timestamps outside [TS_MIN, TS_MAX) are not data (and past 2262 do not fit nanoseconds): null, then rejected.
 TS_MIN = datetime(1970, 1, 1, tzinfo=UTC)
@@ -173,7 +176,7 @@ def trade_actions(raw: pl.DataFrame) -> pl.DataFrame:
     for (provider,), frames in raw.group_by("provider", maintain_order=True):
         if provider in ALPACA_SHAPED:
             parts.append(alpaca_actions(frames))
-        elif provider == "finnhub":
+        elif provider in FINNHUB_SHAPED:
             parts.append(finnhub_actions(frames))
         else:
             raise ValueError(f"no parser for raw frames of provider {provider!r}")
@@ -187,6 +190,6 @@ def stream_bars(raw: pl.DataFrame) -> pl.DataFrame:
     for (provider,), frames in raw.group_by("provider", maintain_order=True):
         if provider in ALPACA_SHAPED:
             parts.append(alpaca_bars(frames))
-        elif provider != "finnhub":
+        elif provider not in FINNHUB_SHAPED:
             raise ValueError(f"no parser for raw frames of provider {provider!r}")
     return pl.concat(parts).sort("offset", "position")
