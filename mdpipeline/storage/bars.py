@@ -14,8 +14,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from mdpipeline.normalize.bars import STORED_BARS_1D
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
+from mdpipeline.contracts.frames import STORED_BARS_1D, STORED_BARS_1M
 from mdpipeline.storage.partitions import time_bounds
 from mdpipeline.storage.reader import read_frame
 from mdpipeline.storage.rollups import COLUMNS as ROLLUP_COLUMNS
