@@ -8,7 +8,6 @@ from functools import lru_cache
 import exchange_calendars as xcals
 import polars as pl
 
-
 EARLIEST = date(1990, 1, 2)
 
 
