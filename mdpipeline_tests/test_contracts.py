@@ -7,7 +7,7 @@ import pytest
 
 from mdpipeline.chain.datasets import DATASETS, Dataset
 from mdpipeline.contracts.events import BARS_1M_ARRAY_FIELDS, BARS_1M_SESSION_FIELDS
-from mdpipeline.contracts.frames import CANONICAL_BARS_1M, STANDARD_COLUMNS, TABLE_COLUMNS
+from mdpipeline.contracts.frames import CANONICAL_BARS_1M, QUARANTINE_COLUMNS, STANDARD_COLUMNS, TABLE_COLUMNS
 from mdpipeline.contracts.sql import sql_type
 
 _INFORMATION_SCHEMA_TYPES = {"timestamp with time zone": "timestamptz"}
@@ -21,6 +21,15 @@ def test_migrated_tables_have_exactly_the_contract_columns(conn: psycopg.Connect
                             " where table_schema = %s and table_name = %s", (schema, name)).fetchall()
         stored = {c: _INFORMATION_SCHEMA_TYPES.get(t, t) for c, t in rows}
         assert stored == {c: sql_type(t) for c, t in columns.items()}, table
+
+
+@pytest.mark.both_layouts
+def test_the_quarantine_loads_every_column_but_its_identity_and_time(conn: psycopg.Connection) -> None:
+    rows = conn.execute("select column_name, data_type from information_schema.columns"
+                        " where table_schema = 'quality' and table_name = 'quarantine'").fetchall()
+    stored = {c: _INFORMATION_SCHEMA_TYPES.get(t, t) for c, t in rows}
+    loaded = {c: "jsonb" if c == "row_data" else sql_type(t) for c, t in QUARANTINE_COLUMNS.items()}
+    assert stored == {**loaded, "quarantine_id": "bigint", "quarantined_at": "timestamptz"}
 
 
 @pytest.mark.parametrize("ds", DATASETS.values(), ids=list(DATASETS))

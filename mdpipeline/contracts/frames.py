@@ -75,6 +75,22 @@ FACTOR_COLUMNS: Columns = {  # md.adjustment_factors
     "learned_at": UTC_TIMESTAMP,
 }
 
+# quality.quarantine as loaded: a rejected row with the check, the reason and the row itself as JSON text.
+QUARANTINE_COLUMNS: Columns = {
+    "dataset": pl.String(),
+    "provider": pl.String(),
+    "stage": pl.String(),
+    "session_date": pl.Date(),
+    "symbol": pl.String(),
+    "check_name": pl.String(),
+    "reason": pl.String(),
+    "row_data": pl.String(),
+    "raw_payload_id": pl.Int64(),
+    "run_id": pl.String(),
+}
+# What a step hands downstream about the rows it rejected (stored by the store step, with the chunk's rows).
+REJECT_COLUMNS: Columns = {c: t for c, t in QUARANTINE_COLUMNS.items() if c not in ("dataset", "provider", "run_id")}
+
 # Every column of the tables the contracts describe (`ref.corporate_actions` also records the storing run).
 TABLE_COLUMNS: dict[str, Columns] = {
     "md.bars_1d": STORED_BARS_1D,
