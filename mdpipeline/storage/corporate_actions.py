@@ -80,6 +80,20 @@ def read_actions(conn: psycopg.Connection) -> pl.DataFrame:
     )
 
 
+def actions_by_symbol(conn: psycopg.Connection, start: date, end: date) -> pl.DataFrame:
+    """Known corporate actions with ex-date in [start, end], by the symbol valid on the ex-date
+    (whichever provider reported them, each action once)."""
+    rows = conn.execute(
+        "select distinct on (s.symbol, c.ex_date, c.action) s.symbol, c.ex_date, c.action, c.ratio, c.amount"
+        " from ref.corporate_actions c join ref.symbology s on s.instrument_id = c.instrument_id"
+        " and c.ex_date between s.valid_from and s.valid_to where c.ex_date between %s and %s"
+        " order by s.symbol, c.ex_date, c.action",
+        (start, end),
+    ).fetchall()
+    return pl.DataFrame(rows, schema={"symbol": pl.String, "ex_date": pl.Date, "action": pl.String,
+                                      "ratio": pl.Float64, "amount": pl.Float64}, orient="row")
+
+
 def prior_closes(conn: psycopg.Connection, actions: pl.DataFrame) -> pl.DataFrame:
     """Raw close of the last stored session before each (instrument_id, ex_date), any provider.
 

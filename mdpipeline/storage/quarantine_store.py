@@ -72,6 +72,17 @@ def replace_quarantine(
     return frame.height
 
 
+def quarantined_by_check(conn: psycopg.Connection, provider: str, dataset: str, start: date,
+                         end: date) -> dict[str, int]:
+    """Rows of `provider`'s `dataset` with sessions in [start, end] in quality.quarantine, by check name."""
+    rows = conn.execute(
+        "select check_name, count(*) from quality.quarantine where dataset = %s and provider = %s"
+        " and session_date between %s and %s group by check_name order by check_name",
+        (dataset, provider, start, end),
+    ).fetchall()
+    return {str(name): int(n) for name, n in rows}
+
+
 def record_check(
     conn: psycopg.Connection,
     *,
