@@ -3,7 +3,8 @@
 - standard: what a provider's transform returns (provider-neutral, before instruments are known);
 - canonical: the normalized frame, column for column as stored, without lineage stamps;
 - stored: the table's columns (canonical plus the run that stored a row and when it was learnt);
-- factors: the adjustment factor table `md.adjustment_factors`.
+- factors: the adjustment factor table `md.adjustment_factors`;
+- quarantine: rejected rows with their check and reason, as loaded into `quality.quarantine`.
 """
 
 from __future__ import annotations

@@ -111,7 +111,8 @@ def reference_definitions(deployment: Deployment) -> dg.Definitions:
 def quality_definitions(deployment: Deployment) -> dg.Definitions:
     """The soft (warn) checks of each provider's stored daily bars: completeness, staleness, outliers, divergence."""
     after = deployment.stored_keys("corporate_actions")
-    return dg.Definitions(asset_checks=[
+    # In `assets` (an AssetChecksDefinition is an AssetsDefinition): what `runner.materialize_range` hands to Dagster.
+    return dg.Definitions(assets=[
         check for provider in deployment.providers
         for check in quality_checks(provider, deployment.partitions, other_providers=deployment.providers,
                                     after=after)])
