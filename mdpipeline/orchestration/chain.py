@@ -1,4 +1,6 @@
-"""One factory for every dataset: a provider's raw -> validated -> normalized -> stored -> published chain.
+"""The factories of every dataset's chain: a provider's raw -> validated -> normalized -> stored assets
+(`dataset_chain`, the ingest domain) and the published asset that sends them (`published_asset`, the
+distribution domain).
 
 Each asset body plans its session range into chunks (`chain.plan`) and runs one step per chunk
 (`chain.steps`), so a backfill of any length stays one Dagster run in bounded memory. Nothing flows
