@@ -219,7 +219,7 @@ def published_asset(provider: str, ds: Dataset, partitions: dg.PartitionsDefinit
                   kafka: KafkaResource) -> dg.MaterializeResult:
         start, end = partition_dates(context)
         topics = (ds.topic.name, DEAD_LETTER.name)
-        ensure_topics(kafka.bootstrap_servers, (ds.topic, DEAD_LETTER))
+        ensure_topics(kafka.admin(), (ds.topic, DEAD_LETTER))
         with db.connection() as conn:
             # Sends the range's pending outbox rows; marks exactly the broker-confirmed ones published.
             report = drain(conn, kafka.bootstrap_servers, provider=provider, start=start, end=end, topics=topics,
