@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
+import dagster as dg
 import polars as pl
 import pytest
 
 from mdpipeline.normalize.minute_bars import normalize_bars_1m
 from mdpipeline.orchestration.partitions import trading_day_partitions
+from mdpipeline.orchestration.schedules import after_close_cron, daily_run_request
+from mdpipeline.orchestration.sensors import recent_sessions
 from mdpipeline.quality.session_window import session_window
 from mdpipeline.sessions import exchange_timezone, with_session_date
 
@@ -50,3 +54,15 @@ def test_london_regular_hours_are_judged_on_londons_clock() -> None:
     findings = session_window(bars, date(2024, 7, 1), date(2024, 7, 1), calendar_name="XLON")
     assert findings["kind"].to_list() == ["extended_hours"]
     assert findings["ts"].to_list() == [datetime(2024, 7, 1, 15, 30, tzinfo=UTC)]
+
+
+def test_london_schedules_and_freshness_follow_londons_close_and_holidays() -> None:
+    london = ZoneInfo("Europe/London")
+    assert after_close_cron("XLON") == "0 19 * * 1-5"  # 16:30 close + 2h30, London time
+    boxing_day = daily_run_request(datetime(2024, 12, 26, 19, 0, tzinfo=london), "job", "XLON")
+    assert isinstance(boxing_day, dg.SkipReason)
+    friday = daily_run_request(datetime(2024, 12, 27, 19, 0, tzinfo=london), "job", "XLON")
+    assert isinstance(friday, dg.RunRequest)
+    assert friday.partition_key == "2024-12-27"
+    monday_noon = datetime(2024, 12, 30, 12, 0, tzinfo=london)
+    assert recent_sessions(monday_noon, 3, "XLON") == [date(2024, 12, 23), date(2024, 12, 24), date(2024, 12, 27)]
