@@ -58,9 +58,8 @@ from psycopg.conninfo import make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mdpipeline.contracts.frames import STORED_BARS_1D, STORED_BARS_1M
 from mdpipeline.devservices import LocalPostgres
-from mdpipeline.normalize.bars import STORED_BARS_1D
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
 from mdpipeline.storage.binary_copy import (
     copy_frame,
     copy_statement,

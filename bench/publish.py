@@ -39,8 +39,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.devservices import LocalBroker, LocalPostgres
-from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events
+from mdpipeline.distribute.events import bar_events
 from mdpipeline.distribute.outbox import outbox_rows, session_outbox_rows, write_outbox
 from mdpipeline.distribute.publisher import Headers, make_producer, publish
 from mdpipeline.distribute.relay import drain, message_headers

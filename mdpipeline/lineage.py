@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime
 from typing import Any
 
@@ -164,12 +164,16 @@ def bar_lineage(
     return lineages
 
 
+def _columns(row_type: type, **sources: str) -> str:
+    """The select list of a row dataclass: its fields, each read from the column of that name or `sources`."""
+    return ", ".join(f"{sources[f.name]} as {f.name}" if f.name in sources else f.name for f in fields(row_type))
+
+
 def _payload(conn: psycopg.Connection, payload_id: int) -> Payload | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "select payload_id, provider, dataset, session_date, session_end, request_key, endpoint, params, status,"
-            " content_type, sha256, body_size as bytes, fetched_at, first_run_id, last_run_id,"
-            " last_seen_at from raw.payloads where payload_id = %s", (payload_id,)).fetchone()
+            f"select {_columns(Payload, bytes='body_size')} from raw.payloads where payload_id = %s",
+            (payload_id,)).fetchone()
     return Payload(**row) if row else None
 
 
@@ -178,8 +182,7 @@ def _quarantine(
 ) -> list[QuarantineEntry]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "select quarantine_id, provider, stage, check_name, reason, row_data, raw_payload_id, run_id,"
-            " quarantined_at from quality.quarantine where dataset = %s and session_date = %s"
+            f"select {_columns(QuarantineEntry)} from quality.quarantine where dataset = %s and session_date = %s"
             " and upper(symbol) = %s and (%s::text is null or provider = %s) order by quarantine_id",
             (DATASET, session_date, symbol, provider, provider)).fetchall()
     return [QuarantineEntry(**r) for r in rows]
@@ -191,17 +194,16 @@ def _outbox(conn: psycopg.Connection, event: Event) -> list[OutboxEntry]:
         return []  # a schema from before the outbox
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "select outbox_id, topic, headers, created_at, published_at, dead_letter_reason from ops.outbox"
-            " where topic = %s and event_id = %s order by outbox_id", (event.topic, event.event_id)).fetchall()
+            f"select {_columns(OutboxEntry)} from ops.outbox where topic = %s and event_id = %s order by outbox_id",
+            (event.topic, event.event_id)).fetchall()
     return [OutboxEntry(**r) for r in rows]
 
 
 def _publications(conn: psycopg.Connection, provider: str, session_date: date) -> list[Publication]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "select publication_id, topic, provider, partition_start, partition_end, messages, run_id, published_at"
-            " from ops.publications where topic = %s and provider = %s and %s between partition_start and"
-            " partition_end order by published_at, publication_id",
+            f"select {_columns(Publication)} from ops.publications where topic = %s and provider = %s"
+            " and %s between partition_start and partition_end order by published_at, publication_id",
             (BARS_1D.name, provider, session_date)).fetchall()
     return [Publication(**r) for r in rows]
 

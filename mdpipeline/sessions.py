@@ -8,12 +8,17 @@ from functools import lru_cache
 import exchange_calendars as xcals
 import polars as pl
 
+EARLIEST = date(1990, 1, 2)
+
 
 @lru_cache(maxsize=8)
 def calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
-    """The exchange calendar `name` from 1990 to two years ahead (cached: building one is slow)."""
-    end = date.today() + timedelta(days=730)
-    return xcals.get_calendar(name, start="1990-01-02", end=end.isoformat())
+    """The exchange calendar `name` from 1990 (or its first evaluable date) to two years ahead (cached)."""
+    end = (date.today() + timedelta(days=730)).isoformat()
+    recent = xcals.get_calendar(name, start=(date.today() - timedelta(days=30)).isoformat(), end=end)
+    bound = recent.bound_min()  # e.g. XTKS can be evaluated from 1997 only
+    start = EARLIEST if bound is None else max(EARLIEST, bound.date())
+    return xcals.get_calendar(name, start=start.isoformat(), end=end)
 
 
 def exchange_timezone(calendar_name: str = "XNYS") -> str:

@@ -15,7 +15,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
+from mdpipeline.contracts.frames import STORED_BARS_1M
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.sessions import session_bounds

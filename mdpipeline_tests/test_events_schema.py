@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
-from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS
+from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.distribute.outbox import outbox_rows, replace_pending
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import BARS_1D, BARS_1M, CORPORATE_ACTIONS, DEAD_LETTER, ensure_topics

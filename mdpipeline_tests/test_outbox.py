@@ -18,8 +18,9 @@ import polars as pl
 import psycopg
 import pytest
 
+from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.devservices.postgres import free_port
-from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, bar_events, lineage_headers
+from mdpipeline.distribute.events import bar_events, lineage_headers
 from mdpipeline.distribute.outbox import outbox_rows, pending, replace_pending
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.subscriber import end_offsets

@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime
 
 import polars as pl
 
-from mdpipeline.quality.session_window import exchange_timezone, session_window, with_session_date
+from mdpipeline.quality.session_window import session_window
+from mdpipeline.sessions import exchange_timezone, with_session_date
 
 D = date
 

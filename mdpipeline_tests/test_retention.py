@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import yaml
 
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
+from mdpipeline.contracts.frames import STORED_BARS_1M
 from mdpipeline.orchestration.resources import DatabaseResource
 from mdpipeline.orchestration.retention import storage_retention
 from mdpipeline.sessions import calendar

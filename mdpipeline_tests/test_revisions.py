@@ -17,8 +17,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from mdpipeline.normalize.bars import STORED_BARS_1D
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
+from mdpipeline.contracts.frames import STORED_BARS_1D, STORED_BARS_1M
 from mdpipeline.read import bars, read_bars
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.loader import replace_range

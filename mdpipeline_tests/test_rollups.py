@@ -24,7 +24,7 @@ import pytest
 from polars.testing import assert_frame_equal
 from psycopg import sql
 
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
+from mdpipeline.contracts.frames import STORED_BARS_1M
 from mdpipeline.read import read_bars
 from mdpipeline.serve.server import BackgroundServer
 from mdpipeline.storage.database import connect

@@ -8,7 +8,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from mdpipeline.normalize.bars import STORED_BARS_1D
+from mdpipeline.contracts.frames import STORED_BARS_1D
 from mdpipeline.providers.base import RawPayload
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect

@@ -7,9 +7,8 @@ Dagster layer turns this into `dagster/column_schema` and `dagster/column_lineag
 
 from __future__ import annotations
 
-import polars as pl
-
 from mdpipeline.chain.datasets import Dataset
+from mdpipeline.contracts.sql import sql_type
 
 Column = tuple[str, str, list[tuple[str, str]]]
 DESCRIPTIONS = {
@@ -44,12 +43,6 @@ RAW_COLUMNS: dict[str, Column] = {
     "first_run_id": ("text", "run that first stored these bytes", []),
     "last_run_id": ("text", "latest run that fetched the same bytes", []),
 }
-_SQL_TYPES = {pl.Int64: "bigint", pl.String: "text", pl.Date: "date", pl.Float64: "double precision"}
-
-
-def sql_type(dtype: pl.DataType) -> str:
-    """The PostgreSQL type a polars dtype is stored as."""
-    return "timestamptz" if isinstance(dtype, pl.Datetime) else _SQL_TYPES[type(dtype)]
 
 
 def layer_columns(ds: Dataset) -> dict[str, dict[str, Column]]:

@@ -16,13 +16,21 @@ import pandera.polars as pa
 import polars as pl
 import psycopg
 
-from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS, CORPORATE_ACTIONS_EVENT_FIELDS
+from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS, CORPORATE_ACTIONS_EVENT_FIELDS
+from mdpipeline.contracts.frames import (
+    CANONICAL_BARS_1D,
+    CANONICAL_BARS_1M,
+    CANONICAL_CORPORATE_ACTIONS,
+    STANDARD_COLUMNS,
+    STORED_ACTIONS,
+    STORED_BARS_1D,
+    STORED_BARS_1M,
+)
 from mdpipeline.distribute.outbox import outbox_rows, session_outbox_rows
 from mdpipeline.distribute.topics import BARS_1D, BARS_1M, CORPORATE_ACTIONS, TopicSpec
-from mdpipeline.normalize.bars import CANONICAL_BARS_1D, STORED_BARS_1D, Normalized, normalize_bars_1d
-from mdpipeline.normalize.corporate_actions import CANONICAL_CORPORATE_ACTIONS, normalize_corporate_actions
-from mdpipeline.normalize.minute_bars import CANONICAL_BARS_1M, STORED_BARS_1M, normalize_bars_1m
-from mdpipeline.providers.base import STANDARD_COLUMNS
+from mdpipeline.normalize.bars import Normalized, normalize_bars_1d
+from mdpipeline.normalize.corporate_actions import normalize_corporate_actions
+from mdpipeline.normalize.minute_bars import normalize_bars_1m
 from mdpipeline.quality.schemas import (
     NormalizedBars1d,
     NormalizedBars1m,
@@ -32,7 +40,7 @@ from mdpipeline.quality.schemas import (
     StandardCorporateActions,
 )
 from mdpipeline.quality.session_window import session_window
-from mdpipeline.storage.corporate_actions import STORED_ACTIONS, replace_provider_actions
+from mdpipeline.storage.corporate_actions import replace_provider_actions
 from mdpipeline.storage.loader import LoadResult, replace_range
 
 

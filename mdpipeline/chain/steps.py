@@ -19,6 +19,7 @@ import psycopg
 
 from mdpipeline.chain.datasets import Dataset, StoreScope
 from mdpipeline.chunks import Chunk
+from mdpipeline.contracts.frames import REJECT_COLUMNS
 from mdpipeline.distribute.events import lineage_headers
 from mdpipeline.distribute.outbox import enqueue
 from mdpipeline.distribute.topics import DEAD_LETTER
@@ -31,7 +32,7 @@ from mdpipeline.storage.frames import ALL_SYMBOLS, FrameStore
 from mdpipeline.storage.loader import LoadResult
 from mdpipeline.storage.migrations import TIME_PARTITIONED
 from mdpipeline.storage.partitions import ensure_partitions
-from mdpipeline.storage.quarantine_store import REJECT_COLUMNS, as_rejects, replace_quarantine
+from mdpipeline.storage.quarantine_store import as_rejects, replace_quarantine
 from mdpipeline.storage.raw_store import load_payloads, save_payloads
 
 ROWS, REJECTS = "rows", "rejects"

@@ -12,6 +12,8 @@ from datetime import date
 
 import polars as pl
 
+from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS, BARS_1M_ARRAY_FIELDS, BARS_1M_SESSION_FIELDS
+
 SCHEMA_NAMES = {
     "md.bars.1d.v1": ("mdpipeline.bars_1d", 1),
     "md.bars.1m.v1": ("mdpipeline.bars_1m", 1),
@@ -19,20 +21,6 @@ SCHEMA_NAMES = {
     "md.ticks.v1": ("mdpipeline.ticks", 1),
     "md.dead_letter.v1": ("mdpipeline.dead_letter", 1),
 }
-BARS_1D_EVENT_FIELDS = (
-    "instrument_id", "symbol", "session_date", "provider",
-    "open", "high", "low", "close", "volume", "vwap", "trades",
-)
-# md.bars.1m.v1 carries one instrument's session per message: these fields as arrays, in time order.
-BARS_1M_SESSION_FIELDS = ("instrument_id", "symbol", "session_date", "provider")
-BARS_1M_ARRAY_FIELDS = ("ts", "open", "high", "low", "close", "volume", "vwap", "trades")
-CORPORATE_ACTIONS_EVENT_FIELDS = (
-    "instrument_id", "symbol", "ex_date", "provider", "action", "ratio", "amount", "currency",
-)
-TICKS_EVENT_FIELDS = (
-    "instrument_id", "symbol", "session_date", "ts", "provider", "action", "price", "size",
-    "exchange", "conditions", "sequence", "corrects",
-)
 
 
 def lineage_headers(run_id: str, start: date, end: date, provider: str) -> dict[str, str]:

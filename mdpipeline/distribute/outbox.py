@@ -14,8 +14,9 @@ from datetime import date
 import polars as pl
 import psycopg
 
+from mdpipeline.contracts.events import BARS_1M_ARRAY_FIELDS
 from mdpipeline.distribute.dead_letter import dead_letter_events, text_payload, unserializable_reason
-from mdpipeline.distribute.events import BARS_1M_ARRAY_FIELDS, json_events, session_events
+from mdpipeline.distribute.events import json_events, session_events
 from mdpipeline.distribute.topics import DEAD_LETTER
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.reader import ArrowReader, read_frame

@@ -75,7 +75,7 @@ def make_producer(bootstrap_servers: str, producer_config: dict[str, Any] | None
 
 
 def send(
-    bootstrap_servers: str,
+    cluster: str | Producer,
     topic: str,
     keys: Sequence[str | None],
     values: Sequence[str],
@@ -88,11 +88,13 @@ def send(
 
     `headers` is one list for all messages or one list per message. Never raises for a message's
     failure: the returned Delivery says which messages the broker confirmed, which failed (a re-send
-    may succeed) and which produce() refused outright (e.g. larger than the broker accepts).
+    may succeed) and which produce() refused outright (e.g. larger than the broker accepts). `cluster`
+    is the bootstrap servers (a producer with the project's defaults and `producer_config` is made) or a
+    producer to use.
     """
     n = len(values)
     per_message = bool(n) and len(headers) == n and (not headers or isinstance(headers[0], list))
-    producer = make_producer(bootstrap_servers, producer_config)
+    producer = cluster if isinstance(cluster, Producer) else make_producer(cluster, producer_config)
     result = Delivery(topic=topic, delivered=np.zeros(n, dtype=bool))
 
     def on_delivery(i: int, err: KafkaError | None, msg: Message) -> None:

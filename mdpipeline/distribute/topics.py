@@ -40,10 +40,11 @@ def raw_stream_topic(provider: str) -> TopicSpec:
 
 
 def ensure_topics(
-    bootstrap_servers: str, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 15.0
+    cluster: str | AdminClient, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 15.0
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    """Create the topics that do not exist yet on `cluster` (bootstrap servers, or an admin client of it);
+    returns the names created."""
+    admin = cluster if isinstance(cluster, AdminClient) else AdminClient({"bootstrap.servers": cluster})
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [s for s in specs if s.name not in existing]
     if not missing:

@@ -1,1 +1,4 @@
-"""Step 4, enrich: reference data (instrument master, symbology) and, later, corporate-action adjustment."""
+"""Step 4, enrich: corporate actions across providers, and back-adjustment factors.
+
+Reference data (instrument master, symbology) is loaded into `ref` by `mdpipeline.storage.reference`.
+"""

@@ -13,21 +13,10 @@ from typing import Literal
 
 import polars as pl
 
+from mdpipeline.contracts.frames import FACTOR_COLUMNS, PRICE_COLUMNS
+
 AdjustMode = Literal["none", "split", "total"]
 ADJUST_MODES: tuple[str, ...] = ("none", "split", "total")
-PRICE_COLUMNS = ("open", "high", "low", "close", "vwap")
-
-FACTOR_COLUMNS: dict[str, pl.DataType] = {
-    "instrument_id": pl.Int64(),
-    "ex_date": pl.Date(),
-    "action": pl.String(),
-    "ratio": pl.Float64(),
-    "amount": pl.Float64(),
-    "prior_close": pl.Float64(),
-    "price_factor": pl.Float64(),
-    "volume_factor": pl.Float64(),
-    "learned_at": pl.Datetime("us", "UTC"),
-}
 
 
 def adjustment_factors(actions: pl.DataFrame, prior_closes: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

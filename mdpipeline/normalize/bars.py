@@ -7,26 +7,7 @@ from datetime import datetime
 
 import polars as pl
 
-# The canonical daily-bar frame, column for column as in `md.bars_1d`.
-CANONICAL_BARS_1D: dict[str, pl.DataType] = {
-    "instrument_id": pl.Int64(),
-    "symbol": pl.String(),
-    "session_date": pl.Date(),
-    "provider": pl.String(),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-    "vwap": pl.Float64(),
-    "trades": pl.Int64(),
-    "raw_payload_id": pl.Int64(),
-}
-STORED_BARS_1D: dict[str, pl.DataType] = {
-    **CANONICAL_BARS_1D,
-    "run_id": pl.String(),
-    "ingested_at": pl.Datetime("us", "UTC"),
-}
+from mdpipeline.contracts.frames import CANONICAL_BARS_1D
 
 
 @dataclass(frozen=True)

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from mdpipeline.contracts.frames import CANONICAL_CORPORATE_ACTIONS
 from mdpipeline.normalize.bars import Normalized, map_instruments
-
-CANONICAL_CORPORATE_ACTIONS: dict[str, pl.DataType] = {
-    "instrument_id": pl.Int64(),
-    "symbol": pl.String(),
-    "ex_date": pl.Date(),
-    "action": pl.String(),
-    "ratio": pl.Float64(),
-    "amount": pl.Float64(),
-    "currency": pl.String(),
-    "provider": pl.String(),
-    "raw_payload_id": pl.Int64(),
-}
 
 
 def normalize_corporate_actions(frame: pl.DataFrame, provider: str, symbology: pl.DataFrame) -> Normalized:

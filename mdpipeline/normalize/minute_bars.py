@@ -9,19 +9,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from mdpipeline.normalize.bars import CANONICAL_BARS_1D, Normalized, map_instruments
+from mdpipeline.contracts.frames import CANONICAL_BARS_1M
+from mdpipeline.normalize.bars import Normalized, map_instruments
 from mdpipeline.sessions import with_session_date
-
-CANONICAL_BARS_1M: dict[str, pl.DataType] = {
-    **{k: v for k, v in CANONICAL_BARS_1D.items() if k != "raw_payload_id"},
-    "ts": pl.Datetime("us", "UTC"),
-    "raw_payload_id": pl.Int64(),
-}
-STORED_BARS_1M: dict[str, pl.DataType] = {
-    **CANONICAL_BARS_1M,
-    "run_id": pl.String(),
-    "ingested_at": pl.Datetime("us", "UTC"),
-}
 
 
 def normalize_bars_1m(frame: pl.DataFrame, provider: str, symbology: pl.DataFrame,

@@ -11,17 +11,17 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from mdpipeline.enrich.adjustments import adjustment_factors, apply_adjustments
+from mdpipeline.enrich.adjustments import adjustment_factors
 from mdpipeline.enrich.corporate_actions import consolidate_actions
 from mdpipeline.orchestration.resources import DatabaseResource
 from mdpipeline.orchestration.retries import retry_transient
+from mdpipeline.quality.ex_date_jumps import MAX_EX_DATE_LOG_RETURN, stored_ex_date_jumps
 from mdpipeline.quality.metrics import rows_markdown as markdown
-from mdpipeline.storage.bars import read_bars_1d
-from mdpipeline.storage.corporate_actions import prior_closes, read_actions, read_factors, replace_factors
+from mdpipeline.storage.corporate_actions import prior_closes, read_actions, replace_factors
+from mdpipeline.storage.counts import adjusted_bar_count
 
 FACTORS_KEY = dg.AssetKey(["md", "adjustment_factors"])
 ADJUSTED_KEY = dg.AssetKey(["md", "bars_1d_adjusted"])
-MAX_EX_DATE_LOG_RETURN = 0.2  # |ln(close_D / close_D-1)| after total adjustment; a split left in is far beyond
 
 
 def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.AssetKey]) -> list:
@@ -55,9 +55,9 @@ def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.
     @retry_transient
     def bars_1d_adjusted(db: DatabaseResource):
         with db.connection() as conn:
-            rows = conn.execute("select count(*) from md.bars_1d_adjusted").fetchone()
-            jumps = ex_date_jumps(conn)
-        yield dg.MaterializeResult(metadata={"rows": rows[0] if rows else 0,
+            rows = adjusted_bar_count(conn)
+            jumps = stored_ex_date_jumps(conn)
+        yield dg.MaterializeResult(metadata={"rows": rows,
                                              "checked_at": datetime.now(UTC).isoformat()})
         bad = jumps.filter(pl.col("log_return").abs() > MAX_EX_DATE_LOG_RETURN)
         yield dg.AssetCheckResult(
@@ -69,21 +69,3 @@ def adjustment_assets(action_keys: Sequence[dg.AssetKey], bar_keys: Sequence[dg.
         )
 
     return [adjustment_factors_asset, bars_1d_adjusted]
-
-
-def ex_date_jumps(conn) -> pl.DataFrame:
-    """Total-adjusted log return from the session before each ex-date to the ex-date, per provider."""
-    factors = read_factors(conn)
-    if factors.is_empty():
-        return pl.DataFrame(schema={"symbol": pl.String, "provider": pl.String, "session_date": pl.Date,
-                                    "log_return": pl.Float64})
-    lo, hi = factors["ex_date"].min(), factors["ex_date"].max()
-    bars = read_bars_1d(conn, start=lo.replace(year=lo.year - 1), end=hi)  # type: ignore[union-attr]
-    adjusted = apply_adjustments(bars, factors, "total").sort("instrument_id", "provider", "session_date")
-    with_ret = adjusted.with_columns(
-        (pl.col("close") / pl.col("close").shift(1)).log().over("instrument_id", "provider").alias("log_return")
-    )
-    ex_dates = factors.select("instrument_id", pl.col("ex_date").alias("session_date")).unique()
-    return with_ret.join(ex_dates, on=["instrument_id", "session_date"], how="inner").filter(
-        pl.col("log_return").is_not_null()
-    ).select("symbol", "provider", "session_date", "log_return")

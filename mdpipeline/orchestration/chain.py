@@ -1,4 +1,6 @@
-"""One factory for every dataset: a provider's raw -> validated -> normalized -> stored -> published chain.
+"""The factories of every dataset's chain: a provider's raw -> validated -> normalized -> stored assets
+(`dataset_chain`, the ingest domain) and the published asset that sends them (`published_asset`, the
+distribution domain).
 
 Each asset body plans its session range into chunks (`chain.plan`) and runs one step per chunk
 (`chain.steps`), so a backfill of any length stays one Dagster run in bounded memory. Nothing flows
@@ -26,6 +28,7 @@ from mdpipeline.chain.steps import (
     validate_chunk,
 )
 from mdpipeline.chunks import Chunk, plan_chunks
+from mdpipeline.distribute.publications import record_publication
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import DEAD_LETTER, ensure_topics
 from mdpipeline.orchestration.partitions import partition_dates
@@ -49,14 +52,25 @@ SESSION_WINDOW = ("Bars inside the run's sessions and the exchange's regular ses
 
 
 
+LAYERS = ("raw", "validated", "normalized", "stored", "published")
+
+
+def chain_keys(provider: str, ds: Dataset) -> dict[str, dg.AssetKey]:
+    """The asset key of every layer of `provider`'s `ds` chain."""
+    keys = {layer: dg.AssetKey([layer, provider, ds.name]) for layer in LAYERS if layer != "stored"}
+    return {**keys, "stored": dg.AssetKey(list(ds.stored_key(provider)))}
+
+
+def _common(partitions: dg.PartitionsDefinition) -> dict:
+    """What every asset of a chain shares: partitioned by session, each a single-run backfill."""
+    return {"partitions_def": partitions, "backfill_policy": dg.BackfillPolicy.single_run(), "owners": OWNERS}
+
+
 def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The five assets of `provider`'s `ds` chain, partitioned by session, each a single-run backfill."""
-    keys = {layer: dg.AssetKey([layer, provider, ds.name]) for layer in ("raw", "validated", "normalized",
-                                                                         "published")}
-    keys["stored"] = dg.AssetKey(list(ds.stored_key(provider)))
-    common = {"partitions_def": partitions, "backfill_policy": dg.BackfillPolicy.single_run(), "owners": OWNERS}
-    meta = {layer: _layer_metadata(ds, layer, keys) for layer in ("raw", "validated", "normalized", "stored",
-                                                                  "published")}
+    """The raw, validated, normalized and stored assets of `provider`'s `ds` chain (`published_asset` sends it)."""
+    keys = chain_keys(provider, ds)
+    common = _common(partitions)
+    meta = {layer: _layer_metadata(ds, layer, keys) for layer in LAYERS if layer != "published"}
 
     @dg.asset(key=keys["raw"], group_name="raw", kinds={"python", "postgres"}, pool=f"provider_{provider}",
               description=f"{ds.title.capitalize()} exactly as {provider} sent them, in raw.payloads"
@@ -188,8 +202,16 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
                                    reporter(context))
         return dg.MaterializeResult(metadata={**totals.metadata(), "dagster/row_count": totals.rows, **counts})
 
+    return [raw, validated, normalized, stored]
+
+
+def published_asset(provider: str, ds: Dataset, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """The last layer of `provider`'s `ds` chain: the range's outbox rows sent to the dataset's topic."""
+    keys = chain_keys(provider, ds)
+    common = _common(partitions)
+
     @dg.asset(key=keys["published"], group_name="published", deps=[keys["stored"]], kinds={"kafka"},
-              metadata={"topic": ds.topic.name, **meta["published"]},
+              metadata={"topic": ds.topic.name, **_layer_metadata(ds, "published", keys)},
               description=f"{provider} {ds.title} on topic {ds.topic.name}, one message per {ds.event_unit},"
                           " each confirmed by the broker.", **common)
     @retry_transient
@@ -197,23 +219,20 @@ def dataset_chain(provider: str, ds: Dataset, partitions: dg.PartitionsDefinitio
                   kafka: KafkaResource) -> dg.MaterializeResult:
         start, end = partition_dates(context)
         topics = (ds.topic.name, DEAD_LETTER.name)
-        ensure_topics(kafka.bootstrap_servers, (ds.topic, DEAD_LETTER))
+        ensure_topics(kafka.admin(), (ds.topic, DEAD_LETTER))
         with db.connection() as conn:
             # Sends the range's pending outbox rows; marks exactly the broker-confirmed ones published.
             report = drain(conn, kafka.bootstrap_servers, provider=provider, start=start, end=end, topics=topics,
                            on_batch=lambda r: context.log.info(f"{keys['published'].to_user_string()}: "
                                                                f"{r.total:,} messages confirmed"))
             messages = report.confirmed.get(ds.topic.name, 0)
-            conn.execute(
-                "insert into ops.publications (topic, provider, partition_start, partition_end, messages, run_id)"
-                " values (%s, %s, %s, %s, %s, %s)",
-                (ds.topic.name, provider, start, end, messages, context.run.run_id),
-            )
+            record_publication(conn, topic=ds.topic.name, provider=provider, start=start, end=end, messages=messages,
+                               run_id=context.run.run_id)
         return dg.MaterializeResult(metadata={"messages": messages, "topic": ds.topic.name,
                                               "dead_lettered": report.confirmed.get(DEAD_LETTER.name, 0),
                                               "batches": report.batches})
 
-    return [raw, validated, normalized, stored, published]
+    return published
 
 
 def _plan(context: dg.AssetExecutionContext, ds: Dataset, provider: str, providers: ProvidersResource,

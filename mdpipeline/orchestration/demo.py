@@ -17,6 +17,7 @@ from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.orchestration.summary import RunSummary, run_summary
 from mdpipeline.output import print_table
 from mdpipeline.settings import Settings
+from mdpipeline.storage.counts import layer_counts, published_messages
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.migrations import migrate, storage_layout
 
@@ -64,24 +65,12 @@ def run_demo(root: Path, start: date, end: date, console: Console) -> bool:
 
 def _print_summary(console: Console, settings: Settings, summaries: list[RunSummary], start: date, end: date) -> None:
     with connect(settings.database_url) as conn:
-        counts = {
-            "raw payloads": conn.execute(
-                "select count(*) from raw.payloads where session_date between %s and %s", (start, end)).fetchone(),
-            "quarantined rows": conn.execute(
-                "select count(*) from quality.quarantine where session_date between %s and %s", (start, end)
-            ).fetchone(),
-            "md.bars_1d rows": conn.execute(
-                "select count(*) from md.bars_1d where session_date between %s and %s", (start, end)).fetchone(),
-            "md.bars_1m rows": conn.execute(
-                "select count(*) from md.bars_1m where session_date between %s and %s", (start, end)).fetchone(),
-            "corporate actions (ref)": conn.execute("select count(*) from ref.corporate_actions").fetchone(),
-            "adjustment factors": conn.execute("select count(*) from md.adjustment_factors").fetchone(),
-            **{f"messages published to {topic.name}": conn.execute(
-                "select coalesce(sum(messages), 0) from ops.publications where run_id = any(%s) and topic = %s",
-                ([s.run_id for s in summaries], topic.name)).fetchone() for topic in (BARS_1D, BARS_1M)},
-        }
+        run_ids = [s.run_id for s in summaries]
+        counts = {**layer_counts(conn, start, end),
+                  **{f"messages published to {topic.name}": published_messages(conn, topic.name, run_ids)
+                     for topic in (BARS_1D, BARS_1M)}}
         layout = storage_layout(conn)
-    rows = [("storage layout", layout)] + [(name, str(row[0] if row else 0)) for name, row in counts.items()]
+    rows = [("storage layout", layout)] + [(name, str(count)) for name, count in counts.items()]
     rows += [("checks passed", str(sum(s.checks_passed for s in summaries))),
              ("checks failed", str(sum(s.checks_failed for s in summaries)))]
     print_table(console, "demo summary", ("layer", "count"), rows, right=("count",))

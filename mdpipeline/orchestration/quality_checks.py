@@ -29,14 +29,14 @@ from mdpipeline.orchestration.retries import retry_transient
 from mdpipeline.quality.detectors import QualityReport, detect, merge_reports
 from mdpipeline.quality.divergence import Divergence, divergence
 from mdpipeline.quality.findings import WARN, count_by_kind
-from mdpipeline.quality.measure import corporate_actions, lookback_start
-from mdpipeline.quality.measure import quarantined as quarantined_rows
+from mdpipeline.quality.measure import lookback_start
 from mdpipeline.quality.metrics import counts_markdown, findings_markdown, json_safe, partition_metrics
 from mdpipeline.quality.thresholds import Thresholds, load_thresholds
 from mdpipeline.sessions import session_dates
 from mdpipeline.storage.bars import read_bars_1d
+from mdpipeline.storage.corporate_actions import actions_by_symbol
 from mdpipeline.storage.frames import ALL_SYMBOLS
-from mdpipeline.storage.quarantine_store import record_check
+from mdpipeline.storage.quarantine_store import quarantined_by_check, record_check
 
 DATASET = "bars_1d"
 
@@ -95,8 +95,8 @@ def quality_checks(
         reports = []
         with db.connection() as conn:
             first = lookback_start(start, limits.lookback_sessions, universe.exchange_calendar)
-            actions = corporate_actions(conn, first, end)
-            quarantined = quarantined_rows(conn, provider, DATASET, start, end)
+            actions = actions_by_symbol(conn, first, end)
+            quarantined = quarantined_by_check(conn, provider, DATASET, start, end)
             sessions = session_dates(start, end, universe.exchange_calendar)
             # Daily bands learn from the whole range, so the range is cut by symbols only.
             for group in symbol_groups(symbols or (ALL_SYMBOLS,), len(sessions), 1.0):

@@ -74,8 +74,8 @@ def quality_publish_assets(
                                           calendar_name=universe.exchange_calendar, others=list(other_providers))
                         for d in datasets}
         events = [quality_event(provider, d, start, end, m) for d, m in measured.items()]
-        ensure_topics(kafka.bootstrap_servers, (QUALITY,))
-        confirmed = _send(kafka.bootstrap_servers, events, lineage_headers(context.run.run_id, start, end, provider))
+        ensure_topics(kafka.admin(), (QUALITY,))
+        confirmed = _send(kafka, events, lineage_headers(context.run.run_id, start, end, provider))
         return dg.MaterializeResult(metadata={
             "messages": confirmed, "topic": QUALITY.name,
             "event_ids": dg.MetadataValue.json({d: e.event_id for d, e in zip(measured, events, strict=True)}),
@@ -85,12 +85,12 @@ def quality_publish_assets(
     return [quality]
 
 
-def _send(bootstrap_servers: str, events: list[QualityEvent], headers: dict[str, str]) -> int:
+def _send(kafka: KafkaResource, events: list[QualityEvent], headers: dict[str, str]) -> int:
     """Send the events and wait for the broker's acknowledgement of each; raises unless all are confirmed."""
     if not events:
         return 0
     common = [(k, v.encode()) for k, v in headers.items()]
-    delivery = send(bootstrap_servers, QUALITY.name, [e.key for e in events], [e.value for e in events],
+    delivery = send(kafka.producer(), QUALITY.name, [e.key for e in events], [e.value for e in events],
                     [[*common, (EVENT_ID_HEADER, e.event_id.encode())] for e in events])
     if delivery.confirmed != len(events):
         raise PublishError(delivery.summary())

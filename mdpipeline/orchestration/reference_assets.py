@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mdpipeline.enrich.reference import sync_reference
 from mdpipeline.orchestration.resources import DatabaseResource, ProvidersResource
 from mdpipeline.orchestration.retries import retry_transient
+from mdpipeline.storage.reference import sync_reference
 
 REFERENCE_KEY = dg.AssetKey(["ref", "instruments"])
 

@@ -10,7 +10,7 @@ import dagster as dg
 
 from mdpipeline.orchestration.resources import DatabaseResource
 from mdpipeline.storage.migrations import storage_layout
-from mdpipeline.storage.policies import expire_plain
+from mdpipeline.storage.policies import expire_plain, retention_job_count
 from mdpipeline.storage.storage_config import load_storage_config, storage_config_path
 
 RETENTION_CRON = "30 4 * * *"  # daily, before the sessions of the day
@@ -24,9 +24,8 @@ def apply_retention(context: dg.OpExecutionContext, db: DatabaseResource) -> dg.
         layout = storage_layout(conn)
         expired = expire_plain(conn, config)
         if layout == "timescaledb":
-            jobs = conn.execute("select count(*) from timescaledb_information.jobs where proc_name in"
-                                " ('policy_retention', 'expire_rows')").fetchone()
-            context.log.info(f"TimescaleDB layout: {jobs[0] if jobs else 0} retention jobs of its scheduler apply"
+            jobs = retention_job_count(conn)
+            context.log.info(f"TimescaleDB layout: {jobs} retention jobs of its scheduler apply"
                              f" {storage_config_path()}")
     for name in expired.dropped_partitions:
         context.log.info(f"dropped {name}")

@@ -4,6 +4,10 @@ Every evaluation looks at the job's assets for the last N sessions whose close (
 delay) has passed, and re-requests the sessions that are missing or whose latest attempt failed; one
 run per contiguous range of such sessions. Sessions with a run queued or in progress are left alone.
 N is `MDP_FRESHNESS_SESSIONS` (default 5).
+
+Dagster's freshness checks and freshness policies do not replace it: they report and launch nothing,
+and they do not know the exchange calendar (a holiday partition is never materialized, so a
+cron-deadline check would fail after every holiday).
 """
 
 from __future__ import annotations

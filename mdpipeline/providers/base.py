@@ -15,52 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
-DATASETS = ("bars_1d", "bars_1m", "corporate_actions")
+from mdpipeline.contracts.frames import DATASETS, STANDARD_COLUMNS, empty_standard_frame
 
-# The standard (provider-neutral) frames that transform steps return, before validation.
-BARS_1D_COLUMNS: dict[str, pl.DataType] = {
-    "symbol": pl.String(),
-    "session_date": pl.Date(),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-    "vwap": pl.Float64(),
-    "trades": pl.Int64(),
-    "raw_payload_id": pl.Int64(),
-}
-BARS_1M_COLUMNS: dict[str, pl.DataType] = {
-    "symbol": pl.String(),
-    "ts": pl.Datetime("us", "UTC"),
-    "open": pl.Float64(),
-    "high": pl.Float64(),
-    "low": pl.Float64(),
-    "close": pl.Float64(),
-    "volume": pl.Float64(),
-    "vwap": pl.Float64(),
-    "trades": pl.Int64(),
-    "raw_payload_id": pl.Int64(),
-}
-CORPORATE_ACTIONS_COLUMNS: dict[str, pl.DataType] = {
-    "symbol": pl.String(),
-    "ex_date": pl.Date(),
-    "action": pl.String(),  # split | cash_dividend
-    "ratio": pl.Float64(),  # new shares per old share (splits)
-    "amount": pl.Float64(),  # cash per share (dividends)
-    "currency": pl.String(),
-    "raw_payload_id": pl.Int64(),
-}
-STANDARD_COLUMNS: dict[str, dict[str, pl.DataType]] = {
-    "bars_1d": BARS_1D_COLUMNS,
-    "bars_1m": BARS_1M_COLUMNS,
-    "corporate_actions": CORPORATE_ACTIONS_COLUMNS,
-}
-
-
-def empty_standard_frame(dataset: str) -> pl.DataFrame:
-    """An empty frame with the standard columns of `dataset`."""
-    return pl.DataFrame(schema=STANDARD_COLUMNS[dataset])
+# The standard frames are part of the data contracts; re-exported here for the adapters.
+__all__ = ["DATASETS", "STANDARD_COLUMNS", "Provider", "ProviderError", "Query", "RawPayload", "empty_standard_frame"]
 
 
 class ProviderError(RuntimeError):
@@ -126,7 +84,7 @@ class Provider(Protocol):
         ...
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
-        """Turn stored payloads into the standard frame of `dataset` (see STANDARD_COLUMNS).
+        """Turn stored payloads into the standard frame of `dataset` (`contracts.frames.STANDARD_COLUMNS`).
 
         Values that do not parse become nulls rather than errors, so validation can quarantine
         the row with a reason instead of the whole partition failing.

@@ -16,8 +16,7 @@ from typing import Any
 import polars as pl
 
 from mdpipeline.quality.findings import INFO, WARN, concat_findings, is_intraday, make_findings
-from mdpipeline.quality.session_window import with_session_date
-from mdpipeline.sessions import session_bounds, session_dates
+from mdpipeline.sessions import session_bounds, session_dates, with_session_date
 
 
 @dataclass(frozen=True)

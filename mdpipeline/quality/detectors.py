@@ -20,10 +20,11 @@ from mdpipeline.quality.findings import concat_findings, in_window
 from mdpipeline.quality.metrics import partition_metrics
 from mdpipeline.quality.ordering import by_instrument
 from mdpipeline.quality.outliers import price_gaps, return_outliers
-from mdpipeline.quality.session_window import session_window, with_session_date
+from mdpipeline.quality.session_window import session_window
 from mdpipeline.quality.staleness import stale_runs
 from mdpipeline.quality.thresholds import Thresholds
 from mdpipeline.quality.volume_spikes import volume_spikes
+from mdpipeline.sessions import with_session_date
 
 BAR_COLUMNS = ("session_date", "ts", "open", "high", "low", "close", "volume")
 

@@ -24,7 +24,9 @@ from mdpipeline.quality.findings import concat_findings
 from mdpipeline.quality.metrics import json_safe, partition_metrics
 from mdpipeline.quality.thresholds import Thresholds
 from mdpipeline.sessions import session_dates
-from mdpipeline.storage.bars import read_bars_1d, read_bars_1m
+from mdpipeline.storage.bars import read_bars_1d, read_bars_1m, stored_providers, stored_symbols
+from mdpipeline.storage.corporate_actions import actions_by_symbol
+from mdpipeline.storage.quarantine_store import quarantined_by_check
 
 READERS = {"bars_1d": read_bars_1d, "bars_1m": read_bars_1m}
 MINUTES_PER_SESSION = 390.0
@@ -50,7 +52,7 @@ def measure_stored(
     read = READERS[dataset]
     table = instruments if isinstance(instruments, pl.DataFrame) or instruments is None else \
         pl.DataFrame({"symbol": list(instruments)})
-    symbols = sorted(set(table["symbol"].to_list())) if table is not None else _stored_symbols(
+    symbols = sorted(set(table["symbol"].to_list())) if table is not None else stored_symbols(
         conn, dataset, provider, start, end)
     sessions = session_dates(start, end, calendar_name)
     if dataset == "bars_1d":
@@ -59,7 +61,7 @@ def measure_stored(
         pieces = [(c.start, c.end, c.symbols) for c in plan_chunks(sessions, symbols, MINUTES_PER_SESSION, budget)]
     limits = thresholds.divergence
     first = lookback_start(start, thresholds.lookback_sessions, calendar_name)
-    actions = corporate_actions(conn, first, end)
+    actions = actions_by_symbol(conn, first, end)
     reports, diverged = [], []
     columns = ["instrument_id", "symbol", "session_date", "provider", *MEASURED]
     for lo, hi, group in pieces:
@@ -83,7 +85,8 @@ def measure_stored(
     metrics = partition_metrics(start=start, end=end, rows=report.rows,
                                 findings=concat_findings([report.findings, across.findings]),
                                 completeness=report.completeness,
-                                quarantined=quarantined(conn, provider, dataset, start, end), divergence=across)
+                                quarantined=quarantined_by_check(conn, provider, dataset, start, end),
+                                divergence=across)
     return json_safe(metrics)
 
 
@@ -91,44 +94,11 @@ def _compared(conn: psycopg.Connection, dataset: str, provider: str, start: date
               compare_with: Sequence[str] | None, others: Sequence[str] | None) -> list[str]:
     """The other providers that may hold bars of the range and that the configuration compares with."""
     if others is None:
-        rows = conn.execute(f"select distinct provider from md.{dataset} where session_date between %s and %s"
-                            " and provider <> %s order by 1", (start, end, provider)).fetchall()
-        others = [r[0] for r in rows]
+        others = stored_providers(conn, dataset, start, end)
     return [p for p in others if p != provider and (compare_with is None or p in compare_with)]
-
-
-def _stored_symbols(conn: psycopg.Connection, dataset: str, provider: str, start: date, end: date) -> list[str]:
-    """Symbols with stored bars of `provider` in the range (when nobody says which are expected)."""
-    rows = conn.execute(f"select distinct symbol from md.{dataset} where provider = %s and session_date between"
-                        " %s and %s order by 1", (provider, start, end)).fetchall()
-    return [r[0] for r in rows]
 
 
 def lookback_start(start: date, sessions: int, calendar_name: str = "XNYS") -> date:
     """The date `sessions` trading sessions before `start` (history for the robust bands)."""
     earlier = session_dates(start - timedelta(days=2 * sessions + 10), start - timedelta(days=1), calendar_name)
     return earlier[-sessions] if sessions and len(earlier) >= sessions else start
-
-
-def corporate_actions(conn: psycopg.Connection, start: date, end: date) -> pl.DataFrame:
-    """Known corporate actions with ex-date in [start, end], by the symbol valid on the ex-date
-    (whichever provider reported them, each action once)."""
-    rows = conn.execute(
-        "select distinct on (s.symbol, c.ex_date, c.action) s.symbol, c.ex_date, c.action, c.ratio, c.amount"
-        " from ref.corporate_actions c join ref.symbology s on s.instrument_id = c.instrument_id"
-        " and c.ex_date between s.valid_from and s.valid_to where c.ex_date between %s and %s"
-        " order by s.symbol, c.ex_date, c.action",
-        (start, end),
-    ).fetchall()
-    return pl.DataFrame(rows, schema={"symbol": pl.String, "ex_date": pl.Date, "action": pl.String,
-                                      "ratio": pl.Float64, "amount": pl.Float64}, orient="row")
-
-
-def quarantined(conn: psycopg.Connection, provider: str, dataset: str, start: date, end: date) -> dict[str, int]:
-    """Rows of the range in quality.quarantine, by check name (all stages)."""
-    rows = conn.execute(
-        "select check_name, count(*) from quality.quarantine where dataset = %s and provider = %s"
-        " and session_date between %s and %s group by check_name order by check_name",
-        (dataset, provider, start, end),
-    ).fetchall()
-    return {str(name): int(n) for name, n in rows}

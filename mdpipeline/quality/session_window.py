@@ -12,9 +12,7 @@ from datetime import date
 import polars as pl
 
 from mdpipeline.quality.findings import ERROR, WARN, concat_findings, is_intraday, make_findings
-from mdpipeline.sessions import exchange_timezone, session_bounds, session_dates, with_session_date
-
-__all__ = ["exchange_timezone", "session_window", "with_session_date"]
+from mdpipeline.sessions import session_bounds, session_dates, with_session_date
 
 
 def session_window(

@@ -18,7 +18,7 @@ def stale_runs(
 ) -> pl.DataFrame:
     """Findings `stale` (warn) for every bar in a run of >= `min_run` identical closes.
 
-    Intraday frames need `session_date` beside `ts` (`session_window.with_session_date` adds it).
+    Intraday frames need `session_date` beside `ts` (`sessions.with_session_date` adds it).
     """
     candidate = (pl.col("volume") == 0) if require_zero_volume else pl.lit(True)
     bars = by_instrument(frame.select(key, *time_columns(frame), "close", "volume"), key).with_columns(

@@ -14,8 +14,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from mdpipeline.normalize.bars import STORED_BARS_1D
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
+from mdpipeline.contracts.frames import STORED_BARS_1D, STORED_BARS_1M
 from mdpipeline.storage.partitions import time_bounds
 from mdpipeline.storage.reader import read_frame
 from mdpipeline.storage.rollups import COLUMNS as ROLLUP_COLUMNS
@@ -147,3 +146,18 @@ def instruments_for_symbols(conn: psycopg.Connection, symbols: list[str]) -> lis
     """Instruments that ever held any of `symbols`: history survives ticker changes (FB -> META)."""
     rows = conn.execute("select distinct instrument_id from ref.symbology where symbol = any(%s)", (symbols,))
     return sorted(r[0] for r in rows)
+
+
+def stored_providers(conn: psycopg.Connection, dataset: str, start: date, end: date) -> list[str]:
+    """Providers with stored `dataset` bars (md.<dataset>) in the sessions [start, end]."""
+    rows = conn.execute(sql.SQL("select distinct provider from md.{} where session_date between %s and %s"
+                                " order by 1").format(sql.Identifier(dataset)), (start, end)).fetchall()
+    return [r[0] for r in rows]
+
+
+def stored_symbols(conn: psycopg.Connection, dataset: str, provider: str, start: date, end: date) -> list[str]:
+    """Symbols with stored `dataset` bars of `provider` in the sessions [start, end]."""
+    rows = conn.execute(sql.SQL("select distinct symbol from md.{} where provider = %s and session_date"
+                                " between %s and %s order by 1").format(sql.Identifier(dataset)),
+                        (provider, start, end)).fetchall()
+    return [r[0] for r in rows]

@@ -8,16 +8,12 @@ from datetime import date
 import polars as pl
 import psycopg
 
-from mdpipeline.enrich.adjustments import FACTOR_COLUMNS
-from mdpipeline.normalize.corporate_actions import CANONICAL_CORPORATE_ACTIONS
+from mdpipeline.contracts.frames import CANONICAL_CORPORATE_ACTIONS, FACTOR_COLUMNS, STORED_ACTIONS
+from mdpipeline.contracts.sql import column_definitions
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.loader import LoadResult, ShrinkError
 from mdpipeline.storage.reader import read_frame
 
-STORED_ACTIONS: dict[str, pl.DataType] = {
-    **CANONICAL_CORPORATE_ACTIONS,
-    "learned_at": pl.Datetime("us", "UTC"),
-}
 _KEY = "instrument_id, ex_date, action, provider"
 
 
@@ -32,17 +28,14 @@ def replace_provider_actions(
     filter on. A stored action missing from `frame` is deleted only with `allow_deletes` (else
     `ShrinkError`): a transient empty answer must not erase a split from the adjusted history.
     """
-    cols = [c for c in STORED_ACTIONS if c != "learned_at"]
+    cols = list(CANONICAL_CORPORATE_ACTIONS)
     scope = "provider = %s and ex_date between %s and %s" + (" and symbol = any(%s)" if symbols is not None else "")
     params: tuple[object, ...] = (provider, start, end, *((list(symbols),) if symbols is not None else ()))
     with conn.transaction():
         lock = f"mdpipeline.load:ref.corporate_actions:{provider}"
         conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (lock,))
-        conn.execute(
-            "create temporary table _actions (instrument_id bigint, symbol text, ex_date date, action text,"
-            " ratio double precision, amount double precision, currency text, provider text,"
-            " raw_payload_id bigint) on commit drop"
-        )
+        conn.execute(f"create temporary table _actions ({column_definitions(CANONICAL_CORPORATE_ACTIONS)})"
+                     " on commit drop")
         with conn.cursor() as cur:
             copy_frame(cur, "_actions", frame.select(cols))
         missing = f"{scope} and not exists (select 1 from _actions n where ({_KEY}) = (c.instrument_id, c.ex_date," \
@@ -85,6 +78,20 @@ def read_actions(conn: psycopg.Connection) -> pl.DataFrame:
         conn, f"select {', '.join(STORED_ACTIONS)} from ref.corporate_actions order by instrument_id, ex_date",
         None, STORED_ACTIONS,
     )
+
+
+def actions_by_symbol(conn: psycopg.Connection, start: date, end: date) -> pl.DataFrame:
+    """Known corporate actions with ex-date in [start, end], by the symbol valid on the ex-date
+    (whichever provider reported them, each action once)."""
+    rows = conn.execute(
+        "select distinct on (s.symbol, c.ex_date, c.action) s.symbol, c.ex_date, c.action, c.ratio, c.amount"
+        " from ref.corporate_actions c join ref.symbology s on s.instrument_id = c.instrument_id"
+        " and c.ex_date between s.valid_from and s.valid_to where c.ex_date between %s and %s"
+        " order by s.symbol, c.ex_date, c.action",
+        (start, end),
+    ).fetchall()
+    return pl.DataFrame(rows, schema={"symbol": pl.String, "ex_date": pl.Date, "action": pl.String,
+                                      "ratio": pl.Float64, "amount": pl.Float64}, orient="row")
 
 
 def prior_closes(conn: psycopg.Connection, actions: pl.DataFrame) -> pl.DataFrame:

@@ -134,6 +134,13 @@ class Expired:
     cutoffs: dict[str, str]
 
 
+def retention_job_count(conn: psycopg.Connection) -> int:
+    """TimescaleDB scheduler jobs that expire data (retention policies and the expiry procedure)."""
+    row = conn.execute("select count(*) from timescaledb_information.jobs where proc_name in"
+                       " ('policy_retention', 'expire_rows')").fetchone()
+    return int(row[0]) if row else 0
+
+
 def expire_plain(conn: psycopg.Connection, config: StorageConfig) -> Expired:
     """Retention on the plain layout: drop partitions wholly older than each table's retention, expire rows.
 

@@ -10,23 +10,9 @@ import polars as pl
 import psycopg
 from psycopg.types.json import Jsonb
 
+from mdpipeline.contracts.frames import QUARANTINE_COLUMNS, REJECT_COLUMNS
+from mdpipeline.contracts.sql import column_definitions
 from mdpipeline.storage.binary_copy import copy_frame
-
-_QUARANTINE_COLUMNS: dict[str, pl.DataType] = {
-    "dataset": pl.String(),
-    "provider": pl.String(),
-    "stage": pl.String(),
-    "session_date": pl.Date(),
-    "symbol": pl.String(),
-    "check_name": pl.String(),
-    "reason": pl.String(),
-    "row_data": pl.String(),
-    "raw_payload_id": pl.Int64(),
-    "run_id": pl.String(),
-}
-# What a step hands downstream about the rows it rejected (stored by the store step, with the chunk's rows).
-REJECT_COLUMNS: dict[str, pl.DataType] = {
-    c: t for c, t in _QUARANTINE_COLUMNS.items() if c not in ("dataset", "provider", "run_id")}
 
 
 def as_rejects(rows: pl.DataFrame, stage: str) -> pl.DataFrame:
@@ -63,7 +49,7 @@ def replace_quarantine(
         frame = frame.with_columns(pl.lit(stage).alias("stage"))
     frame = frame.select(
         pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
-        for c, t in _QUARANTINE_COLUMNS.items()
+        for c, t in QUARANTINE_COLUMNS.items()
     )
     where = "dataset = %s and provider = %s and stage = any(%s) and session_date between %s and %s"
     params: list[object] = [dataset, provider, stages, start, end]
@@ -73,20 +59,28 @@ def replace_quarantine(
     with conn.transaction():
         conn.execute(f"delete from quality.quarantine where {where}", params)
         if frame.height:
-            conn.execute(
-                "create temporary table _quarantine (dataset text, provider text, stage text, session_date date,"
-                " symbol text, check_name text, reason text, row_data text, raw_payload_id bigint, run_id text)"
-                " on commit drop"
-            )
+            staged = column_definitions(QUARANTINE_COLUMNS)
+            conn.execute(f"create temporary table _quarantine ({staged}) on commit drop")
             with conn.cursor() as cur:
                 copy_frame(cur, "_quarantine", frame)
             conn.execute(
-                f"insert into quality.quarantine ({', '.join(_QUARANTINE_COLUMNS)}) "
-                f"select {', '.join(c if c != 'row_data' else 'row_data::jsonb' for c in _QUARANTINE_COLUMNS)} "
+                f"insert into quality.quarantine ({', '.join(QUARANTINE_COLUMNS)}) "
+                f"select {', '.join(c if c != 'row_data' else 'row_data::jsonb' for c in QUARANTINE_COLUMNS)} "
                 "from _quarantine"
             )
             conn.execute("drop table _quarantine")
     return frame.height
+
+
+def quarantined_by_check(conn: psycopg.Connection, provider: str, dataset: str, start: date,
+                         end: date) -> dict[str, int]:
+    """Rows of `provider`'s `dataset` with sessions in [start, end] in quality.quarantine, by check name."""
+    rows = conn.execute(
+        "select check_name, count(*) from quality.quarantine where dataset = %s and provider = %s"
+        " and session_date between %s and %s group by check_name order by check_name",
+        (dataset, provider, start, end),
+    ).fetchall()
+    return {str(name): int(n) for name, n in rows}
 
 
 def record_check(

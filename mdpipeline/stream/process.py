@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import polars as pl
 import psycopg
 
-from mdpipeline.distribute.events import TICKS_EVENT_FIELDS
+from mdpipeline.contracts.events import TICKS_EVENT_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import DrainReport, drain
 from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics

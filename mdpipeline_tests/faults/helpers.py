@@ -11,8 +11,8 @@ from datetime import date
 import polars as pl
 import psycopg
 
+from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.devservices import LocalBroker
-from mdpipeline.distribute.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.distribute.outbox import outbox_rows, replace_pending
 from mdpipeline.distribute.topics import BARS_1D, TopicSpec, ensure_topics
 from mdpipeline_tests.pipeline_helpers import canonical_bars
