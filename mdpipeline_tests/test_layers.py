@@ -49,12 +49,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("contracts", "settings", "sessions", "universe", "chunks", "env_numbers", "output"),
 )
 # Known upward imports, each with the change that removes it; nothing else may be added here.
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    ("providers/limits.py", "mdpipeline.storage.database"):
-        "the provider quota store is the provider half of issue 15 (providers/ is owned there)",
-    ("providers/limits.py", "mdpipeline.storage.provider_quota"):
-        "the provider quota store is the provider half of issue 15 (providers/ is owned there)",
-}
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def _unit(parts: tuple[str, ...]) -> str:

@@ -1,7 +1,8 @@
 """Request quotas held by the database: real processes, a real PostgreSQL and a loopback HTTP server.
 
 Each worker is a separate Python process (multiprocessing, spawn) with its own HTTP client, as two
-Dagster runs or two workers would be; they share only the database URL.
+Dagster runs or two workers would be; they share only the database URL (each client is handed the
+database's limits store, as `ProvidersResource` hands it to the providers).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,12 +21,15 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from mdpipeline.providers.alphavantage import classify
+from mdpipeline.orchestration.resources import ProvidersResource
+from mdpipeline.providers.alphavantage import KEY_ENV, classify
 from mdpipeline.providers.base import ProviderError
 from mdpipeline.providers.errors import QuotaStoreError, RateLimitError
 from mdpipeline.providers.http import HttpClient, HttpPolicy
+from mdpipeline.providers.provider_state import reset_shared_state
+from mdpipeline.storage.provider_limits import quota_store
 from mdpipeline.storage.provider_quota import quota_today
-from mdpipeline_tests.provider_servers import closed_port_url, isolated, json_response, script
+from mdpipeline_tests.provider_servers import closed_port_url, isolated, json_response, script, universe_file
 
 PROVIDER = "quotaprov"
 OK = json_response({"ok": True})
@@ -38,7 +43,8 @@ def _fresh_shared_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def worker(base_url: str, database_url: str | None, policy: dict[str, Any], attempts: int, ready: Any, go: Any,
            results: Any) -> None:
     """One process: up to `attempts` GETs until the quota refuses; reports (sent, refusal message)."""
-    client = HttpClient(PROVIDER, base_url, HttpPolicy(**policy), database_url=database_url)
+    client = HttpClient(PROVIDER, base_url, HttpPolicy(**policy),
+                        limits_store=quota_store(database_url) if database_url else None)
     ready.set()
     go.wait(30)
     sent, refused = 0, ""
@@ -124,7 +130,8 @@ def test_the_quota_day_is_the_provider_day(httpserver: HTTPServer, database_url:
     s = script(httpserver, "/data", OK)
     tz = "America/New_York"
     client = HttpClient(PROVIDER, httpserver.url_for("/"),
-                        HttpPolicy(timeout=5.0, daily_limit=2, quota_timezone=tz), database_url=database_url)
+                        HttpPolicy(timeout=5.0, daily_limit=2, quota_timezone=tz),
+                        limits_store=quota_store(database_url))
     today = datetime.now(ZoneInfo(tz)).date()
     with psycopg.connect(database_url, autocommit=True) as conn:  # yesterday (New York) was spent
         conn.execute("insert into ops.provider_quota (provider, quota_day, used) values (%s, %s, 2)",
@@ -149,7 +156,7 @@ def test_the_providers_own_daily_answer_stops_every_process(httpserver: HTTPServ
                             "to instantly remove all daily rate limits."}
     s = script(httpserver, "/data", json_response(spent))
     client = HttpClient(PROVIDER, httpserver.url_for("/"), HttpPolicy(timeout=5.0, daily_limit=25),
-                        classify=classify, database_url=database_url)
+                        classify=classify, limits_store=quota_store(database_url))
     with pytest.raises(RateLimitError, match="25 requests per day"):
         client.get("/data")
     assert s.count == 1
@@ -163,7 +170,7 @@ def test_unreachable_quota_database_sends_nothing(httpserver: HTTPServer) -> Non
     s = script(httpserver, "/data", OK)
     dead = closed_port_url().replace("http://", "postgresql://postgres@") + "/nowhere"
     client = HttpClient(PROVIDER, httpserver.url_for("/"), HttpPolicy(timeout=5.0, daily_limit=25),
-                        database_url=dead)
+                        limits_store=quota_store(dead))
     with pytest.raises(QuotaStoreError, match="unreachable"):
         client.get("/data")
     assert s.count == 0
@@ -175,7 +182,7 @@ def test_missing_quota_tables_say_migrate(httpserver: HTTPServer, database_url: 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("drop table ops.provider_quota")
     client = HttpClient(PROVIDER, httpserver.url_for("/"), HttpPolicy(timeout=5.0, daily_limit=25),
-                        database_url=database_url)
+                        limits_store=quota_store(database_url))
     with pytest.raises(QuotaStoreError, match="mdpipeline migrate"):
         client.get("/data")
     assert s.count == 0
@@ -193,3 +200,28 @@ def test_without_a_database_the_limits_stay_in_the_process(httpserver: HTTPServe
 def test_unknown_quota_timezone_is_refused() -> None:
     with pytest.raises(ProviderError, match="unknown quota_timezone"):
         HttpPolicy.from_options({"http": {"quota_timezone": "Mars/Olympus"}})
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["with-database", "without"])
+def test_the_dagster_resource_hands_the_databases_limits_to_the_providers(
+        httpserver: HTTPServer, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        shared: bool) -> None:
+    s = script(httpserver, "/data", OK)
+    monkeypatch.setenv("MDP_DATABASE_URL", database_url if shared else "")
+    monkeypatch.setenv(KEY_ENV, "k")
+    universe = universe_file(tmp_path, "alphavantage", ["AAPL"], http={"daily_limit": 1, "rate_per_second": None})
+    resource = ProvidersResource(universe_path=str(universe), base_urls={"alphavantage": httpserver.url_for("/")})
+    reset_shared_state("alphavantage")
+    try:
+        http = resource.provider("alphavantage").http  # type: ignore[attr-defined]
+        http.get("/data")
+        with pytest.raises(RateLimitError) as info:
+            http.get("/data")
+    finally:
+        reset_shared_state("alphavantage")
+    assert s.count == 1
+    where = "in the database by every process" if shared else "in this process"
+    assert f"counted {where}" in str(info.value)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        used = conn.execute("select coalesce(sum(used), 0) from ops.provider_quota where provider = 'alphavantage'")
+        assert used.fetchone() == ((1,) if shared else (0,))

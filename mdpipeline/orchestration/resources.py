@@ -1,4 +1,5 @@
-"""Dagster resources: the database, the broker, and the providers built from the universe file.
+"""Dagster resources: the database, the broker, and the providers built from the universe file (their
+request limits held in the database, for every process).
 
 Each hands out clients (a connection, a producer or admin client, a provider); Dagster gives every run
 its own copy, so what a resource reads (the universe file, the environment) is read once per run.
@@ -23,6 +24,7 @@ from mdpipeline.providers.base import Provider
 from mdpipeline.settings import DEFAULT_FILES_DIR, DEFAULT_UNIVERSE, Settings
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.frames import FrameStore
+from mdpipeline.storage.provider_limits import QuotaStore, quota_store
 from mdpipeline.universe import Universe, load_universe
 
 
@@ -101,6 +103,13 @@ class ProvidersResource(dg.ConfigurableResource):
             )
         return self._settings
 
+    def limits_store(self) -> QuotaStore | None:
+        """Where the providers' request limits are held for every process and run: the database of
+        `MDP_DATABASE_URL` (`ops.provider_quota`, `ops.provider_rate`); None (this process) without one."""
+        url = self.settings().database_url
+        return quota_store(url) if url else None
+
     def provider(self, name: str) -> Provider:
-        """The provider `name`, configured from the universe file and environment."""
-        return build_provider(name, self.universe(), self.settings())
+        """The provider `name`, configured from the universe file and environment, its request limits
+        shared through the database when there is one."""
+        return build_provider(name, self.universe(), self.settings(), limits_store=self.limits_store())

@@ -30,6 +30,7 @@ from mdpipeline.providers.base import (
     empty_standard_frame,
 )
 from mdpipeline.providers.kit.options import check_options
+from mdpipeline.providers.limits import LimitsStore
 from mdpipeline.providers.spec import ProviderSpec
 from mdpipeline.sessions import calendar, session_dates
 from mdpipeline.settings import Settings
@@ -107,8 +108,9 @@ class FileProvider:
         self.calendar_name = calendar_name
 
     @classmethod
-    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str) -> FileProvider:
-        """The provider reading `settings.files_dir` (MDP_FILES_DIR)."""
+    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str, *,
+                      limits_store: LimitsStore | None = None) -> FileProvider:
+        """The provider reading `settings.files_dir` (MDP_FILES_DIR); it sends no request (no limits)."""
         return cls(setup, settings.files_dir, calendar_name=calendar_name)
 
     def extract(self, query: Query) -> list[RawPayload]:

@@ -11,8 +11,9 @@ BadRequestError, 5xx -> ProviderUnavailableError). Transport failures become Pro
 
 The parts live beside it: `transport` (sending; `RequestsTransport` with the deadline watchdog),
 `policy` (`HttpPolicy`, which errors are retried and how long to wait, Retry-After parsing), `breaker`
-(the circuit breaker), `limits` (daily quota, token bucket), `provider_state` (what every client of one
-provider name shares in a process) and `redaction` (secrets out of URLs, messages and logs).
+(the circuit breaker), `limits` (daily quota, token bucket; `LimitsStore`, the seam for limits shared by
+every process), `provider_state` (what every client of one provider name shares in a process) and
+`redaction` (secrets out of URLs, messages and logs).
 
 Secrets (`secrets=`, default header values, and default params named like credentials) are replaced
 by `***` in every URL, message, log line and `HttpResult`; exceptions from the transport (whose
@@ -42,6 +43,7 @@ from mdpipeline.providers.errors import (
     QuotaStoreError,
     RateLimitError,
 )
+from mdpipeline.providers.limits import LimitsStore
 from mdpipeline.providers.policy import HttpPolicy, counts_for_breaker, parse_retry_after
 from mdpipeline.providers.provider_state import ProviderStates, breaker_state, process_states, reset_shared_state
 from mdpipeline.providers.redaction import (
@@ -128,10 +130,11 @@ class HttpClient:
     def __init__(self, provider: str, base_url: str, policy: HttpPolicy, *, secrets: Sequence[str] = (),
                  default_params: Mapping[str, str] | None = None, default_headers: Mapping[str, str] | None = None,
                  classify: Classify | None = None, sleep: Callable[[float], None] = time.sleep,
-                 verify: bool | str = True, database_url: str | None = None, transport: Transport | None = None,
-                 states: ProviderStates | None = None) -> None:
-        """`database_url`: where the provider's daily quota and token bucket are held for every process
-        (`ops.provider_quota`); None keeps them in this process. `transport`: how requests are sent
+                 verify: bool | str = True, limits_store: LimitsStore | None = None,
+                 transport: Transport | None = None, states: ProviderStates | None = None) -> None:
+        """`limits_store`: where the provider's daily quota and token bucket are held for every process
+        (the database's: `mdpipeline.storage.provider_limits.quota_store(url)`, handed down by the layer
+        that has the URL); None keeps them in this process. `transport`: how requests are sent
         (default: `RequestsTransport(verify)`). `states`: where the breaker and limits shared by clients of
         one provider live (default: the process's)."""
         if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
@@ -148,7 +151,7 @@ class HttpClient:
         self.stats = HttpStats()
         self._sleep = sleep
         self._transport: Transport = transport or RequestsTransport(verify)
-        self._state = (states or process_states()).get(provider, policy, database_url)
+        self._state = (states or process_states()).get(provider, policy, limits_store)
 
     @property
     def breaker_state(self) -> str:

@@ -1,5 +1,6 @@
 """What every HTTP client of one provider name shares: the circuit breaker, the request limits (daily quota
-and token bucket, held in the database when a URL is given) and the concurrency slots.
+and token bucket, held in a `LimitsStore` such as the database's when a client is given one) and the
+concurrency slots.
 
 Two assets of one provider in one process must respect one limit and see one breaker, so clients get
 their `ProviderState` from a `ProviderStates` keyed by provider name. By default that is the process's
@@ -15,29 +16,29 @@ from collections.abc import Iterator
 from functools import cache
 
 from mdpipeline.providers.breaker import CLOSED, CircuitBreaker
-from mdpipeline.providers.limits import Limits, limits_for
+from mdpipeline.providers.limits import Limits, LimitsStore, limits_for
 from mdpipeline.providers.policy import HttpPolicy
 
 
 class ProviderState:
     """The breaker, limits and concurrency slots of one provider name."""
 
-    def __init__(self, provider: str, policy: HttpPolicy, database_url: str | None) -> None:
+    def __init__(self, provider: str, policy: HttpPolicy, limits_store: LimitsStore | None) -> None:
         self.provider = provider
         self.breaker = CircuitBreaker(provider, policy.breaker_fail_max, policy.breaker_reset_timeout)
-        self.database_url = database_url or None
-        self.limits: Limits = limits_for(provider, self.database_url)
+        self.limits_store = limits_store
+        self.limits: Limits = limits_for(provider, limits_store)
         self.max_concurrent: int | None = None
         self.slots: threading.BoundedSemaphore | None = None
-        self.configure(policy, database_url)
+        self.configure(policy, limits_store)
 
-    def configure(self, policy: HttpPolicy, database_url: str | None) -> None:
-        """Apply `policy` (the latest client's wins); a client with a database URL moves the limits there,
+    def configure(self, policy: HttpPolicy, limits_store: LimitsStore | None) -> None:
+        """Apply `policy` (the latest client's wins); a client with a limits store moves the limits there,
         one without leaves them where they are (never back from the database into this process)."""
         self.breaker.configure(policy.breaker_fail_max, policy.breaker_reset_timeout)
-        if database_url and database_url != self.database_url:
-            self.database_url = database_url
-            self.limits = limits_for(self.provider, database_url)
+        if limits_store is not None and limits_store is not self.limits_store:
+            self.limits_store = limits_store
+            self.limits = limits_for(self.provider, limits_store)
         self.limits.configure(policy.rate_per_second, policy.burst, policy.daily_limit, policy.quota_timezone)
         if policy.max_concurrent != self.max_concurrent:
             self.max_concurrent = policy.max_concurrent
@@ -61,14 +62,14 @@ class ProviderStates:
         self._lock = threading.Lock()
         self._states: dict[str, ProviderState] = {}
 
-    def get(self, provider: str, policy: HttpPolicy, database_url: str | None) -> ProviderState:
-        """The state of `provider`, created or reconfigured with `policy`."""
+    def get(self, provider: str, policy: HttpPolicy, limits_store: LimitsStore | None = None) -> ProviderState:
+        """The state of `provider`, created or reconfigured with `policy` (and `limits_store`, if any)."""
         with self._lock:
             state = self._states.get(provider)
             if state is None:
-                state = self._states[provider] = ProviderState(provider, policy, database_url)
+                state = self._states[provider] = ProviderState(provider, policy, limits_store)
             else:
-                state.configure(policy, database_url)
+                state.configure(policy, limits_store)
             return state
 
     def breaker_state(self, provider: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mdpipeline.providers import alpaca, alphavantage, files, finnhub, ibkr, iexcloud, polygon, synthetic
 from mdpipeline.providers.base import Provider, ProviderError
+from mdpipeline.providers.limits import LimitsStore
 from mdpipeline.providers.spec import ProviderSpec
 from mdpipeline.settings import Settings
 from mdpipeline.universe import Universe
@@ -28,8 +29,13 @@ def spec(name: str) -> ProviderSpec:
         raise ProviderError(f"unknown provider {name!r} (known: {', '.join(PROVIDERS)})") from None
 
 
-def build_provider(name: str, universe: Universe, settings: Settings) -> Provider:
-    """The provider `name`, set up from the universe file; ProviderError when it cannot be used."""
+def build_provider(name: str, universe: Universe, settings: Settings, *,
+                   limits_store: LimitsStore | None = None) -> Provider:
+    """The provider `name`, set up from the universe file; ProviderError when it cannot be used.
+
+    `limits_store` holds its request limits for every process (the database's, handed down by the
+    caller that has the database URL: `mdpipeline.storage.provider_limits.quota_store`); None counts
+    them in this process."""
     entry = spec(name)
     try:
         setup = universe.provider(name)
@@ -37,7 +43,7 @@ def build_provider(name: str, universe: Universe, settings: Settings) -> Provide
         raise ProviderError(str(exc.args[0])) from None
     if not setup.enabled:
         raise ProviderError(f"provider {name} is disabled in the universe file (enabled: false)")
-    return entry.build(setup, settings, universe.exchange_calendar)
+    return entry.build(setup, settings, universe.exchange_calendar, limits_store=limits_store)
 
 
 __all__ = ["PROVIDERS", "SPECS", "STREAM_PROVIDERS", "build_provider", "spec"]

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from mdpipeline.providers.base import DATASETS, ProviderError, Query
 from mdpipeline.providers.http import HttpClient, HttpPolicy
 from mdpipeline.providers.kit.options import check_options
+from mdpipeline.providers.limits import LimitsStore
 from mdpipeline.providers.provider_state import breaker_state
 from mdpipeline.sessions import session_dates
 from mdpipeline.settings import Settings
@@ -39,22 +40,24 @@ class RestProvider:
     options: ClassVar[frozenset[str]] = frozenset({"http"})  # the universe options understood
 
     def __init__(self, setup: ProviderSetup, settings: Settings, calendar_name: str = "XNYS", *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        """`sleep` waits between attempts (injectable so tests can record Retry-After waits)."""
+                 sleep: Callable[[float], None] = time.sleep, limits_store: LimitsStore | None = None) -> None:
+        """`sleep` waits between attempts (injectable so tests can record Retry-After waits);
+        `limits_store` holds the request limits for every process (None: counted in this process)."""
         check_options(self.name, setup.options, self.options)
         self.setup = setup
         self.calendar_name = calendar_name
         self.base_url: str | None = settings.base_urls.get(self.name) or self.default_base_url
         self.policy = HttpPolicy.from_options(setup.options, **self.default_policy)
-        self.database_url = settings.database_url or None  # holds the request quotas for every process
+        self.limits_store = limits_store
         self._sleep = sleep
         self._client: HttpClient | None = None
         self.configure(setup.options)
 
     @classmethod
-    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str) -> RestProvider:
+    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str, *,
+                      limits_store: LimitsStore | None = None) -> RestProvider:
         """The provider for `setup` (how the registry builds it)."""
-        return cls(setup, settings, calendar_name=calendar_name)
+        return cls(setup, settings, calendar_name=calendar_name, limits_store=limits_store)
 
     def configure(self, options: Mapping[str, Any]) -> None:
         """Read the provider's own universe options (after the common ones); ProviderError when invalid."""
@@ -69,7 +72,7 @@ class RestProvider:
         if self._client is None:
             options = self.client_options()
             self._client = HttpClient(self.name, self.base_url or "", self.policy, sleep=self._sleep,
-                                      database_url=self.database_url, **options)
+                                      limits_store=self.limits_store, **options)
         return self._client
 
     def fetch_stats(self) -> dict[str, object]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mdpipeline.providers.base import Provider
+from mdpipeline.providers.limits import LimitsStore
 from mdpipeline.settings import Settings, base_url_variable
 from mdpipeline.universe import ProviderSetup
 
@@ -27,8 +28,10 @@ class Adapter(Protocol):
     datasets: tuple[str, ...]
 
     @classmethod
-    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str) -> Provider:
-        """The provider for `setup` in these surroundings."""
+    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str, *,
+                      limits_store: LimitsStore | None = None) -> Provider:
+        """The provider for `setup` in these surroundings; `limits_store` holds its request limits for
+        every process (None: counted in this process)."""
         ...
 
 
@@ -64,9 +67,11 @@ class ProviderSpec:
         """True when the provider lands real-time frames (`mdpipeline stream`)."""
         return self.stream_frames is not None
 
-    def build(self, setup: ProviderSetup, settings: Settings, calendar_name: str) -> Provider:
-        """The adapter for `setup`; ProviderError when its options are invalid."""
-        return self.adapter.from_settings(setup, settings, calendar_name)
+    def build(self, setup: ProviderSetup, settings: Settings, calendar_name: str, *,
+              limits_store: LimitsStore | None = None) -> Provider:
+        """The adapter for `setup` (request limits in `limits_store`, if given); ProviderError when its
+        options are invalid."""
+        return self.adapter.from_settings(setup, settings, calendar_name, limits_store=limits_store)
 
     def feed_class(self) -> Any | None:
         """The websocket feed class, built with `from_env(symbols, quotes=, bars=, url=)` (None: none)."""

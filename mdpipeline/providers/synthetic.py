@@ -40,6 +40,7 @@ import polars as pl
 from mdpipeline.providers.base import DATASETS, ProviderError, Query, RawPayload, empty_standard_frame
 from mdpipeline.providers.files import cast_to_standard
 from mdpipeline.providers.kit.options import check_options
+from mdpipeline.providers.limits import LimitsStore
 from mdpipeline.providers.spec import ProviderSpec
 from mdpipeline.sessions import session_bounds, session_dates
 from mdpipeline.settings import Settings
@@ -280,8 +281,9 @@ class SyntheticProvider:
         self.anomalies = _parse_anomalies(setup.options.get("anomalies") or [])
 
     @classmethod
-    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str) -> SyntheticProvider:
-        """The provider for `setup` (it needs nothing from the surroundings)."""
+    def from_settings(cls, setup: ProviderSetup, settings: Settings, calendar_name: str, *,
+                      limits_store: LimitsStore | None = None) -> SyntheticProvider:
+        """The provider for `setup` (it needs nothing from the surroundings, and sends no request)."""
         return cls(setup, calendar_name=calendar_name)
 
     # -- generation (clean data, before anomalies) ------------------------------------------------
