@@ -153,7 +153,7 @@ def test_breaker_opens_then_half_open_success_closes(httpserver: HTTPServer, cap
     caplog.set_level(logging.INFO, logger="mdpipeline.providers")
     s = script(httpserver, "/data", raw_response("down", 503), raw_response("down", 503), raw_response("down", 503),
                OK)
-    policy = HttpPolicy(timeout=2.0, max_attempts=1, breaker_fail_max=3, breaker_reset_timeout=0.3)
+    policy = HttpPolicy(timeout=2.0, max_attempts=1, breaker_fail_max=3, breaker_reset_timeout=2.0)
     client, _ = make_client(httpserver, policy)
     for _ in range(3):
         with pytest.raises(ProviderUnavailableError):
@@ -174,7 +174,7 @@ def test_breaker_opens_then_half_open_success_closes(httpserver: HTTPServer, cap
         other.get("/data")
     assert s.count == 3
 
-    time.sleep(0.35)
+    time.sleep(2.1)  # a reset timeout long enough that a loaded machine cannot pass it before the checks above
     assert client.breaker_state == "half-open"
     assert client.get_json("/data").json() == {"ok": True}  # the trial call succeeds
     assert client.breaker_state == "closed"
