@@ -41,12 +41,13 @@ from mdpipeline.providers.errors import MalformedPayloadError, RateLimitError
 from mdpipeline.providers.files import cast_to_standard, parse_utc_timestamp
 from mdpipeline.providers.http import HttpResult, Response, json_body
 from mdpipeline.providers.kit.actions import split_ratio
-from mdpipeline.providers.kit.bars import bar_time, exchange_tz, regular_hours
+from mdpipeline.providers.kit.bars import bar_time, regular_hours
 from mdpipeline.providers.kit.pagination import paginate
 from mdpipeline.providers.kit.payloads import payload_from, read_json
 from mdpipeline.providers.kit.rate_limits import seconds_until_reset
 from mdpipeline.providers.rest import RestProvider, credential
 from mdpipeline.providers.spec import ProviderSpec
+from mdpipeline.sessions import exchange_timezone
 
 log = logging.getLogger("mdpipeline.providers")
 
@@ -135,7 +136,7 @@ class AlpacaProvider(RestProvider):
     def _bars_params(self, dataset: str, symbols: str, first: date, last: date) -> dict[str, Any]:
         """Start at local midnight of the first session, end just before local midnight after the last;
         on the SIP feed, `end` is at most `sip_delay_minutes` (15) ago, which Free/Basic plans may query."""
-        tz = ZoneInfo(exchange_tz(self.calendar_name))
+        tz = ZoneInfo(exchange_timezone(self.calendar_name))
         start = datetime.combine(first, datetime.min.time(), tz)
         end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tz) - timedelta(seconds=1)
         if self.feed == "sip" and self.sip_delay:
@@ -179,7 +180,7 @@ class AlpacaProvider(RestProvider):
         doc = read_json("alpaca", payload, schema)
         rows = (doc.unnest("bars").unpivot(index=[], variable_name="symbol", value_name="bar")
                 .explode("bar").filter(pl.col("bar").is_not_null()).unnest("bar").rename(_BAR_RENAMES))
-        typed = rows.select(bar_time(parse_utc_timestamp(pl.col("t")), dataset, exchange_tz(self.calendar_name)))
+        typed = rows.select(bar_time(parse_utc_timestamp(pl.col("t")), dataset, exchange_timezone(self.calendar_name)))
         frame = cast_to_standard(rows.drop("t"), dataset, payload.payload_id).with_columns(typed.to_series())
         if dataset == "bars_1m" and not self.extended_hours:
             frame = regular_hours(frame, self.calendar_name)

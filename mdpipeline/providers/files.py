@@ -32,7 +32,7 @@ from mdpipeline.providers.base import (
 from mdpipeline.providers.kit.options import check_options
 from mdpipeline.providers.limits import LimitsStore
 from mdpipeline.providers.spec import ProviderSpec
-from mdpipeline.sessions import calendar, session_dates
+from mdpipeline.sessions import exchange_timezone, session_dates
 from mdpipeline.settings import Settings
 from mdpipeline.universe import ProviderSetup
 
@@ -192,7 +192,7 @@ class FileProvider:
             ts = parse_utc_timestamp(col.cast(pl.String))
         else:
             return col.cast(pl.String).str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
-        return ts.dt.convert_time_zone(str(calendar(self.calendar_name).tz)).dt.date()
+        return ts.dt.convert_time_zone(exchange_timezone(self.calendar_name)).dt.date()
 
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse the CSV bodies (all values as text) and cast them into the standard frame."""

@@ -37,11 +37,11 @@ from mdpipeline.providers.base import ProviderError, Query, RawPayload, empty_st
 from mdpipeline.providers.errors import BadRequestError, EntitlementError, MalformedPayloadError
 from mdpipeline.providers.files import cast_to_standard
 from mdpipeline.providers.http import HttpResult, Response, json_body
-from mdpipeline.providers.kit.bars import bar_time, epoch_utc, exchange_tz
+from mdpipeline.providers.kit.bars import bar_time, epoch_utc
 from mdpipeline.providers.kit.payloads import payload_from, read_json
 from mdpipeline.providers.rest import RestProvider
 from mdpipeline.providers.spec import ProviderSpec
-from mdpipeline.sessions import session_bounds
+from mdpipeline.sessions import exchange_timezone, session_bounds
 
 DEFAULT_BASE_URL = "https://localhost:5000/v1/api"
 SEARCH_PATH = "/iserver/secdef/search"
@@ -155,7 +155,7 @@ class IbkrProvider(RestProvider):
         """Parse stored history payloads into the standard frame (values read as text, cast leniently)."""
         self.check_dataset(dataset)
         frames = [empty_standard_frame(dataset)]
-        tz = exchange_tz(self.calendar_name)
+        tz = exchange_timezone(self.calendar_name)
         for payload in payloads:
             doc = _read_history(payload)
             rows = doc.select(pl.col("data").explode()).filter(pl.col("data").is_not_null()).unnest("data")

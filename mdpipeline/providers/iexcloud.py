@@ -40,11 +40,11 @@ from mdpipeline.providers.errors import EntitlementError, MalformedPayloadError
 from mdpipeline.providers.files import cast_to_standard
 from mdpipeline.providers.http import HttpResult, Response, parse_json
 from mdpipeline.providers.kit.actions import number, split_ratio
-from mdpipeline.providers.kit.bars import exchange_tz
 from mdpipeline.providers.kit.payloads import payload_from
 from mdpipeline.providers.kit.payloads import text_column as _text
 from mdpipeline.providers.rest import RestProvider, credential
 from mdpipeline.providers.spec import ProviderSpec
+from mdpipeline.sessions import exchange_timezone
 from mdpipeline.settings import base_url_variable
 
 log = logging.getLogger("mdpipeline.providers")
@@ -117,7 +117,7 @@ class IexCloudProvider(RestProvider):
             return empty_standard_frame("bars_1m")
         frame = rows.select(**_consolidated(rows), symbol=pl.lit(_symbol(payload)))
         local = pl.concat_str(_text(rows, "date").str.replace_all("-", ""), pl.lit(" "), _text(rows, "minute"))
-        zone = exchange_tz(self.calendar_name)
+        zone = exchange_timezone(self.calendar_name)
         ts = rows.select(local.str.to_datetime("%Y%m%d %H:%M", time_unit="us", strict=False)
                          .dt.replace_time_zone(zone, ambiguous="null", non_existent="null")
                          .dt.convert_time_zone("UTC").alias("ts")).to_series()

@@ -39,11 +39,12 @@ from mdpipeline.providers.errors import (
 from mdpipeline.providers.files import cast_to_standard
 from mdpipeline.providers.http import HttpResult, Response, json_body, parse_retry_after
 from mdpipeline.providers.kit.actions import split_ratio
-from mdpipeline.providers.kit.bars import bar_time, epoch_utc, exchange_tz, regular_hours
+from mdpipeline.providers.kit.bars import bar_time, epoch_utc, regular_hours
 from mdpipeline.providers.kit.pagination import paginate
 from mdpipeline.providers.kit.payloads import payload_from, read_json
 from mdpipeline.providers.rest import RestProvider, credential
 from mdpipeline.providers.spec import ProviderSpec
+from mdpipeline.sessions import exchange_timezone
 
 DEFAULT_BASE_URL = "https://api.polygon.io"
 KEY_ENV = "POLYGON_API_KEY"
@@ -138,7 +139,7 @@ class PolygonProvider(RestProvider):
         rows = (doc.select(pl.col("results").explode()).filter(pl.col("results").is_not_null())
                 .unnest("results").rename(_AGG_RENAMES))
         symbol = _path_ticker(payload.endpoint) or doc["ticker"][0]
-        typed = rows.select(bar_time(epoch_utc(pl.col("t"), "ms"), dataset, exchange_tz(self.calendar_name)))
+        typed = rows.select(bar_time(epoch_utc(pl.col("t"), "ms"), dataset, exchange_timezone(self.calendar_name)))
         frame = cast_to_standard(rows.drop("t").with_columns(symbol=pl.lit(symbol, pl.String)), dataset,
                                  payload.payload_id).with_columns(typed.to_series())
         if dataset == "bars_1m" and not self.extended_hours:

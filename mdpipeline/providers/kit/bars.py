@@ -10,7 +10,7 @@ from typing import Literal
 
 import polars as pl
 
-from mdpipeline.sessions import calendar, session_bounds
+from mdpipeline.sessions import exchange_timezone, session_bounds
 
 log = logging.getLogger("mdpipeline.providers")
 
@@ -29,11 +29,6 @@ def bar_time(ts: pl.Expr, dataset: str, tz: str) -> pl.Expr:
     return ts.alias("ts")
 
 
-def exchange_tz(calendar_name: str) -> str:
-    """The time zone of the exchange calendar `calendar_name`."""
-    return str(calendar(calendar_name).tz)
-
-
 def sessions_by(sessions: Sequence[date], fmt: str) -> list[tuple[str, list[date]]]:
     """Sessions grouped by `day.strftime(fmt)` (e.g. "%Y" or "%Y-%m"), in order."""
     groups: dict[str, list[date]] = {}
@@ -46,7 +41,7 @@ def regular_hours(frame: pl.DataFrame, calendar_name: str) -> pl.DataFrame:
     """Minute bars that start inside a regular session (half days included); rows without ts are kept."""
     if frame.is_empty():
         return frame
-    local_day = pl.col("ts").dt.convert_time_zone(exchange_tz(calendar_name)).dt.date()
+    local_day = pl.col("ts").dt.convert_time_zone(exchange_timezone(calendar_name)).dt.date()
     days = frame.select(local_day.min().alias("lo"), local_day.max().alias("hi")).row(0)
     if days[0] is None:
         return frame
@@ -60,4 +55,4 @@ def regular_hours(frame: pl.DataFrame, calendar_name: str) -> pl.DataFrame:
     return kept
 
 
-__all__ = ["bar_time", "epoch_utc", "exchange_tz", "regular_hours", "sessions_by"]
+__all__ = ["bar_time", "epoch_utc", "regular_hours", "sessions_by"]
