@@ -33,6 +33,9 @@ TICKS_EVENT_FIELDS = (
     "instrument_id", "symbol", "session_date", "ts", "provider", "action", "price", "size",
     "exchange", "conditions", "sequence", "corrects",
 )
+# Cancels and corrections also name the event that announced the trade they cancel or replace; the field is
+# left out of the JSON when null, so a plain trade's data (and event_id) is what it always was.
+TICKS_OPTIONAL_FIELDS = ("original_event_id",)
 
 
 def lineage_headers(run_id: str, start: date, end: date, provider: str) -> dict[str, str]:
@@ -67,12 +70,17 @@ def _field(frame: pl.DataFrame, name: str) -> pl.Expr:
     return pl.col(name)
 
 
-def json_events(frame: pl.DataFrame, topic: str, fields: tuple[str, ...]) -> pl.DataFrame:
-    """One row per event: `key` (instrument id), `event_id`, `value` (all strings), in the frame's order."""
-    encoded = frame.select(
-        pl.col("instrument_id").cast(pl.String).alias("key"),
-        pl.struct(_field(frame, c) for c in fields).struct.json_encode().alias("data"),
-    )
+def json_events(frame: pl.DataFrame, topic: str, fields: tuple[str, ...],
+                optional: tuple[str, ...] = ()) -> pl.DataFrame:
+    """One row per event: `key` (instrument id), `event_id`, `value` (all strings), in the frame's order.
+
+    `optional` fields follow `fields` in the JSON and are left out of a row's data when null (a field added
+    to a topic that way keeps the data text, and so the event_id, of the rows without it).
+    """
+    data = pl.struct(_field(frame, c) for c in (*fields, *optional)).struct.json_encode()
+    for name in reversed(optional):  # keys are never escaped in json_encode's output: a literal match is a key
+        data = data.str.replace(f',"{name}":null}}', "}", literal=True)
+    encoded = frame.select(pl.col("instrument_id").cast(pl.String).alias("key"), data.alias("data"))
     return encoded.with_columns(event_ids(topic, encoded["key"], encoded["data"])).select(
         "key", "event_id", envelope(topic, pl.col("event_id"), pl.col("data")).alias("value"),
     )

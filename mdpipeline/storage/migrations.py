@@ -29,6 +29,7 @@ TIME_PARTITIONED: dict[str, tuple[str, str]] = {
     "md.ticks": ("session_date", "1 day"),
     "md.bars_1d_revisions": ("session_date", "1 year"),
     "md.bars_1m_revisions": ("session_date", "1 month"),
+    "md.ticks_revisions": ("session_date", "1 day"),
 }
 # TimescaleDB: hypertables, name -> (time dimension, chunk interval). Minute bars are chunked on `ts`
 # (their continuous aggregates must bucket the time dimension); loads add a `ts` predicate derived
@@ -39,6 +40,7 @@ HYPERTABLES: dict[str, tuple[str, str]] = {
     "md.ticks": ("session_date", "1 day"),
     "md.bars_1d_revisions": ("session_date", "1 year"),
     "md.bars_1m_revisions": ("ts", "1 month"),
+    "md.ticks_revisions": ("session_date", "1 day"),
 }
 # What migration 1 created; frozen, since an applied migration never changes.
 _INITIAL_TIME_TABLES: dict[str, tuple[str, str]] = {
@@ -513,6 +515,30 @@ def _stream_state(conn: psycopg.Connection, timescale: bool) -> None:
     conn.execute(STREAM_STATE_DDL)
 
 
+def _tick_revisions(conn: psycopg.Connection, timescale: bool) -> None:
+    """Each stored trade keeps the event id that announced it and the trade it corrects; md.ticks_revisions
+    keeps trades as they were before a cancel, a correction or a changed resend superseded them.
+
+    `change`: `cancel` (the provider cancelled the trade), `correct` (replaced by `superseded_by`, the
+    correcting trade's id), `update` (the same trade id arrived again with other values). `superseded_at`
+    is when the pipeline learnt it, `superseded_run_id` the run that applied it.
+    """
+    conn.execute("alter table md.ticks add column if not exists event_id text;"
+                 " alter table md.ticks add column if not exists corrects bigint")
+    column = (HYPERTABLES if timescale else TIME_PARTITIONED)["md.ticks_revisions"][0]
+    clause = "" if timescale else f" partition by range ({column})"
+    conn.execute(
+        "create table if not exists md.ticks_revisions (like md.ticks including defaults,"
+        " superseded_at timestamptz not null,"
+        " change text not null check (change in ('update', 'cancel', 'correct')),"
+        " superseded_by bigint, superseded_run_id text not null)" + clause)
+    conn.execute("create index if not exists ticks_revisions_by_key on md.ticks_revisions"
+                 " (instrument_id, provider, session_date, sequence)")
+    if timescale:
+        conn.execute("select create_hypertable('md.ticks_revisions', by_range(%s, %s::interval),"
+                     " if_not_exists => true)", (column, HYPERTABLES["md.ticks_revisions"][1]))
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -524,4 +550,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "bar revisions; minute bars chunked on ts", _revisions_and_minute_chunks),
     Migration(8, "expiry of raw payloads and published outbox rows", _expire_rows_procedure),
     Migration(9, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
+    Migration(10, "tick event ids, corrections and revisions", _tick_revisions),
 )

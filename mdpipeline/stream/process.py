@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import polars as pl
 import psycopg
 
-from mdpipeline.distribute.events import TICKS_EVENT_FIELDS
+from mdpipeline.distribute.events import TICKS_EVENT_FIELDS, TICKS_OPTIONAL_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import DrainReport, drain
 from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
@@ -31,6 +31,7 @@ from mdpipeline.sessions import calendar
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
 from mdpipeline.stream.bad_frames import frame_quarantine_rows, gap_markers, parse_frames
+from mdpipeline.stream.corrections import TRADE_KEY, keep_changed_versions, retire_ticks, with_event_ids
 from mdpipeline.stream.offsets import (
     DEFAULT_CONSUMER,
     Claim,
@@ -57,7 +58,8 @@ class RangeReport:
     applied: bool  # False: the range had been applied before (nothing written again)
     frames: int = 0
     trades: int = 0
-    cancels: int = 0
+    cancels: int = 0  # every cancel, a correction's cancel of the original included
+    corrections: int = 0
     quarantined: int = 0
     frames_quarantined: int = 0
     gaps: int = 0
@@ -90,13 +92,14 @@ def process_range(
     normalized = normalize_ticks(actions.select(list(TRADE_ACTIONS)), symbology, calendar_name)
     ticks = normalized.ticks
     headers = {"mdp-run-id": run_id, "mdp-raw-topic": topic, "mdp-raw-offsets": f"{partition}:{first}-{last}"}
-    gaps = 0
+    gaps = corrections = 0
     with conn.transaction():
         claim = claim_range(conn, topic, partition, first, last, run_id, consumer, log_now=log_now,
                             bootstrap_servers=bootstrap_servers, last_received_at=_latest(raw, "received_at"),
                             last_landed_at=_latest(raw, "landed_at"))
         if claim.applied:
-            _store_ticks(conn, ticks, run_id)
+            ticks = with_event_ids(conn, ticks)
+            corrections = _store_ticks(conn, ticks, run_id)
             quarantine_actions(conn, normalized.rejected, run_id)
             if bad_frames.height:
                 with conn.cursor() as cur:
@@ -107,7 +110,7 @@ def process_range(
                 gaps += _record_reset(conn, topic, topic_id, raw, claim)
             for (provider,), group in ticks.group_by("provider", maintain_order=True):
                 append_outbox(conn, outbox_rows(group, TICKS.name, TICKS_EVENT_FIELDS,
-                                                {**headers, "mdp-provider": str(provider)}))
+                                                {**headers, "mdp-provider": str(provider)}, TICKS_OPTIONAL_FIELDS))
     relayed = DrainReport()
     if ticks.height or not claim.applied:  # a re-run of an applied range still relays what is pending
         ensure_topics(bootstrap_servers, (TICKS, DEAD_LETTER))
@@ -120,6 +123,7 @@ def process_range(
     return RangeReport(
         topic, partition, first, last, applied=True, frames=data.height,
         trades=int((ticks["action"] == "new").sum()), cancels=int((ticks["action"] == "cancel").sum()),
+        corrections=corrections,
         quarantined=normalized.rejected.height, frames_quarantined=bad_frames.height, gaps=gaps,
         published=relayed.total, reset=claim.reset,
     )
@@ -130,30 +134,32 @@ def _latest(raw: pl.DataFrame, column: str) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-def _store_ticks(conn: psycopg.Connection, ticks: pl.DataFrame, run_id: str) -> None:
-    """Upsert new trades, then delete cancelled ones (a correction's original included)."""
+def _store_ticks(conn: psycopg.Connection, ticks: pl.DataFrame, run_id: str) -> int:
+    """Upsert new trades, then retire cancelled ones (a correction's original included) into md.ticks_revisions;
+    a stored trade that a resend changes is kept there too. Returns the corrections among the cancels."""
     if not ticks.height:
-        return
+        return 0
+    now = datetime.now(UTC)
     days = ticks["session_date"]
     ensure_partitions(conn, "md.ticks", days.min(), days.max())  # type: ignore[arg-type]
-    rows = stored_ticks(ticks, run_id, pl.lit(datetime.now(UTC)))
+    rows = stored_ticks(ticks, run_id, pl.lit(now))
     if rows.height:
         conn.execute("create temporary table _ticks (like md.ticks) on commit drop")
         with conn.cursor() as cur:
             copy_frame(cur, "_ticks", rows)
+        keep_changed_versions(conn, "_ticks", run_id, now)
         columns = ", ".join(rows.columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c in rows.columns if c not in _TICK_KEY)
         conn.execute(f"insert into md.ticks ({columns}) select {columns} from _ticks"
                      f" on conflict ({_TICK_KEY}) do update set {updates}")
-    cancels = ticks.filter(pl.col("action") == "cancel").select("instrument_id", "provider", "session_date",
-                                                               "sequence")
-    if cancels.height:
-        conn.execute("create temporary table _cancels (instrument_id bigint, provider text, session_date date,"
-                     " sequence bigint) on commit drop")
-        with conn.cursor() as cur:
-            copy_frame(cur, "_cancels", cancels)
-        conn.execute("delete from md.ticks t using _cancels c where t.instrument_id = c.instrument_id"
-                     " and t.provider = c.provider and t.session_date = c.session_date and t.sequence = c.sequence")
+    corrected_by = ticks.filter(pl.col("action") == "new", pl.col("corrects").is_not_null()).select(
+        *TRADE_KEY[:3], pl.col("corrects").alias("sequence"), pl.col("sequence").alias("superseded_by"),
+    ).unique(subset=TRADE_KEY, keep="last")
+    gone = ticks.filter(pl.col("action") == "cancel").select(TRADE_KEY).join(
+        corrected_by, on=TRADE_KEY, how="left").with_columns(
+        pl.when(pl.col("superseded_by").is_null()).then(pl.lit("cancel")).otherwise(pl.lit("correct")).alias("change"))
+    retire_ticks(conn, gone, run_id, now)
+    return int((gone["change"] == "correct").sum())
 
 
 def quarantine_actions(conn: psycopg.Connection, rejected: pl.DataFrame, run_id: str, stage: str = "stream") -> None:
