@@ -17,6 +17,7 @@ SCHEMA_NAMES = {
     "md.bars.1m.v1": ("mdpipeline.bars_1m", 1),
     "md.corporate_actions.v1": ("mdpipeline.corporate_actions", 1),
     "md.ticks.v1": ("mdpipeline.ticks", 1),
+    "md.quotes.v1": ("mdpipeline.quotes", 1),
     "md.dead_letter.v1": ("mdpipeline.dead_letter", 1),
 }
 BARS_1D_EVENT_FIELDS = (

@@ -30,6 +30,7 @@ TIME_PARTITIONED: dict[str, tuple[str, str]] = {
     "md.bars_1d_revisions": ("session_date", "1 year"),
     "md.bars_1m_revisions": ("session_date", "1 month"),
     "md.ticks_revisions": ("session_date", "1 day"),
+    "md.quotes": ("session_date", "1 day"),
 }
 # TimescaleDB: hypertables, name -> (time dimension, chunk interval). Minute bars are chunked on `ts`
 # (their continuous aggregates must bucket the time dimension); loads add a `ts` predicate derived
@@ -41,6 +42,7 @@ HYPERTABLES: dict[str, tuple[str, str]] = {
     "md.bars_1d_revisions": ("session_date", "1 year"),
     "md.bars_1m_revisions": ("ts", "1 month"),
     "md.ticks_revisions": ("session_date", "1 day"),
+    "md.quotes": ("session_date", "1 day"),
 }
 # What migration 1 created; frozen, since an applied migration never changes.
 _INITIAL_TIME_TABLES: dict[str, tuple[str, str]] = {
@@ -539,6 +541,41 @@ def _tick_revisions(conn: psycopg.Connection, timescale: bool) -> None:
                      " if_not_exists => true)", (column, HYPERTABLES["md.ticks_revisions"][1]))
 
 
+def _quotes(conn: psycopg.Connection, timescale: bool) -> None:
+    """md.quotes: best bid and offer from the real-time feeds, laid out like md.ticks (daily chunks or
+    partitions on `session_date`). No key of its own (quotes have no provider id): a raw range is applied
+    once (`ops.stream_offsets`), and `raw_offset`/`raw_position` say where each quote came from."""
+    column, interval = (HYPERTABLES if timescale else TIME_PARTITIONED)["md.quotes"]
+    clause = "" if timescale else f" partition by range ({column})"
+    conn.execute(
+        """
+        create table if not exists md.quotes (
+            instrument_id  bigint           not null,
+            symbol         text             not null,
+            session_date   date             not null,
+            ts             timestamptz      not null,
+            provider       text             not null,
+            bid_price      double precision not null,
+            bid_size       double precision not null,
+            bid_exchange   text,
+            ask_price      double precision not null,
+            ask_size       double precision not null,
+            ask_exchange   text,
+            conditions     text,
+            tape           text,
+            raw_offset     bigint,
+            raw_position   bigint,
+            run_id         text             not null,
+            ingested_at    timestamptz      not null,
+            event_id       text
+        )""" + clause)
+    conn.execute("create index if not exists quotes_by_instrument on md.quotes"
+                 " (instrument_id, provider, session_date, ts)")
+    if timescale:
+        conn.execute("select create_hypertable('md.quotes', by_range(%s, %s::interval), if_not_exists => true)",
+                     (column, interval))
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -551,4 +588,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "expiry of raw payloads and published outbox rows", _expire_rows_procedure),
     Migration(9, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
     Migration(10, "tick event ids, corrections and revisions", _tick_revisions),
+    Migration(11, "quotes", _quotes),
 )

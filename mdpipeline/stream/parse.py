@@ -5,6 +5,9 @@ Trade actions (`TRADE_ACTIONS`): raw `offset` and `position` (order within the f
 `symbol`, `ts` (UTC, ns), `action` (`new` | `cancel`), `price`, `size`, `exchange`, `conditions`
 (codes joined by ","), `sequence` (the provider's trade id), `corrects` (the trade a correction replaces).
 
+Quotes (`mdpipeline.stream.quote_frames.PARSED_QUOTES`): Alpaca `q` messages
+(`S`, `bx`, `bp`, `bs`, `ax`, `ap`, `as`, `c`, `z`, `t`); Finnhub's stream has none.
+
 Bars (`STREAM_BARS`): `offset`, `position`, `provider`, `kind` (`b` minute bar, `u` updated minute bar,
 `d` daily bar), `symbol`, `ts` (bar start, UTC), `open`, `high`, `low`, `close`, `volume`, `trades`, `vwap`.
 
@@ -22,9 +25,12 @@ rejected by tick validation with its reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import polars as pl
+
+from mdpipeline.stream.quote_frames import PARSED_QUOTES
 
 TRADE_ACTIONS: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "symbol": pl.String(),
@@ -39,6 +45,10 @@ _ALPACA_TRADE = pl.Struct({  # trades `t`, cancels/errors `x`, corrections `c`
 _ALPACA_BAR = pl.Struct({  # bars `b`, updated bars `u`, daily bars `d`: `c` is the close
     "S": pl.String, "o": pl.Float64, "h": pl.Float64, "l": pl.Float64, "c": pl.Float64, "v": pl.Float64,
     "t": pl.String, "n": pl.Int64, "vw": pl.Float64,
+})
+_ALPACA_QUOTE = pl.Struct({  # quotes `q`
+    "S": pl.String, "bx": pl.String, "bp": pl.Float64, "bs": pl.Float64, "ax": pl.String, "ap": pl.Float64,
+    "as": pl.Float64, "c": pl.List(pl.String), "z": pl.String, "t": pl.String,
 })
 STREAM_BARS: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "kind": pl.String(),
@@ -148,6 +158,18 @@ def alpaca_bars(raw: pl.DataFrame) -> pl.DataFrame:
     ).cast(STREAM_BARS).sort("offset", "position")  # type: ignore[arg-type]
 
 
+def alpaca_quotes(raw: pl.DataFrame) -> pl.DataFrame:
+    """Quotes (`q`): bid/ask price, size and exchange, conditions joined by ",", tape."""
+    quotes = _alpaca_messages(raw, ("q",), _ALPACA_QUOTE)
+    return quotes.select(
+        "offset", pl.col("_pos").alias("position"), "provider", pl.col("S").alias("symbol"),
+        _rfc3339("t").alias("ts"), pl.col("bp").alias("bid_price"), pl.col("bs").alias("bid_size"),
+        pl.col("bx").alias("bid_exchange"), pl.col("ap").alias("ask_price"), pl.col("as").alias("ask_size"),
+        pl.col("ax").alias("ask_exchange"), pl.col("c").list.join(",").alias("conditions"),
+        pl.col("z").alias("tape"),
+    ).cast(PARSED_QUOTES).sort("offset", "position")  # type: ignore[arg-type]
+
+
 def finnhub_actions(raw: pl.DataFrame) -> pl.DataFrame:
     """Trades of `{"type":"trade","data":[...]}` frames (pings and other types carry none)."""
     trades = (
@@ -180,13 +202,38 @@ def trade_actions(raw: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts).sort("offset", "position")
 
 
-def stream_bars(raw: pl.DataFrame) -> pl.DataFrame:
-    """Bars in data frames of any provider (columns offset, provider, value), in raw order (Finnhub's
-    trade stream has none)."""
-    parts = [pl.DataFrame(schema=STREAM_BARS)]
+def _alpaca_only(raw: pl.DataFrame, schema: dict[str, pl.DataType],
+                 parse: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
+    """`parse` over the Alpaca-shaped frames of `raw` (Finnhub's trade stream has no such messages), in raw order."""
+    parts = [pl.DataFrame(schema=schema)]
     for (provider,), frames in raw.group_by("provider", maintain_order=True):
         if provider in ALPACA_SHAPED:
-            parts.append(alpaca_bars(frames))
+            parts.append(parse(frames))
         elif provider != "finnhub":
             raise ValueError(f"no parser for raw frames of provider {provider!r}")
     return pl.concat(parts).sort("offset", "position")
+
+
+def stream_quotes(raw: pl.DataFrame) -> pl.DataFrame:
+    """Quotes in data frames of any provider, in raw order (Finnhub's stream has none)."""
+    return _alpaca_only(raw, PARSED_QUOTES, alpaca_quotes)
+
+
+RECORD = "record"  # which parser a row of `stream_records` came from: trade | quote
+
+
+def stream_records(raw: pl.DataFrame) -> pl.DataFrame:
+    """Trade actions and quotes of data frames as ONE frame (column `RECORD` tells them apart), so that a frame
+    either parser cannot take apart is set aside whole (`mdpipeline.stream.bad_frames.isolate`)."""
+    schema = {RECORD: pl.String(), **TRADE_ACTIONS, **PARSED_QUOTES}
+    return pl.concat([
+        pl.DataFrame(schema=schema),
+        trade_actions(raw).with_columns(pl.lit("trade").alias(RECORD)),
+        stream_quotes(raw).with_columns(pl.lit("quote").alias(RECORD)),
+    ], how="diagonal_relaxed").select(list(schema)).cast(schema)  # type: ignore[arg-type]
+
+
+def stream_bars(raw: pl.DataFrame) -> pl.DataFrame:
+    """Bars in data frames of any provider (columns offset, provider, value), in raw order (Finnhub's
+    trade stream has none)."""
+    return _alpaca_only(raw, STREAM_BARS, alpaca_bars)

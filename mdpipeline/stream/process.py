@@ -1,9 +1,11 @@
-"""Process one raw offset range: parse, validate, normalize, store in md.ticks, announce, advance offsets.
+"""Process one raw offset range: parse, validate, normalize, store in md.ticks and md.quotes, announce, advance
+offsets.
 
-Effects in ONE transaction: tick upserts, cancels (deleted from md.ticks), quarantined actions and
-frames, gap markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1`, and the processed offset, which
-only advances when the range is next. So a range's effect on the database happens exactly once however
-often the job runs; the outbox is relayed after the commit (at least once, deduplicable by event_id),
+Effects in ONE transaction: tick upserts, cancels and corrections (the superseded rows moved to
+md.ticks_revisions), quotes (`mdpipeline.stream.quotes`), quarantined actions, quotes and frames,
+gap markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1` and `md.quotes.v1`, and the processed
+offset, which only advances when the range is next. So a range's effect on the database happens exactly
+once however often the job runs; the outbox is relayed after the commit (at least once, deduplicable by event_id),
 and the offset is mirrored to the Kafka consumer group last.
 
 A bad frame costs that frame only: frames that cannot be parsed (`mdpipeline.stream.bad_frames`) and
@@ -26,7 +28,7 @@ import psycopg
 from mdpipeline.distribute.events import TICKS_EVENT_FIELDS, TICKS_OPTIONAL_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import DrainReport, drain
-from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
+from mdpipeline.distribute.topics import DEAD_LETTER, QUOTES, TICKS, ensure_topics
 from mdpipeline.sessions import calendar
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
@@ -40,7 +42,9 @@ from mdpipeline.stream.offsets import (
     log_position,
     read_messages,
 )
-from mdpipeline.stream.parse import TRADE_ACTIONS, trade_actions
+from mdpipeline.stream.parse import RECORD, TRADE_ACTIONS, stream_records
+from mdpipeline.stream.quote_frames import PARSED_QUOTES
+from mdpipeline.stream.quotes import normalize_quotes, store_quotes
 from mdpipeline.stream.ticks import normalize_ticks, stored_ticks
 
 _TICK_KEY = "instrument_id, provider, session_date, ts, sequence"
@@ -60,7 +64,9 @@ class RangeReport:
     trades: int = 0
     cancels: int = 0  # every cancel, a correction's cancel of the original included
     corrections: int = 0
-    quarantined: int = 0
+    quotes: int = 0
+    quarantined: int = 0  # rejected rows (trade actions and quotes)
+    quotes_quarantined: int = 0
     frames_quarantined: int = 0
     gaps: int = 0
     published: int = 0
@@ -84,15 +90,18 @@ def process_range(
     """Apply raw offsets [first, last] of `topic`/`partition` (see the module docstring)."""
     log_now = log_position(bootstrap_servers, topic, partition)
     raw = read_messages(bootstrap_servers, topic, partition, first, last=last, timeout=read_timeout)
-    actions, bad_data = parse_frames(raw, trade_actions)
+    records, bad_data = parse_frames(raw, stream_records)
+    actions = records.filter(pl.col(RECORD) == "trade")
+    parsed_quotes = records.filter(pl.col(RECORD) == "quote").select(list(PARSED_QUOTES))
     markers, bad_markers = gap_markers(raw)
     timezone = str(calendar(calendar_name).tz)
     bad_frames = frame_quarantine_rows(raw, pl.concat([bad_data, bad_markers]), topic=topic, partition=partition,
                                        run_id=run_id, timezone=timezone)
     normalized = normalize_ticks(actions.select(list(TRADE_ACTIONS)), symbology, calendar_name)
     ticks = normalized.ticks
+    quotes = normalize_quotes(parsed_quotes, symbology, calendar_name)
     headers = {"mdp-run-id": run_id, "mdp-raw-topic": topic, "mdp-raw-offsets": f"{partition}:{first}-{last}"}
-    gaps = corrections = 0
+    gaps = corrections = stored_quotes = 0
     with conn.transaction():
         claim = claim_range(conn, topic, partition, first, last, run_id, consumer, log_now=log_now,
                             bootstrap_servers=bootstrap_servers, last_received_at=_latest(raw, "received_at"),
@@ -101,6 +110,7 @@ def process_range(
             ticks = with_event_ids(conn, ticks)
             corrections = _store_ticks(conn, ticks, run_id)
             quarantine_actions(conn, normalized.rejected, run_id)
+            stored_quotes = store_quotes(conn, quotes, run_id=run_id, ingested_at=datetime.now(UTC), headers=headers)
             if bad_frames.height:
                 with conn.cursor() as cur:
                     copy_frame(cur, "quality.quarantine", bad_frames)
@@ -112,9 +122,9 @@ def process_range(
                 append_outbox(conn, outbox_rows(group, TICKS.name, TICKS_EVENT_FIELDS,
                                                 {**headers, "mdp-provider": str(provider)}, TICKS_OPTIONAL_FIELDS))
     relayed = DrainReport()
-    if ticks.height or not claim.applied:  # a re-run of an applied range still relays what is pending
-        ensure_topics(bootstrap_servers, (TICKS, DEAD_LETTER))
-        relayed = drain(conn, bootstrap_servers, topics=(TICKS.name, DEAD_LETTER.name))
+    if ticks.height or quotes.quotes.height or not claim.applied:  # a re-run still relays what is pending
+        ensure_topics(bootstrap_servers, (TICKS, QUOTES, DEAD_LETTER))
+        relayed = drain(conn, bootstrap_servers, topics=(TICKS.name, QUOTES.name, DEAD_LETTER.name))
     if claim.applied:
         commit_consumer_offset(bootstrap_servers, topic, partition, last + 1)
     if not claim.applied:
@@ -124,7 +134,8 @@ def process_range(
         topic, partition, first, last, applied=True, frames=data.height,
         trades=int((ticks["action"] == "new").sum()), cancels=int((ticks["action"] == "cancel").sum()),
         corrections=corrections,
-        quarantined=normalized.rejected.height, frames_quarantined=bad_frames.height, gaps=gaps,
+        quarantined=normalized.rejected.height + quotes.rejected.height, quotes=stored_quotes,
+        quotes_quarantined=quotes.rejected.height, frames_quarantined=bad_frames.height, gaps=gaps,
         published=relayed.total, reset=claim.reset,
     )
 
