@@ -14,6 +14,7 @@ from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.quality_checks import quality_checks
 from mdpipeline.orchestration.quality_publish import quality_publish_assets
 from mdpipeline.orchestration.realtime import (
+    process_raw_range,
     raw_stream_sensor,
     realtime_ticks_job,
     stream_gap_repair_job,
@@ -78,7 +79,7 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
         for provider in enabled
     ]
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, process_raw_range],
         jobs=[*jobs, realtime_ticks_job, stream_gap_repair_job, storage_retention],
         schedules=[*session_schedules(jobs, universe.exchange_calendar), storage_retention_schedule],
         sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor(), stream_gap_sensor()],

@@ -1,7 +1,8 @@
 """The real-time feed in Dagster: a sensor over the raw stream topics and the job that processes a range.
 
 The sensor compares the offset stored in `ops.stream_offsets` with each raw topic partition's high
-watermark and requests a `realtime_ticks` run for the explicit range of new messages,
+watermark and requests a `realtime_ticks` run for the explicit range of new messages (each run materializes
+the asset `realtime/ticks` with the range's counts and the lag left behind, and evaluates its `lag` check),
 with run_key = `topic:partition:first-last` so a range is requested once. While a run of a partition
 is in flight no new range is requested for it; a failed range is requested again (new run_key suffix).
 
@@ -10,6 +11,8 @@ Gap repair is a separate job, `stream_gap_repair`, launched by `stream_gap_senso
 and a provider outage fails repair runs, not tick processing. See `mdpipeline.stream.gap_repair`.
 """
 
+from datetime import UTC, datetime
+
 import dagster as dg
 from confluent_kafka.admin import AdminClient
 
@@ -17,7 +20,8 @@ from mdpipeline.distribute.topics import raw_stream_topic
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.orchestration.run_limits import max_runtime_tags
 from mdpipeline.stream.gap_repair import AlpacaTrades, SyntheticTrades, TradeSource, open_gaps, repair_gaps
-from mdpipeline.stream.offsets import next_range, processed
+from mdpipeline.stream.lag import LagBounds, stream_lag
+from mdpipeline.stream.offsets import next_range, processed, stored_offset
 from mdpipeline.stream.process import process_range
 
 STREAM_PROVIDERS = ("alpaca", "finnhub", "synthetic")
@@ -37,16 +41,30 @@ class RawRangeConfig(dg.Config):
     last: int
 
 
-@dg.op(description="Parse, validate and normalize one raw offset range into md.ticks and md.ticks.v1.")
+REALTIME_KEY = dg.AssetKey(["realtime", "ticks"])
+LAG_CHECK = "lag"
+
+
+@dg.multi_asset(
+    name="process_raw_range",
+    specs=[dg.AssetSpec(REALTIME_KEY, group_name="realtime", kinds={"postgres", "kafka"},
+                        description="Trades (md.ticks, md.ticks.v1) and quotes (md.quotes, md.quotes.v1) from the "
+                                    "real-time feeds; each run applies one raw offset range and records the lag.")],
+    check_specs=[dg.AssetCheckSpec(LAG_CHECK, asset=REALTIME_KEY,
+                                   description="Fails when the raw stream is further behind than "
+                                               "MDP_REALTIME_MAX_LAG_SECONDS / MDP_REALTIME_MAX_LAG_FRAMES.")],
+    description="Parse, validate and normalize one raw offset range into md.ticks, md.quotes and their topics.",
+)
 def process_raw_range(
-    context: dg.OpExecutionContext, config: RawRangeConfig, db: DatabaseResource, kafka: KafkaResource,
+    context: dg.AssetExecutionContext, config: RawRangeConfig, db: DatabaseResource, kafka: KafkaResource,
     providers: ProvidersResource,
-) -> dg.Output[int]:
+) -> dg.MaterializeResult:
     universe = providers.universe()
     with db.connection() as conn:
         report = process_range(conn, kafka.bootstrap_servers, topic=config.topic, partition=config.partition,
                                first=config.first, last=config.last, symbology=universe.symbology,
                                run_id=context.run.run_id, calendar_name=universe.exchange_calendar)
+        next_offset = stored_offset(conn, config.topic, config.partition)
     if not report.applied:
         context.log.info(f"{config.topic}[{config.partition}] {config.first}-{config.last} was not applied: it was "
                          "applied before, or it is not where processing resumes (see ops.stream_offsets)")
@@ -55,17 +73,36 @@ def process_raw_range(
     if report.frames_quarantined:
         context.log.warning(f"{report.frames_quarantined} frame(s) could not be parsed: quarantined with the reason "
                             "(quality.quarantine, check malformed_frame)")
-    return dg.Output(report.trades, metadata={
-        "applied": report.applied, "frames": report.frames, "trades": report.trades, "cancels": report.cancels,
-        "quarantined": report.quarantined, "frames_quarantined": report.frames_quarantined, "gaps": report.gaps,
-        "published": report.published, "reset": report.reset or "",
-    })
+    lag = stream_lag(kafka.bootstrap_servers, config.topic, config.partition, next_offset)
+    exceeded = LagBounds.from_env().exceeded(lag)
+    newest = report.last_received_at
+    lag_metadata: dict[str, dg.RawMetadataValue] = {
+        "frames_behind": lag.frames_behind, "seconds_behind": round(lag.seconds_behind, 3),
+        "log_end_offset": lag.log_end, "next_offset": next_offset,
+        # how old the newest frame of this range was when its run finished (sensor wait + run launch + processing)
+        "seconds_since_newest_frame": round((datetime.now(UTC) - newest).total_seconds(), 3) if newest else None,
+    }
+    return dg.MaterializeResult(
+        asset_key=REALTIME_KEY,
+        metadata={
+            "raw_range": f"{config.topic}[{config.partition}] {config.first}-{config.last}",
+            "applied": report.applied, "frames": report.frames, "trades": report.trades, "cancels": report.cancels,
+            "corrections": report.corrections, "quotes": report.quotes, "quarantined": report.quarantined,
+            "frames_quarantined": report.frames_quarantined, "gaps": report.gaps, "published": report.published,
+            "reset": report.reset or "", **lag_metadata,
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name=LAG_CHECK, asset_key=REALTIME_KEY, passed=not exceeded, metadata=lag_metadata,
+            severity=dg.AssetCheckSeverity.ERROR, description="; ".join(exceeded) or "within the configured bounds",
+        )],
+    )
 
 
-@dg.job(name=JOB_NAME, description="Real-time ticks: one explicit raw offset range per run (launched by the sensor).",
-        tags=max_runtime_tags("REALTIME"))
-def realtime_ticks_job() -> None:
-    process_raw_range()
+realtime_ticks_job = dg.define_asset_job(
+    JOB_NAME, selection=dg.AssetSelection.assets(REALTIME_KEY),
+    description="Real-time ticks and quotes: one explicit raw offset range per run (launched by the sensor).",
+    tags=max_runtime_tags("REALTIME"),
+)
 
 
 def range_run_request(context: dg.SensorEvaluationContext, topic: str, partition: int, first: int,

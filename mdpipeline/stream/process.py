@@ -71,6 +71,7 @@ class RangeReport:
     gaps: int = 0
     published: int = 0
     reset: str | None = None  # why the range did not start at the stored offset (a gap was recorded)
+    last_received_at: datetime | None = None  # when the collector received the range's newest frame
 
 
 def process_range(
@@ -136,7 +137,7 @@ def process_range(
         corrections=corrections,
         quarantined=normalized.rejected.height + quotes.rejected.height, quotes=stored_quotes,
         quotes_quarantined=quotes.rejected.height, frames_quarantined=bad_frames.height, gaps=gaps,
-        published=relayed.total, reset=claim.reset,
+        published=relayed.total, reset=claim.reset, last_received_at=_latest(raw, "received_at"),
     )
 
 
