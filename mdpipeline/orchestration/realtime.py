@@ -87,7 +87,8 @@ def process_raw_range(
         metadata={
             "raw_range": f"{config.topic}[{config.partition}] {config.first}-{config.last}",
             "applied": report.applied, "frames": report.frames, "trades": report.trades, "cancels": report.cancels,
-            "corrections": report.corrections, "quotes": report.quotes, "quarantined": report.quarantined,
+            "corrections": report.corrections, "quotes": report.quotes, "stream_bars": report.stream_bars,
+            "stream_bars_superseded_by_rest": report.stream_bars_superseded, "quarantined": report.quarantined,
             "frames_quarantined": report.frames_quarantined, "gaps": report.gaps, "published": report.published,
             "reset": report.reset or "", **lag_metadata,
         },

@@ -219,21 +219,24 @@ def stream_quotes(raw: pl.DataFrame) -> pl.DataFrame:
     return _alpaca_only(raw, PARSED_QUOTES, alpaca_quotes)
 
 
-RECORD = "record"  # which parser a row of `stream_records` came from: trade | quote
-
-
-def stream_records(raw: pl.DataFrame) -> pl.DataFrame:
-    """Trade actions and quotes of data frames as ONE frame (column `RECORD` tells them apart), so that a frame
-    either parser cannot take apart is set aside whole (`mdpipeline.stream.bad_frames.isolate`)."""
-    schema = {RECORD: pl.String(), **TRADE_ACTIONS, **PARSED_QUOTES}
-    return pl.concat([
-        pl.DataFrame(schema=schema),
-        trade_actions(raw).with_columns(pl.lit("trade").alias(RECORD)),
-        stream_quotes(raw).with_columns(pl.lit("quote").alias(RECORD)),
-    ], how="diagonal_relaxed").select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
 
 def stream_bars(raw: pl.DataFrame) -> pl.DataFrame:
     """Bars in data frames of any provider (columns offset, provider, value), in raw order (Finnhub's
     trade stream has none)."""
     return _alpaca_only(raw, STREAM_BARS, alpaca_bars)
+
+
+RECORD = "record"  # which parser a row of `stream_records` came from: trade | quote | bar
+
+
+def stream_records(raw: pl.DataFrame) -> pl.DataFrame:
+    """Trade actions, quotes and bars of data frames as ONE frame (column `RECORD` tells them apart), so that a
+    frame any parser cannot take apart is set aside whole (`mdpipeline.stream.bad_frames.isolate`)."""
+    schema = {RECORD: pl.String(), **TRADE_ACTIONS, **PARSED_QUOTES, **STREAM_BARS}
+    return pl.concat([
+        pl.DataFrame(schema=schema),
+        trade_actions(raw).with_columns(pl.lit("trade").alias(RECORD)),
+        stream_quotes(raw).with_columns(pl.lit("quote").alias(RECORD)),
+        stream_bars(raw).with_columns(pl.lit("bar").alias(RECORD)),
+    ], how="diagonal_relaxed").select(list(schema)).cast(schema)  # type: ignore[arg-type]

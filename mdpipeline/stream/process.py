@@ -2,8 +2,9 @@
 offsets.
 
 Effects in ONE transaction: tick upserts, cancels and corrections (the superseded rows moved to
-md.ticks_revisions), quotes (`mdpipeline.stream.quotes`), quarantined actions, quotes and frames,
-gap markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1` and `md.quotes.v1`, and the processed
+md.ticks_revisions), quotes (`mdpipeline.stream.quotes`), streamed minute bars
+(`mdpipeline.stream.stream_bars`), quarantined actions, quotes, bars and frames,
+gap markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1`, `md.quotes.v1` and `md.bars.1m.v1`, and the processed
 offset, which only advances when the range is next. So a range's effect on the database happens exactly
 once however often the job runs; the outbox is relayed after the commit (at least once, deduplicable by event_id),
 and the offset is mirrored to the Kafka consumer group last.
@@ -28,7 +29,7 @@ import psycopg
 from mdpipeline.distribute.events import TICKS_EVENT_FIELDS, TICKS_OPTIONAL_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import DrainReport, drain
-from mdpipeline.distribute.topics import DEAD_LETTER, QUOTES, TICKS, ensure_topics
+from mdpipeline.distribute.topics import BARS_1M, DEAD_LETTER, QUOTES, TICKS, ensure_topics
 from mdpipeline.sessions import calendar
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
@@ -42,9 +43,10 @@ from mdpipeline.stream.offsets import (
     log_position,
     read_messages,
 )
-from mdpipeline.stream.parse import RECORD, TRADE_ACTIONS, stream_records
+from mdpipeline.stream.parse import RECORD, STREAM_BARS, TRADE_ACTIONS, stream_records
 from mdpipeline.stream.quote_frames import PARSED_QUOTES
 from mdpipeline.stream.quotes import normalize_quotes, store_quotes
+from mdpipeline.stream.stream_bars import StreamBarsReport, apply_stream_bars
 from mdpipeline.stream.ticks import normalize_ticks, stored_ticks
 
 _TICK_KEY = "instrument_id, provider, session_date, ts, sequence"
@@ -67,6 +69,9 @@ class RangeReport:
     quotes: int = 0
     quarantined: int = 0  # rejected rows (trade actions and quotes)
     quotes_quarantined: int = 0
+    stream_bars: int = 0  # minute bars stored under <provider>-stream (new or changed)
+    stream_bars_superseded: int = 0  # not stored: the REST bar of that minute exists
+    stream_bars_quarantined: int = 0
     frames_quarantined: int = 0
     gaps: int = 0
     published: int = 0
@@ -94,6 +99,7 @@ def process_range(
     records, bad_data = parse_frames(raw, stream_records)
     actions = records.filter(pl.col(RECORD) == "trade")
     parsed_quotes = records.filter(pl.col(RECORD) == "quote").select(list(PARSED_QUOTES))
+    parsed_bars = records.filter(pl.col(RECORD) == "bar").select(list(STREAM_BARS))
     markers, bad_markers = gap_markers(raw)
     timezone = str(calendar(calendar_name).tz)
     bad_frames = frame_quarantine_rows(raw, pl.concat([bad_data, bad_markers]), topic=topic, partition=partition,
@@ -103,6 +109,7 @@ def process_range(
     quotes = normalize_quotes(parsed_quotes, symbology, calendar_name)
     headers = {"mdp-run-id": run_id, "mdp-raw-topic": topic, "mdp-raw-offsets": f"{partition}:{first}-{last}"}
     gaps = corrections = stored_quotes = 0
+    bars = StreamBarsReport()
     with conn.transaction():
         claim = claim_range(conn, topic, partition, first, last, run_id, consumer, log_now=log_now,
                             bootstrap_servers=bootstrap_servers, last_received_at=_latest(raw, "received_at"),
@@ -112,6 +119,8 @@ def process_range(
             corrections = _store_ticks(conn, ticks, run_id)
             quarantine_actions(conn, normalized.rejected, run_id)
             stored_quotes = store_quotes(conn, quotes, run_id=run_id, ingested_at=datetime.now(UTC), headers=headers)
+            bars = apply_stream_bars(conn, parsed_bars, symbology=symbology, run_id=run_id,
+                                     calendar_name=calendar_name, ingested_at=datetime.now(UTC), headers=headers)
             if bad_frames.height:
                 with conn.cursor() as cur:
                     copy_frame(cur, "quality.quarantine", bad_frames)
@@ -123,9 +132,10 @@ def process_range(
                 append_outbox(conn, outbox_rows(group, TICKS.name, TICKS_EVENT_FIELDS,
                                                 {**headers, "mdp-provider": str(provider)}, TICKS_OPTIONAL_FIELDS))
     relayed = DrainReport()
-    if ticks.height or quotes.quotes.height or not claim.applied:  # a re-run still relays what is pending
-        ensure_topics(bootstrap_servers, (TICKS, QUOTES, DEAD_LETTER))
-        relayed = drain(conn, bootstrap_servers, topics=(TICKS.name, QUOTES.name, DEAD_LETTER.name))
+    if ticks.height or quotes.quotes.height or bars.sessions_announced or not claim.applied:
+        # (a re-run of an applied range still relays what is pending)
+        ensure_topics(bootstrap_servers, (TICKS, QUOTES, BARS_1M, DEAD_LETTER))
+        relayed = drain(conn, bootstrap_servers, topics=(TICKS.name, QUOTES.name, BARS_1M.name, DEAD_LETTER.name))
     if claim.applied:
         commit_consumer_offset(bootstrap_servers, topic, partition, last + 1)
     if not claim.applied:
@@ -136,7 +146,9 @@ def process_range(
         trades=int((ticks["action"] == "new").sum()), cancels=int((ticks["action"] == "cancel").sum()),
         corrections=corrections,
         quarantined=normalized.rejected.height + quotes.rejected.height, quotes=stored_quotes,
-        quotes_quarantined=quotes.rejected.height, frames_quarantined=bad_frames.height, gaps=gaps,
+        quotes_quarantined=quotes.rejected.height, stream_bars=bars.stored,
+        stream_bars_superseded=bars.superseded_by_rest, stream_bars_quarantined=bars.quarantined,
+        frames_quarantined=bad_frames.height, gaps=gaps,
         published=relayed.total, reset=claim.reset, last_received_at=_latest(raw, "received_at"),
     )
 
