@@ -120,23 +120,30 @@ def check_alpaca_frames(raw: pl.DataFrame) -> None:
                                    "not a JSON array of flat message objects each with a type T")
 
 
-def _alpaca_messages(raw: pl.DataFrame, types: tuple[str, ...], schema: pl.Struct) -> pl.DataFrame:
-    """Messages of `types` from Alpaca frames, each decoded with `schema`; `_pos` is 2 x its index in the
-    frame (room for a correction's two actions), `T` its type."""
+def split_alpaca(raw: pl.DataFrame) -> pl.DataFrame:
+    """Alpaca frames -> one row per message: `offset`, `provider`, `_pos` (2 x its index in the frame: room for a
+    correction's two actions), `T` its type, `m` its JSON text (decoded per type by `_decoded`)."""
     check_alpaca_frames(raw)
     return (
         raw.select("offset", "provider", pl.col("value").str.extract_all(_MESSAGE).alias("m"))
         .explode("m").drop_nulls("m")
         .with_columns((pl.int_range(pl.len()).over("offset") * 2).alias("_pos"),
                       pl.col("m").str.json_path_match("$.T").alias("T"))
-        .filter(pl.col("T").is_in(types))
-        .with_columns(pl.col("m").str.json_decode(schema)).unnest("m")
     )
+
+
+def _decoded(messages: pl.DataFrame, types: tuple[str, ...], schema: pl.Struct) -> pl.DataFrame:
+    """The messages of `types`, each decoded with `schema`."""
+    return messages.filter(pl.col("T").is_in(types)).with_columns(pl.col("m").str.json_decode(schema)).unnest("m")
 
 
 def alpaca_actions(raw: pl.DataFrame) -> pl.DataFrame:
     """Trades (`t`), cancels/errors (`x`) and corrections (`c`: a cancel, then the corrected trade)."""
-    messages = _alpaca_messages(raw, _TRADE_TYPES, _ALPACA_TRADE)
+    return _actions_of(split_alpaca(raw))
+
+
+def _actions_of(split: pl.DataFrame) -> pl.DataFrame:
+    messages = _decoded(split, _TRADE_TYPES, _ALPACA_TRADE)
     pos = pl.col("_pos")
     parts = [
         _actions(messages.filter(pl.col("T") == "t"), pos, "new", "p", "s", "c", "i", None),
@@ -149,7 +156,11 @@ def alpaca_actions(raw: pl.DataFrame) -> pl.DataFrame:
 
 def alpaca_bars(raw: pl.DataFrame) -> pl.DataFrame:
     """Minute (`b`), updated minute (`u`) and daily (`d`) bars, by the bar schema (`c` is the close)."""
-    bars = _alpaca_messages(raw, BAR_TYPES, _ALPACA_BAR)
+    return _bars_of(split_alpaca(raw))
+
+
+def _bars_of(split: pl.DataFrame) -> pl.DataFrame:
+    bars = _decoded(split, BAR_TYPES, _ALPACA_BAR)
     return bars.select(
         "offset", pl.col("_pos").alias("position"), "provider", pl.col("T").alias("kind"),
         pl.col("S").alias("symbol"), _rfc3339("t").alias("ts"), pl.col("o").alias("open"),
@@ -160,7 +171,11 @@ def alpaca_bars(raw: pl.DataFrame) -> pl.DataFrame:
 
 def alpaca_quotes(raw: pl.DataFrame) -> pl.DataFrame:
     """Quotes (`q`): bid/ask price, size and exchange, conditions joined by ",", tape."""
-    quotes = _alpaca_messages(raw, ("q",), _ALPACA_QUOTE)
+    return _quotes_of(split_alpaca(raw))
+
+
+def _quotes_of(split: pl.DataFrame) -> pl.DataFrame:
+    quotes = _decoded(split, ("q",), _ALPACA_QUOTE)
     return quotes.select(
         "offset", pl.col("_pos").alias("position"), "provider", pl.col("S").alias("symbol"),
         _rfc3339("t").alias("ts"), pl.col("bp").alias("bid_price"), pl.col("bs").alias("bid_size"),
@@ -232,11 +247,19 @@ RECORD = "record"  # which parser a row of `stream_records` came from: trade | q
 
 def stream_records(raw: pl.DataFrame) -> pl.DataFrame:
     """Trade actions, quotes and bars of data frames as ONE frame (column `RECORD` tells them apart), so that a
-    frame any parser cannot take apart is set aside whole (`mdpipeline.stream.bad_frames.isolate`)."""
+    frame any parser cannot take apart is set aside whole (`mdpipeline.stream.bad_frames.isolate`). Alpaca
+    frames are split into messages once for all three."""
     schema = {RECORD: pl.String(), **TRADE_ACTIONS, **PARSED_QUOTES, **STREAM_BARS}
-    return pl.concat([
-        pl.DataFrame(schema=schema),
-        trade_actions(raw).with_columns(pl.lit("trade").alias(RECORD)),
-        stream_quotes(raw).with_columns(pl.lit("quote").alias(RECORD)),
-        stream_bars(raw).with_columns(pl.lit("bar").alias(RECORD)),
-    ], how="diagonal_relaxed").select(list(schema)).cast(schema)  # type: ignore[arg-type]
+    parts = [pl.DataFrame(schema=schema)]
+    for (provider,), frames in raw.group_by("provider", maintain_order=True):
+        if provider in ALPACA_SHAPED:
+            split = split_alpaca(frames)
+            parts += [_actions_of(split).with_columns(pl.lit("trade").alias(RECORD)),
+                      _quotes_of(split).with_columns(pl.lit("quote").alias(RECORD)),
+                      _bars_of(split).with_columns(pl.lit("bar").alias(RECORD))]
+        elif provider == "finnhub":
+            parts.append(finnhub_actions(frames).with_columns(pl.lit("trade").alias(RECORD)))
+        else:
+            raise ValueError(f"no parser for raw frames of provider {provider!r}")
+    return pl.concat(parts, how="diagonal_relaxed").select(list(schema)).cast(schema).sort(  # type: ignore[arg-type]
+        "offset", "position", maintain_order=True)
