@@ -15,7 +15,9 @@ from mdpipeline.orchestration.quality_checks import quality_checks
 from mdpipeline.orchestration.quality_publish import quality_publish_assets
 from mdpipeline.orchestration.realtime import (
     process_raw_range,
+    raw_stream_follow_sensor,
     raw_stream_sensor,
+    realtime_stream_job,
     realtime_ticks_job,
     stream_gap_repair_job,
     stream_gap_sensor,
@@ -80,9 +82,10 @@ def build_definitions(settings: Settings | None = None, symbols: list[str] | Non
     ]
     return dg.Definitions(
         assets=[*assets, process_raw_range],
-        jobs=[*jobs, realtime_ticks_job, stream_gap_repair_job, storage_retention],
+        jobs=[*jobs, realtime_ticks_job, realtime_stream_job, stream_gap_repair_job, storage_retention],
         schedules=[*session_schedules(jobs, universe.exchange_calendar), storage_retention_schedule],
-        sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor(), stream_gap_sensor()],
+        sensors=[*freshness_sensors(jobs, universe.exchange_calendar), raw_stream_sensor(),
+                 raw_stream_follow_sensor(), stream_gap_sensor()],
         resources={
             "db": DatabaseResource(url=settings.database_url or dg.EnvVar("MDP_DATABASE_URL")),
             "kafka": KafkaResource(
