@@ -17,7 +17,8 @@ row committed), then:
 Then it reads back the raw topic (receive time of each frame, `mdp-received-at`), `md.ticks.v1` (each
 message's producer timestamp) and `md.ticks` (`pg_xact_commit_timestamp` of each row), and reports,
 per trade, latency from frame receipt to the normalized message on the topic and to the committed
-row (p50/p99/max), sustained throughput, the largest backlog the sensor saw, and the runs.
+row (p50/p99/max; trades of the first `--warmup` seconds left out: they wait for the loop's start-up),
+sustained throughput, the largest backlog the sensor saw, and the runs.
 
 Executing runs in process leaves out what a run launched by the daemon also pays: a new Python
 process per run (DefaultRunLauncher's run worker) that imports Dagster, polars and the code location
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -145,7 +146,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the server sends")
     parser.add_argument("--interval", type=float, default=1.0, help="sensor evaluation interval (s)")
     parser.add_argument("--max-messages", type=int, default=50_000, help="raw messages per run at most")
+    parser.add_argument("--warmup", type=float, default=5.0,
+                        help="trades received in the first seconds are left out of the latency figures (start-up)")
     parser.add_argument("--no-launch", action="store_true", help="skip measuring a run worker's start-up")
+    parser.add_argument("--mode", choices=("sensor", "follow"), default="sensor",
+                        help="sensor: the per-range realtime_ticks runs; follow: one long-running realtime_stream run")
     args = parser.parse_args()
     symbols = [f"S{i:03d}" for i in range(args.symbols)]
     work = Path(tempfile.mkdtemp(prefix="bench-realtime-"))
@@ -170,7 +175,7 @@ def main() -> None:
         try:
             if not started.wait(60):
                 raise RuntimeError("the collector did not subscribe within 60 s")
-            report = run_sensor_loop(bootstrap, url, args)
+            report = (run_sensor_loop if args.mode == "sensor" else run_follow)(bootstrap, url, args)
         finally:
             collector.terminate()
             collector.wait(30)
@@ -211,8 +216,32 @@ def run_sensor_loop(bootstrap: str, url: str, args: argparse.Namespace) -> dict[
         else:
             idle_after = None
         time.sleep(max(0.0, args.interval - (time.monotonic() - tick)))
-    return {"runs": runs, "run_seconds": pl.Series(durations), "max_backlog_frames": backlog,
+    return {"runs": runs, "run_seconds": percentiles(pl.Series(durations)), "max_backlog_frames": backlog,
             "wall_seconds": time.monotonic() - t0}
+
+
+def run_follow(bootstrap: str, url: str, args: argparse.Namespace) -> dict[str, object]:
+    """One long-running `realtime_stream` run (in process) following the raw topic while the server sends, then
+    one that catches up with whatever is left and stops when idle."""
+    from mdpipeline.orchestration.realtime import FollowConfig
+
+    defs = build_definitions(Settings.from_env())
+    job = defs.resolve_job_def("realtime_stream")
+    instance = dg.DagsterInstance.ephemeral()
+    t0 = time.monotonic()
+    ages, behind = [], [0]
+    for config in (FollowConfig(topic=TOPIC.name, run_seconds=args.seconds + 2, poll_seconds=args.interval,
+                                max_messages=args.max_messages),
+                   FollowConfig(topic=TOPIC.name, poll_seconds=args.interval, max_messages=args.max_messages,
+                                stop_when_idle=True)):
+        run = job.execute_in_process(run_config=dg.RunConfig(ops={"follow_raw_stream": config}), instance=instance)
+        if not run.success:
+            raise RuntimeError(f"run {run.run_id} failed")
+        for m in run.asset_materializations_for_node("follow_raw_stream"):
+            ages.append(float(m.metadata["seconds_since_newest_frame"].value or 0))
+            behind.append(int(m.metadata["frames_behind"].value))
+    return {"runs": 2, "ranges": len(ages), "range_newest_frame_age_s": percentiles(pl.Series(ages or [0.0])),
+            "max_backlog_frames": max(behind), "wall_seconds": time.monotonic() - t0}
 
 
 def measure(bootstrap: str, url: str, args: argparse.Namespace, loop: dict[str, object]) -> None:
@@ -231,10 +260,10 @@ def measure(bootstrap: str, url: str, args: argparse.Namespace, loop: dict[str, 
     committed = pl.DataFrame(rows, schema={"sequence": pl.Int64(), "committed": pl.Datetime("us", "UTC")},
                              orient="row")
     joined = received.join(published, on="sequence", how="left").join(committed, on="sequence", how="left")
-    to_topic = (joined["on_topic"] - joined["received_at"]).dt.total_microseconds() / 1e6
-    to_row = (joined["committed"] - joined["received_at"]).dt.total_microseconds() / 1e6
+    steady = joined.filter(pl.col("received_at") >= joined["received_at"].min() + timedelta(seconds=args.warmup))
+    to_topic = (steady["on_topic"] - steady["received_at"]).dt.total_microseconds() / 1e6
+    to_row = (steady["committed"] - steady["received_at"]).dt.total_microseconds() / 1e6
     span = (joined["received_at"].max() - joined["received_at"].min()).total_seconds()  # type: ignore[operator]
-    runs = loop["run_seconds"]
     applying = (joined["committed"].max() - joined["received_at"].min()).total_seconds()  # type: ignore[operator]
     result = {
         "rate": args.rate, "symbols": args.symbols, "seconds": args.seconds, "interval": args.interval,
@@ -242,10 +271,10 @@ def measure(bootstrap: str, url: str, args: argparse.Namespace, loop: dict[str, 
         "trades_received": joined.height, "trades_on_topic": int(joined["on_topic"].is_not_null().sum()),
         "trades_stored": int(joined["committed"].is_not_null().sum()),
         "received_per_second": round(joined.height / span, 1) if span else None,
+        "warmup_s": args.warmup, "trades_measured": steady.height,
         "receipt_to_topic_s": percentiles(to_topic.drop_nulls()),
         "receipt_to_committed_row_s": percentiles(to_row.drop_nulls()),
-        "runs": loop["runs"], "run_seconds": percentiles(runs),  # type: ignore[arg-type]
-        "max_backlog_frames": loop["max_backlog_frames"],
+        "mode": args.mode, **{k: v for k, v in loop.items() if k != "wall_seconds"},
         "applied_per_second": round(int(joined["committed"].is_not_null().sum()) / applying, 1) if applying else None,
     }
     if not args.no_launch:
