@@ -6,6 +6,10 @@ the asset `realtime/ticks` with the range's counts and the lag left behind, and 
 with run_key = `topic:partition:first-last` so a range is requested once. While a run of a partition
 is in flight no new range is requested for it; a failed range is requested again (new run_key suffix).
 
+The long-running alternative, `realtime_stream` (launched by `raw_stream_follow_sensor` when no run of it
+follows the topic), applies ranges within one run as they land for `run_seconds`: no run launch (a new
+process importing the code location) per range, so a tick waits for the poll interval and its range only.
+
 Gap repair is a separate job, `stream_gap_repair`, launched by `stream_gap_sensor` while
 `ops.stream_gaps` has open gaps (run_key = the gap ids): REST backfills stay off the low-latency path,
 and a provider outage fails repair runs, not tick processing. See `mdpipeline.stream.gap_repair`.
