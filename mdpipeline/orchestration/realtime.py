@@ -51,12 +51,13 @@ class RawRangeConfig(dg.Config):
 
 
 REALTIME_KEY = dg.AssetKey(["realtime", "ticks"])
+REALTIME_GROUP = "realtime"
 LAG_CHECK = "lag"
 
 
 @dg.multi_asset(
     name="process_raw_range",
-    specs=[dg.AssetSpec(REALTIME_KEY, group_name="realtime", kinds={"postgres", "kafka"},
+    specs=[dg.AssetSpec(REALTIME_KEY, group_name=REALTIME_GROUP, kinds={"postgres", "kafka"},
                         description="Trades (md.ticks, md.ticks.v1) and quotes (md.quotes, md.quotes.v1) from the "
                                     "real-time feeds; each run applies one raw offset range and records the lag.")],
     check_specs=[dg.AssetCheckSpec(LAG_CHECK, asset=REALTIME_KEY,

@@ -100,36 +100,29 @@ def _actions(frame: pl.DataFrame, position: pl.Expr, action: str, price: str, si
     )
 
 
-def check_alpaca_frames(raw: pl.DataFrame) -> None:
-    """MalformedFramesError for frames that are not arrays of flat message objects with a type `T`.
+def split_alpaca(raw: pl.DataFrame) -> pl.DataFrame:
+    """Alpaca frames -> one row per message: `offset`, `provider`, `_pos` (2 x its index in the frame: room for a
+    correction's two actions), `T` its type, `m` its JSON text (decoded per type by `_decoded`).
 
-    The message split below finds flat objects by pattern; a frame whose array holds anything else (a
-    nested object, a number) would lose messages silently. polars raises on frames that are not JSON
-    arrays of objects at all.
+    MalformedFramesError for frames that are not arrays of flat message objects with a type `T`: messages are
+    found by pattern, so a frame whose array holds anything else (a nested object, a number) would lose
+    messages silently; the number of flat messages with a type must be the array's length. polars raises on
+    frames that are not JSON arrays of objects at all. Each message's JSON is read once, here.
     """
-    shape = raw.select(
-        "offset",
-        pl.col("value").str.json_decode(pl.List(pl.Struct({"T": pl.String}))).alias("m"),
-        pl.col("value").str.extract_all(_MESSAGE).list.eval(pl.element().str.json_path_match("$.T").is_not_null())
-        .list.sum().alias("flat"),
-    ).select("offset", "flat", pl.col("m").list.len().alias("n"),
-             pl.col("m").list.eval(pl.element().struct.field("T").is_null()).list.any().alias("untyped"))
-    bad = shape.filter(pl.col("n").is_null() | (pl.col("n") != pl.col("flat")) | pl.col("untyped"))
+    frames = raw.select("offset", "provider", pl.col("value").str.extract_all(_MESSAGE).alias("m"),
+                        pl.col("value").str.json_decode(pl.List(pl.Struct({"T": pl.String}))).alias("_types"))
+    messages = (frames.select("offset", "provider", "m").explode("m").drop_nulls("m")
+                .with_columns((pl.int_range(pl.len()).over("offset") * 2).alias("_pos"),
+                              pl.col("m").str.json_path_match("$.T").alias("T")))
+    flat = messages.group_by("offset").agg(pl.col("T").is_not_null().sum().alias("flat"))
+    shape = frames.select("offset", pl.col("_types").list.len().alias("n"),
+                          pl.col("_types").list.eval(pl.element().struct.field("T").is_null()).list.any()
+                          .alias("untyped")).join(flat, on="offset", how="left")
+    bad = shape.filter(pl.col("n").is_null() | (pl.col("n") != pl.col("flat").fill_null(0)) | pl.col("untyped"))
     if bad.height:
         raise MalformedFramesError(bad["offset"].to_list(),
                                    "not a JSON array of flat message objects each with a type T")
-
-
-def split_alpaca(raw: pl.DataFrame) -> pl.DataFrame:
-    """Alpaca frames -> one row per message: `offset`, `provider`, `_pos` (2 x its index in the frame: room for a
-    correction's two actions), `T` its type, `m` its JSON text (decoded per type by `_decoded`)."""
-    check_alpaca_frames(raw)
-    return (
-        raw.select("offset", "provider", pl.col("value").str.extract_all(_MESSAGE).alias("m"))
-        .explode("m").drop_nulls("m")
-        .with_columns((pl.int_range(pl.len()).over("offset") * 2).alias("_pos"),
-                      pl.col("m").str.json_path_match("$.T").alias("T"))
-    )
+    return messages
 
 
 def _decoded(messages: pl.DataFrame, types: tuple[str, ...], schema: pl.Struct) -> pl.DataFrame:
