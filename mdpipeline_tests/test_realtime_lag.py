@@ -80,3 +80,15 @@ def test_lag_bounds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("MDP_REALTIME_MAX_LAG_SECONDS", "soon")
     with pytest.raises(ValueError, match="MDP_REALTIME_MAX_LAG_SECONDS must be a number"):
         LagBounds.from_env()
+
+
+def test_range_backfills_never_select_the_realtime_asset(database_url: str, kafka_bootstrap: str) -> None:
+    """realtime/ticks takes one raw range per run (its sensors give it): backfill, replay and demo leave it out."""
+    from mdpipeline.orchestration.runner import select_assets
+
+    defs = build_definitions(settings_for(database_url, kafka_bootstrap))
+    graph = defs.resolve_asset_graph()
+    for providers, select in ((None, None), (["synthetic"], None), (None, "*")):
+        keys = select_assets(defs, providers, select).resolve(graph)
+        assert keys
+        assert REALTIME_KEY not in keys
