@@ -149,8 +149,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="trades received in the first seconds are left out of the latency figures (start-up)")
     parser.add_argument("--no-launch", action="store_true", help="skip measuring a run worker's start-up")
-    parser.add_argument("--mode", choices=("sensor", "follow"), default="sensor",
-                        help="sensor: the per-range realtime_ticks runs; follow: one long-running realtime_stream run")
+    parser.add_argument("--mode", choices=("sensor", "follow", "daemon"), default="sensor",
+                        help="sensor: the per-range realtime_ticks runs, in process; follow: one long-running "
+                             "realtime_stream run; daemon: dagster-daemon runs raw_stream_sensor and launches the runs")
     args = parser.parse_args()
     symbols = [f"S{i:03d}" for i in range(args.symbols)]
     work = Path(tempfile.mkdtemp(prefix="bench-realtime-"))
@@ -163,6 +164,7 @@ def main() -> None:
         os.environ.update({"MDP_DATABASE_URL": url, "MDP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                            "MDP_UNIVERSE": str(universe), "ALPACA_API_KEY_ID": KEY_ID,
                            "ALPACA_API_SECRET_KEY": SECRET, "DAGSTER_HOME": str(work)})
+        daemon = start_daemon(url, work) if args.mode == "daemon" else None
         ctx = multiprocessing.get_context("spawn")
         port_q, started = ctx.Queue(), ctx.Event()
         server = ctx.Process(target=serve, args=(port_q, args.rate, symbols, args.seconds, started), daemon=True)
@@ -175,11 +177,15 @@ def main() -> None:
         try:
             if not started.wait(60):
                 raise RuntimeError("the collector did not subscribe within 60 s")
-            report = (run_sensor_loop if args.mode == "sensor" else run_follow)(bootstrap, url, args)
+            loops = {"sensor": run_sensor_loop, "follow": run_follow, "daemon": run_daemon}
+            report = loops[args.mode](bootstrap, url, args)
         finally:
             collector.terminate()
             collector.wait(30)
             server.terminate()
+            if daemon is not None:
+                daemon.terminate()
+                daemon.wait(60)
         measure(bootstrap, url, args, report)
 
 
@@ -218,6 +224,44 @@ def run_sensor_loop(bootstrap: str, url: str, args: argparse.Namespace) -> dict[
         time.sleep(max(0.0, args.interval - (time.monotonic() - tick)))
     return {"runs": runs, "run_seconds": percentiles(pl.Series(durations)), "max_backlog_frames": backlog,
             "wall_seconds": time.monotonic() - t0}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_daemon(url: str, work: Path) -> subprocess.Popen:
+    """`dagster-daemon` on the project's instance file (run, event and schedule storage in a database `dagster` of
+    the bench's PostgreSQL) with `raw_stream_sensor` started; runs are launched as Dagster launches them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create database dagster")
+    os.environ["MDP_DAGSTER_DATABASE_URL"] = (url.rsplit("/", 1)[0] + "/dagster").replace(
+        "postgresql://", "postgresql+psycopg2://", 1)  # as `dev up` writes it
+    (work / "dagster.yaml").write_text((REPO / "mdpipeline" / "devservices" / "dagster.yaml").read_text())
+    bindir = Path(sys.executable).parent
+    daemon = subprocess.Popen([str(bindir / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=REPO,
+                              stdout=(work / "daemon.out").open("w"), stderr=(work / "daemon.log").open("w"))
+    started = subprocess.run([str(bindir / "dagster"), "sensor", "start", "raw_stream_sensor", "-w", "workspace.yaml"],
+                             check=False, cwd=REPO, capture_output=True, text=True)
+    if started.returncode:
+        daemon.terminate()
+        raise RuntimeError(f"dagster sensor start failed: {started.stderr[-2000:]}")
+    return daemon
+
+
+def run_daemon(bootstrap: str, url: str, args: argparse.Namespace) -> dict[str, object]:
+    """Wait while the daemon's sensor launches `realtime_ticks` runs, until everything landed is applied."""
+    t0 = time.monotonic()
+    deadline = t0 + args.seconds + 300
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            high = end_offsets(bootstrap, TOPIC.name)[0][1]
+            row = conn.execute("select next_offset from ops.stream_offsets where topic = %s", (TOPIC.name,)).fetchone()
+            if time.monotonic() - t0 > args.seconds + 5 and row is not None and row[0] >= high:
+                break
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/dagster") as conn:
+        runs = conn.execute("select count(*) from runs where pipeline_name = 'realtime_ticks'").fetchone()
+    return {"runs": int(runs[0]) if runs else 0, "wall_seconds": time.monotonic() - t0}
 
 
 def run_follow(bootstrap: str, url: str, args: argparse.Namespace) -> dict[str, object]:
