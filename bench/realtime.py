@@ -35,6 +35,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the server sends")
     parser.add_argument("--interval", type=float, default=1.0, help="sensor evaluation interval (s)")
     parser.add_argument("--max-messages", type=int, default=50_000, help="raw messages per run at most")
+    parser.add_argument("--daemon-sensor", default="raw_stream_sensor",
+                        choices=("raw_stream_sensor", "raw_stream_follow_sensor"),
+                        help="the sensor --mode daemon starts")
     parser.add_argument("--warmup", type=float, default=5.0,
                         help="trades received in the first seconds are left out of the latency figures (start-up)")
     parser.add_argument("--no-launch", action="store_true", help="skip measuring a run worker's start-up")
@@ -164,7 +168,7 @@ def main() -> None:
         os.environ.update({"MDP_DATABASE_URL": url, "MDP_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                            "MDP_UNIVERSE": str(universe), "ALPACA_API_KEY_ID": KEY_ID,
                            "ALPACA_API_SECRET_KEY": SECRET, "DAGSTER_HOME": str(work)})
-        daemon = start_daemon(url, work) if args.mode == "daemon" else None
+        daemon = start_daemon(url, work, args.daemon_sensor) if args.mode == "daemon" else None
         ctx = multiprocessing.get_context("spawn")
         port_q, started = ctx.Queue(), ctx.Event()
         server = ctx.Process(target=serve, args=(port_q, args.rate, symbols, args.seconds, started), daemon=True)
@@ -184,7 +188,7 @@ def main() -> None:
             collector.wait(30)
             server.terminate()
             if daemon is not None:
-                daemon.terminate()
+                os.killpg(daemon.pid, signal.SIGTERM)
                 daemon.wait(60)
         measure(bootstrap, url, args, report)
 
@@ -229,9 +233,10 @@ def run_sensor_loop(bootstrap: str, url: str, args: argparse.Namespace) -> dict[
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_daemon(url: str, work: Path) -> subprocess.Popen:
+def start_daemon(url: str, work: Path, sensor: str) -> subprocess.Popen:
     """`dagster-daemon` on the project's instance file (run, event and schedule storage in a database `dagster` of
-    the bench's PostgreSQL) with `raw_stream_sensor` started; runs are launched as Dagster launches them."""
+    the bench's PostgreSQL) with `sensor` started; runs are launched as Dagster launches them. Its own process
+    group, so that stopping it stops the run workers it launched too."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("create database dagster")
     os.environ["MDP_DAGSTER_DATABASE_URL"] = (url.rsplit("/", 1)[0] + "/dagster").replace(
@@ -239,8 +244,9 @@ def start_daemon(url: str, work: Path) -> subprocess.Popen:
     (work / "dagster.yaml").write_text((REPO / "mdpipeline" / "devservices" / "dagster.yaml").read_text())
     bindir = Path(sys.executable).parent
     daemon = subprocess.Popen([str(bindir / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=REPO,
+                              start_new_session=True,
                               stdout=(work / "daemon.out").open("w"), stderr=(work / "daemon.log").open("w"))
-    started = subprocess.run([str(bindir / "dagster"), "sensor", "start", "raw_stream_sensor", "-w", "workspace.yaml"],
+    started = subprocess.run([str(bindir / "dagster"), "sensor", "start", sensor, "-w", "workspace.yaml"],
                              check=False, cwd=REPO, capture_output=True, text=True)
     if started.returncode:
         daemon.terminate()
@@ -260,7 +266,8 @@ def run_daemon(bootstrap: str, url: str, args: argparse.Namespace) -> dict[str, 
             if time.monotonic() - t0 > args.seconds + 5 and row is not None and row[0] >= high:
                 break
     with psycopg.connect(url.rsplit("/", 1)[0] + "/dagster") as conn:
-        runs = conn.execute("select count(*) from runs where pipeline_name = 'realtime_ticks'").fetchone()
+        runs = conn.execute("select count(*) from runs where pipeline_name in ('realtime_ticks', 'realtime_stream')"
+                            ).fetchone()
     return {"runs": int(runs[0]) if runs else 0, "wall_seconds": time.monotonic() - t0}
 
 
