@@ -135,12 +135,15 @@ def test_migrate_makes_the_policies_match_the_config(conn: psycopg.Connection, t
                         " from timescaledb_information.dimensions where hypertable_schema = 'md' order by 1").fetchall()
     assert dims == [("bars_1d", "session_date", "360 days"), ("bars_1d_revisions", "session_date", "360 days"),
                     ("bars_1m", "ts", "7 days"), ("bars_1m_revisions", "ts", "30 days"),
-                    ("ticks", "session_date", "1 day")]
+                    ("quotes", "session_date", "1 day"), ("ticks", "session_date", "1 day"),
+                    ("ticks_revisions", "session_date", "1 day")]
     checked_in = policies()
     assert {k: v[1] for k, v in checked_in.items()} == {
         ("bars_1d", "policy_compression"): "1 year", ("bars_1m", "policy_compression"): "30 days",
         ("bars_1m", "policy_retention"): "5 years", ("bars_1m_revisions", "policy_retention"): "5 years",
         ("ticks", "policy_compression"): "7 days", ("ticks", "policy_retention"): "90 days",
+        ("ticks_revisions", "policy_retention"): "90 days",
+        ("quotes", "policy_compression"): "3 days", ("quotes", "policy_retention"): "30 days",
         **{(view, "policy_retention"): "5 years" for view in ("bars_5m", "bars_15m", "bars_1h")}}  # follow 1m
     segments = conn.execute("select segmentby, orderby from timescaledb_information.hypertable_compression_settings"
                             " where hypertable = 'md.bars_1m'::regclass").fetchone()

@@ -42,6 +42,7 @@ from mdpipeline.quality.schemas import (
 from mdpipeline.quality.session_window import session_window
 from mdpipeline.storage.corporate_actions import replace_provider_actions
 from mdpipeline.storage.loader import LoadResult, replace_range
+from mdpipeline.stream.stream_bars import reconcile_stream_bars
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,14 @@ class Dataset:
 
 def _store_bars(table: str) -> Storer:
     def store(conn: psycopg.Connection, frame: pl.DataFrame, scope: StoreScope) -> LoadResult:
-        return replace_range(conn, table, frame, provider=scope.provider, start=scope.start, end=scope.end,
-                             symbols=scope.symbols, instruments=scope.instruments, allow_deletes=scope.allow_deletes)
+        result = replace_range(conn, table, frame, provider=scope.provider, start=scope.start, end=scope.end,
+                               symbols=scope.symbols, instruments=scope.instruments,
+                               allow_deletes=scope.allow_deletes)
+        if table == "md.bars_1m" and frame.height:  # the REST bars win over the provider's streamed ones
+            reconcile_stream_bars(conn, scope.provider, start=scope.start, end=scope.end,
+                                  instruments=scope.instruments, run_id=scope.run_id,
+                                  ingested_at=frame["ingested_at"].max())  # type: ignore[arg-type]
+        return result
     return store
 
 

@@ -20,3 +20,6 @@ TICKS_EVENT_FIELDS: tuple[str, ...] = (
     "instrument_id", "symbol", "session_date", "ts", "provider", "action", "price", "size",
     "exchange", "conditions", "sequence", "corrects",
 )
+# Cancels and corrections also name the event that announced the trade they cancel or replace; the field is
+# left out of the JSON when null, so a plain trade's data (and event_id) is what it always was.
+TICKS_OPTIONAL_FIELDS: tuple[str, ...] = ("original_event_id",)

@@ -19,6 +19,7 @@ SCHEMA_NAMES = {
     "md.bars.1m.v1": ("mdpipeline.bars_1m", 1),
     "md.corporate_actions.v1": ("mdpipeline.corporate_actions", 1),
     "md.ticks.v1": ("mdpipeline.ticks", 1),
+    "md.quotes.v1": ("mdpipeline.quotes", 1),
     "md.dead_letter.v1": ("mdpipeline.dead_letter", 1),
 }
 
@@ -55,12 +56,17 @@ def _field(frame: pl.DataFrame, name: str) -> pl.Expr:
     return pl.col(name)
 
 
-def json_events(frame: pl.DataFrame, topic: str, fields: tuple[str, ...]) -> pl.DataFrame:
-    """One row per event: `key` (instrument id), `event_id`, `value` (all strings), in the frame's order."""
-    encoded = frame.select(
-        pl.col("instrument_id").cast(pl.String).alias("key"),
-        pl.struct(_field(frame, c) for c in fields).struct.json_encode().alias("data"),
-    )
+def json_events(frame: pl.DataFrame, topic: str, fields: tuple[str, ...],
+                optional: tuple[str, ...] = ()) -> pl.DataFrame:
+    """One row per event: `key` (instrument id), `event_id`, `value` (all strings), in the frame's order.
+
+    `optional` fields follow `fields` in the JSON and are left out of a row's data when null (a field added
+    to a topic that way keeps the data text, and so the event_id, of the rows without it).
+    """
+    data = pl.struct(_field(frame, c) for c in (*fields, *optional)).struct.json_encode()
+    for name in reversed(optional):  # keys are never escaped in json_encode's output: a literal match is a key
+        data = data.str.replace(f',"{name}":null}}', "}", literal=True)
+    encoded = frame.select(pl.col("instrument_id").cast(pl.String).alias("key"), data.alias("data"))
     return encoded.with_columns(event_ids(topic, encoded["key"], encoded["data"])).select(
         "key", "event_id", envelope(topic, pl.col("event_id"), pl.col("data")).alias("value"),
     )

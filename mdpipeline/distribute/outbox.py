@@ -39,8 +39,10 @@ def outbox_rows(
     topic: str,
     fields: tuple[str, ...],
     headers: dict[str, str],
+    optional: tuple[str, ...] = (),
 ) -> pl.DataFrame:
-    """Outbox rows announcing each row of `frame` (needs instrument_id, provider, session_date and `fields`).
+    """Outbox rows announcing each row of `frame` (needs instrument_id, provider, session_date and `fields`;
+    `optional` fields are left out of an event's data when null, see `json_events`).
 
     Rows that cannot be serialized faithfully become dead-letter rows (topic `md.dead_letter.v1`,
     `dead_letter_reason` set) instead of events on `topic`. Columnar: no Python per row except hashing.
@@ -51,14 +53,14 @@ def outbox_rows(
     parts = []
     good = frame.filter(~bad)
     if good.height:
-        events = json_events(good, topic, fields)
+        events = json_events(good, topic, fields, optional)
         parts.append(events.with_columns(
             pl.lit(topic).alias("topic"), good["provider"], good["session_date"],
             pl.lit(None, dtype=pl.String).alias("dead_letter_reason"),
         ))
     if bad.any():
         rejected = frame.filter(bad)
-        meant = json_events(rejected, topic, fields)
+        meant = json_events(rejected, topic, fields, optional)
         letters = dead_letter_events(topic, meant["key"], meant["event_id"], reasons.filter(bad),
                                      text_payload(rejected, fields))
         parts.append(letters.with_columns(

@@ -20,12 +20,13 @@ class TopicSpec:
 BARS_1D = TopicSpec("md.bars.1d.v1", partitions=6, config={"cleanup.policy": "delete", "retention.ms": "-1"})
 BARS_1M = TopicSpec("md.bars.1m.v1", partitions=12, config={"cleanup.policy": "delete"})
 TICKS = TopicSpec("md.ticks.v1", partitions=12, config={"cleanup.policy": "delete"})
+QUOTES = TopicSpec("md.quotes.v1", partitions=12, config={"cleanup.policy": "delete"})
 CORPORATE_ACTIONS = TopicSpec("md.corporate_actions.v1", partitions=3, config={"retention.ms": "-1"})
 QUALITY = TopicSpec("md.quality.v1", partitions=3)
 # Messages that could not be serialized or sent, with the reason (docs/events.md).
 DEAD_LETTER = TopicSpec("md.dead_letter.v1", partitions=1, config={"retention.ms": "-1"})
 RAW_STREAM_MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 64 * 1024
-ALL_TOPICS = (BARS_1D, BARS_1M, TICKS, CORPORATE_ACTIONS, QUALITY, DEAD_LETTER)
+ALL_TOPICS = (BARS_1D, BARS_1M, TICKS, QUOTES, CORPORATE_ACTIONS, QUALITY, DEAD_LETTER)
 
 
 def raw_stream_topic(provider: str) -> TopicSpec:

@@ -24,7 +24,10 @@ from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.quality_checks import quality_checks
 from mdpipeline.orchestration.quality_publish import quality_publish_assets
 from mdpipeline.orchestration.realtime import (
+    process_raw_range,
+    raw_stream_follow_sensor,
     raw_stream_sensor,
+    realtime_stream_job,
     realtime_ticks_job,
     stream_gap_repair_job,
     stream_gap_sensor,
@@ -129,9 +132,11 @@ def distribution_definitions(deployment: Deployment) -> dg.Definitions:
 
 
 def realtime_definitions() -> dg.Definitions:
-    """The tick stream: processing of raw offset ranges and gap repair, each launched by its sensor."""
-    return dg.Definitions(jobs=[realtime_ticks_job, stream_gap_repair_job],
-                          sensors=[raw_stream_sensor(), stream_gap_sensor()])
+    """The real-time feed: the asset a raw offset range materializes (with its lag check), the per-range job and
+    the long-running follower (each launched by its sensor; turn one on), and gap repair."""
+    return dg.Definitions(assets=[process_raw_range],
+                          jobs=[realtime_ticks_job, realtime_stream_job, stream_gap_repair_job],
+                          sensors=[raw_stream_sensor(), raw_stream_follow_sensor(), stream_gap_sensor()])
 
 
 def storage_definitions() -> dg.Definitions:

@@ -13,6 +13,7 @@ from datetime import date
 import dagster as dg
 
 from mdpipeline.orchestration.partitions import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from mdpipeline.orchestration.realtime import REALTIME_GROUP
 from mdpipeline.sessions import session_dates
 
 EVENT_BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
@@ -42,7 +43,8 @@ def console_log_level(level: str) -> dict:
 
 def select_assets(defs: dg.Definitions, providers: Sequence[str] | None, select: str | None) -> dg.AssetSelection:
     """Assets of the given providers (all when None) plus the shared ones (reference data, adjustments,
-    the minute-bar roll-ups), narrowed by a Dagster selection string."""
+    the minute-bar roll-ups), narrowed by a Dagster selection string. The real-time assets (group
+    `realtime`: one raw offset range per run, launched by their sensors) are never part of a range."""
     selection: dg.AssetSelection = dg.AssetSelection.all()
     if providers:
         graph = defs.resolve_asset_graph()
@@ -51,7 +53,7 @@ def select_assets(defs: dg.Definitions, providers: Sequence[str] | None, select:
         selection = dg.AssetSelection.assets(*keys)
     if select:
         selection = selection & dg.AssetSelection.from_string(select)
-    return selection
+    return selection - dg.AssetSelection.groups(REALTIME_GROUP)
 
 
 def materialize_range(

@@ -29,6 +29,8 @@ TIME_PARTITIONED: dict[str, tuple[str, str]] = {
     "md.ticks": ("session_date", "1 day"),
     "md.bars_1d_revisions": ("session_date", "1 year"),
     "md.bars_1m_revisions": ("session_date", "1 month"),
+    "md.ticks_revisions": ("session_date", "1 day"),
+    "md.quotes": ("session_date", "1 day"),
 }
 # TimescaleDB: hypertables, name -> (time dimension, chunk interval). Minute bars are chunked on `ts`
 # (their continuous aggregates must bucket the time dimension); loads add a `ts` predicate derived
@@ -39,6 +41,8 @@ HYPERTABLES: dict[str, tuple[str, str]] = {
     "md.ticks": ("session_date", "1 day"),
     "md.bars_1d_revisions": ("session_date", "1 year"),
     "md.bars_1m_revisions": ("ts", "1 month"),
+    "md.ticks_revisions": ("session_date", "1 day"),
+    "md.quotes": ("session_date", "1 day"),
 }
 # What migration 1 created; frozen, since an applied migration never changes.
 _INITIAL_TIME_TABLES: dict[str, tuple[str, str]] = {
@@ -513,7 +517,65 @@ def _stream_state(conn: psycopg.Connection, timescale: bool) -> None:
     conn.execute(STREAM_STATE_DDL)
 
 
-# Every schema version, in order. Append new versions; never edit an applied one.
+def _tick_revisions(conn: psycopg.Connection, timescale: bool) -> None:
+    """Each stored trade keeps the event id that announced it and the trade it corrects; md.ticks_revisions
+    keeps trades as they were before a cancel, a correction or a changed resend superseded them.
+
+    `change`: `cancel` (the provider cancelled the trade), `correct` (replaced by `superseded_by`, the
+    correcting trade's id), `update` (the same trade id arrived again with other values). `superseded_at`
+    is when the pipeline learnt it, `superseded_run_id` the run that applied it.
+    """
+    conn.execute("alter table md.ticks add column if not exists event_id text;"
+                 " alter table md.ticks add column if not exists corrects bigint")
+    column = (HYPERTABLES if timescale else TIME_PARTITIONED)["md.ticks_revisions"][0]
+    clause = "" if timescale else f" partition by range ({column})"
+    conn.execute(
+        "create table if not exists md.ticks_revisions (like md.ticks including defaults,"
+        " superseded_at timestamptz not null,"
+        " change text not null check (change in ('update', 'cancel', 'correct')),"
+        " superseded_by bigint, superseded_run_id text not null)" + clause)
+    conn.execute("create index if not exists ticks_revisions_by_key on md.ticks_revisions"
+                 " (instrument_id, provider, session_date, sequence)")
+    if timescale:
+        conn.execute("select create_hypertable('md.ticks_revisions', by_range(%s, %s::interval),"
+                     " if_not_exists => true)", (column, HYPERTABLES["md.ticks_revisions"][1]))
+
+
+def _quotes(conn: psycopg.Connection, timescale: bool) -> None:
+    """md.quotes: best bid and offer from the real-time feeds, laid out like md.ticks (daily chunks or
+    partitions on `session_date`). No key of its own (quotes have no provider id): a raw range is applied
+    once (`ops.stream_offsets`), and `raw_offset`/`raw_position` say where each quote came from."""
+    column, interval = (HYPERTABLES if timescale else TIME_PARTITIONED)["md.quotes"]
+    clause = "" if timescale else f" partition by range ({column})"
+    conn.execute(
+        """
+        create table if not exists md.quotes (
+            instrument_id  bigint           not null,
+            symbol         text             not null,
+            session_date   date             not null,
+            ts             timestamptz      not null,
+            provider       text             not null,
+            bid_price      double precision not null,
+            bid_size       double precision not null,
+            bid_exchange   text,
+            ask_price      double precision not null,
+            ask_size       double precision not null,
+            ask_exchange   text,
+            conditions     text,
+            tape           text,
+            raw_offset     bigint,
+            raw_position   bigint,
+            run_id         text             not null,
+            ingested_at    timestamptz      not null,
+            event_id       text
+        )""" + clause)
+    conn.execute("create index if not exists quotes_by_instrument on md.quotes"
+                 " (instrument_id, provider, session_date, ts)")
+    if timescale:
+        conn.execute("select create_hypertable('md.quotes', by_range(%s, %s::interval), if_not_exists => true)",
+                     (column, interval))
+
+
 def _outbox_pending_order(conn: psycopg.Connection, timescale: bool) -> None:
     """The relay reads pending rows in id order: an index of just those, so a long published history
     is not walked on every drain."""
@@ -521,6 +583,7 @@ def _outbox_pending_order(conn: psycopg.Connection, timescale: bool) -> None:
                  " where published_at is null")
 
 
+# Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
     Migration(2, "corporate actions and adjustment factors", _corporate_actions_and_factors),
@@ -532,4 +595,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "expiry of raw payloads and published outbox rows", _expire_rows_procedure),
     Migration(9, "stream collector coverage, topic incarnations, log-reset gaps", _stream_state),
     Migration(10, "pending outbox rows in id order", _outbox_pending_order),
+    Migration(11, "tick event ids, corrections and revisions", _tick_revisions),
+    Migration(12, "quotes", _quotes),
 )

@@ -19,8 +19,8 @@ import yaml
 DEFAULT_STORAGE_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "storage.yaml"
 STORAGE_CONFIG_ENV = "MDP_STORAGE_CONFIG"
 # Tables with a retention setting; compression applies to the hypertables among them.
-RETENTION_TABLES = ("raw.payloads", "md.bars_1d", "md.bars_1m", "md.ticks", "ops.outbox")
-COMPRESSIBLE = ("md.bars_1d", "md.bars_1m", "md.ticks")
+RETENTION_TABLES = ("raw.payloads", "md.bars_1d", "md.bars_1m", "md.ticks", "md.quotes", "ops.outbox")
+COMPRESSIBLE = ("md.bars_1d", "md.bars_1m", "md.ticks", "md.quotes")
 _INTERVAL = re.compile(r"^\s*\d+\s+(minute|hour|day|week|month|year)s?\s*$")
 
 

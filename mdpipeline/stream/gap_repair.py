@@ -11,6 +11,8 @@ Collectors land a gap marker after every reconnect; the real-time job records it
 - corrections (same trade id, different content; Alpaca `u` = `corrected`) replace the stored row
   and are announced as a `cancel` of the stored version and a `new` with `corrects` = the trade id;
 - cancels (Alpaca `u` = `canceled` or `incorrect`) delete the stored row and are announced as `cancel`;
+- the stored rows that go are kept in `md.ticks_revisions` (change `correct` or `cancel`), and their
+  events name the stored row's event (`original_event_id`, `mdpipeline.stream.corrections`);
 - invalid or unmapped trades go to `quality.quarantine` (stage `gap_repair`);
 - the gap is closed: `repaired_at`, `repair_status` = `repaired`, `repair_counts` (jsonb).
 
@@ -45,7 +47,7 @@ from urllib.parse import urlsplit
 import polars as pl
 import psycopg
 
-from mdpipeline.contracts.events import TICKS_EVENT_FIELDS
+from mdpipeline.contracts.events import TICKS_EVENT_FIELDS, TICKS_OPTIONAL_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
@@ -55,6 +57,7 @@ from mdpipeline.providers.http import HttpClient, HttpPolicy
 from mdpipeline.providers.registry import SPECS
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
+from mdpipeline.stream.corrections import ORIGINAL, retire_ticks, tick_event_ids
 from mdpipeline.stream.process import quarantine_actions
 from mdpipeline.stream.synthetic import synthetic_history
 from mdpipeline.stream.ticks import CANONICAL_TICKS, normalize_ticks, stored_ticks
@@ -305,6 +308,7 @@ def repair_gap(
 _STORED: dict[str, pl.DataType] = {
     "instrument_id": pl.Int64(), "session_date": pl.Date(), "sequence": pl.Int64(), "s_ts": pl.Datetime("us", "UTC"),
     "s_price": pl.Float64(), "s_size": pl.Float64(), "s_exchange": pl.String(), "s_conditions": pl.String(),
+    "s_event_id": pl.String(),
 }
 
 
@@ -353,38 +357,39 @@ def reconcile(
     absent = joined.filter(~is_new & ~found)
 
     removed = pl.concat([cancels, corrections])  # stored rows that go: cancelled, or replaced by a correction
-    gone = removed.select("instrument_id", "session_date", pl.col("s_ts").alias("ts"),
-                          pl.col("s_sequence").alias("sequence") if identity == "content" else "sequence")
-    if gone.height:
-        conn.execute("create temporary table _gap_gone (instrument_id bigint, session_date date, ts timestamptz,"
-                     " sequence bigint) on commit drop")
-        with conn.cursor() as cur:
-            copy_frame(cur, "_gap_gone", gone)
-        conn.execute("delete from md.ticks t using _gap_gone g where t.provider = %s and t.instrument_id ="
-                     " g.instrument_id and t.session_date = g.session_date and t.ts = g.ts and t.sequence = g.sequence",
-                     (provider,))
-    written = pl.concat([inserts, corrections]).select(list(CANONICAL_TICKS))
-    if written.height:
-        ensure_partitions(conn, "md.ticks", written["session_date"].min(), written["session_date"].max())  # type: ignore[arg-type]
-        rows = stored_ticks(written, run_id, pl.lit(datetime.now(UTC)))
-        conn.execute("create temporary table _gap_ticks (like md.ticks) on commit drop")
-        with conn.cursor() as cur:
-            copy_frame(cur, "_gap_ticks", rows)
-        columns = ", ".join(rows.columns)
-        conn.execute(f"insert into md.ticks ({columns}) select {columns} from _gap_ticks on conflict do nothing")
-
-    # Events: the stored versions that went (cancel), then the trades that came (new; corrections name the id).
+    now = datetime.now(UTC)
+    retire_ticks(conn, removed.select(
+        "instrument_id", "provider", "session_date",
+        pl.col("s_sequence").alias("sequence") if identity == "content" else "sequence",
+        pl.when(pl.col("action") == "cancel").then(pl.lit("cancel")).otherwise(pl.lit("correct")).alias("change"),
+        pl.when(pl.col("action") == "cancel").then(None).otherwise(pl.col("sequence")).alias("superseded_by"),
+    ), run_id, now)
+    # Events: the stored versions that went (cancel), then the trades that came (new; corrections name the id);
+    # both name the event that announced the stored version.
     cancelled = removed.select(
         "instrument_id", "symbol", "session_date", pl.col("s_ts").dt.cast_time_unit("ns").alias("ts"), "provider",
         pl.lit("cancel").alias("action"), pl.col("s_price").alias("price"), pl.col("s_size").alias("size"),
         pl.col("s_exchange").alias("exchange"), pl.col("s_conditions").alias("conditions"),
         pl.col("s_sequence").alias("sequence") if identity == "content" else "sequence",
-        pl.lit(None, pl.Int64).alias("corrects"))
-    arrived = pl.concat([inserts.with_columns(pl.lit(None, pl.Int64).alias("corrects")),
-                         corrections.with_columns(pl.col("sequence").alias("corrects"))]).select(list(CANONICAL_TICKS))
+        pl.lit(None, pl.Int64).alias("corrects"), pl.col("s_event_id").alias(ORIGINAL))
+    arrived = pl.concat([
+        inserts.with_columns(pl.lit(None, pl.Int64).alias("corrects"), pl.lit(None, pl.String).alias(ORIGINAL)),
+        corrections.with_columns(pl.col("sequence").alias("corrects"), pl.col("s_event_id").alias(ORIGINAL)),
+    ]).select(*CANONICAL_TICKS, ORIGINAL)
     events = pl.concat([cancelled.cast(CANONICAL_TICKS), arrived.cast(CANONICAL_TICKS)])  # type: ignore[arg-type]
+    events = events.with_columns(tick_event_ids(events).alias("event_id"))
+    written = events.filter(pl.col("action") == "new")
+    if written.height:
+        ensure_partitions(conn, "md.ticks", written["session_date"].min(), written["session_date"].max())  # type: ignore[arg-type]
+        rows = stored_ticks(written, run_id, pl.lit(now))
+        conn.execute("create temporary table _gap_ticks (like md.ticks) on commit drop")
+        with conn.cursor() as cur:
+            copy_frame(cur, "_gap_ticks", rows)
+        columns = ", ".join(rows.columns)
+        conn.execute(f"insert into md.ticks ({columns}) select {columns} from _gap_ticks on conflict do nothing")
     if events.height:
-        append_outbox(conn, outbox_rows(events, TICKS.name, TICKS_EVENT_FIELDS, dict(headers or {})))
+        append_outbox(conn, outbox_rows(events, TICKS.name, TICKS_EVENT_FIELDS, dict(headers or {}),
+                                        TICKS_OPTIONAL_FIELDS))
     return {"fetched": fetched.height, "inserted": inserts.height, "duplicates": duplicates.height,
             "corrected": corrections.height, "cancelled": cancels.height, "already_absent": absent.height,
             "quarantined": normalized.rejected.height, "events": events.height}
@@ -404,7 +409,7 @@ def _stored_matches(conn: psycopg.Connection, provider: str, ticks: pl.DataFrame
              "t.ts = k.ts and t.price = k.price and t.size = k.size and t.exchange is not distinct from k.exchange")
     rows = conn.execute(
         "select distinct t.instrument_id, t.session_date, k.sequence, t.ts, t.price, t.size, t.exchange,"
-        " t.conditions, t.sequence from md.ticks t join _gap_keys k on t.instrument_id = k.instrument_id"
+        " t.conditions, t.event_id, t.sequence from md.ticks t join _gap_keys k on t.instrument_id = k.instrument_id"
         f" and t.session_date = k.session_date and {match} where t.provider = %s", (provider,)).fetchall()
     conn.execute("drop table _gap_keys")
     return pl.DataFrame(rows, schema=schema, orient="row")

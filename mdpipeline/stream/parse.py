@@ -5,6 +5,9 @@ Trade actions (`TRADE_ACTIONS`): raw `offset` and `position` (order within the f
 `symbol`, `ts` (UTC, ns), `action` (`new` | `cancel`), `price`, `size`, `exchange`, `conditions`
 (codes joined by ","), `sequence` (the provider's trade id), `corrects` (the trade a correction replaces).
 
+Quotes (`mdpipeline.stream.quote_frames.PARSED_QUOTES`): Alpaca `q` messages
+(`S`, `bx`, `bp`, `bs`, `ax`, `ap`, `as`, `c`, `z`, `t`); Finnhub's stream has none.
+
 Bars (`STREAM_BARS`): `offset`, `position`, `provider`, `kind` (`b` minute bar, `u` updated minute bar,
 `d` daily bar), `symbol`, `ts` (bar start, UTC), `open`, `high`, `low`, `close`, `volume`, `trades`, `vwap`.
 
@@ -22,11 +25,13 @@ rejected by tick validation with its reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import polars as pl
 
 from mdpipeline.providers.registry import SPECS
+from mdpipeline.stream.quote_frames import PARSED_QUOTES
 
 TRADE_ACTIONS: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "symbol": pl.String(),
@@ -41,6 +46,10 @@ _ALPACA_TRADE = pl.Struct({  # trades `t`, cancels/errors `x`, corrections `c`
 _ALPACA_BAR = pl.Struct({  # bars `b`, updated bars `u`, daily bars `d`: `c` is the close
     "S": pl.String, "o": pl.Float64, "h": pl.Float64, "l": pl.Float64, "c": pl.Float64, "v": pl.Float64,
     "t": pl.String, "n": pl.Int64, "vw": pl.Float64,
+})
+_ALPACA_QUOTE = pl.Struct({  # quotes `q`
+    "S": pl.String, "bx": pl.String, "bp": pl.Float64, "bs": pl.Float64, "ax": pl.String, "ap": pl.Float64,
+    "as": pl.Float64, "c": pl.List(pl.String), "z": pl.String, "t": pl.String,
 })
 STREAM_BARS: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "kind": pl.String(),
@@ -93,43 +102,43 @@ def _actions(frame: pl.DataFrame, position: pl.Expr, action: str, price: str, si
     )
 
 
-def check_alpaca_frames(raw: pl.DataFrame) -> None:
-    """MalformedFramesError for frames that are not arrays of flat message objects with a type `T`.
+def split_alpaca(raw: pl.DataFrame) -> pl.DataFrame:
+    """Alpaca frames -> one row per message: `offset`, `provider`, `_pos` (2 x its index in the frame: room for a
+    correction's two actions), `T` its type, `m` its JSON text (decoded per type by `_decoded`).
 
-    The message split below finds flat objects by pattern; a frame whose array holds anything else (a
-    nested object, a number) would lose messages silently. polars raises on frames that are not JSON
-    arrays of objects at all.
+    MalformedFramesError for frames that are not arrays of flat message objects with a type `T`: messages are
+    found by pattern, so a frame whose array holds anything else (a nested object, a number) would lose
+    messages silently; the number of flat messages with a type must be the array's length. polars raises on
+    frames that are not JSON arrays of objects at all. Each message's JSON is read once, here.
     """
-    shape = raw.select(
-        "offset",
-        pl.col("value").str.json_decode(pl.List(pl.Struct({"T": pl.String}))).alias("m"),
-        pl.col("value").str.extract_all(_MESSAGE).list.eval(pl.element().str.json_path_match("$.T").is_not_null())
-        .list.sum().alias("flat"),
-    ).select("offset", "flat", pl.col("m").list.len().alias("n"),
-             pl.col("m").list.eval(pl.element().struct.field("T").is_null()).list.any().alias("untyped"))
-    bad = shape.filter(pl.col("n").is_null() | (pl.col("n") != pl.col("flat")) | pl.col("untyped"))
+    frames = raw.select("offset", "provider", pl.col("value").str.extract_all(_MESSAGE).alias("m"),
+                        pl.col("value").str.json_decode(pl.List(pl.Struct({"T": pl.String}))).alias("_types"))
+    messages = (frames.select("offset", "provider", "m").explode("m").drop_nulls("m")
+                .with_columns((pl.int_range(pl.len()).over("offset") * 2).alias("_pos"),
+                              pl.col("m").str.json_path_match("$.T").alias("T")))
+    flat = messages.group_by("offset").agg(pl.col("T").is_not_null().sum().alias("flat"))
+    shape = frames.select("offset", pl.col("_types").list.len().alias("n"),
+                          pl.col("_types").list.eval(pl.element().struct.field("T").is_null()).list.any()
+                          .alias("untyped")).join(flat, on="offset", how="left")
+    bad = shape.filter(pl.col("n").is_null() | (pl.col("n") != pl.col("flat").fill_null(0)) | pl.col("untyped"))
     if bad.height:
         raise MalformedFramesError(bad["offset"].to_list(),
                                    "not a JSON array of flat message objects each with a type T")
+    return messages
 
 
-def _alpaca_messages(raw: pl.DataFrame, types: tuple[str, ...], schema: pl.Struct) -> pl.DataFrame:
-    """Messages of `types` from Alpaca frames, each decoded with `schema`; `_pos` is 2 x its index in the
-    frame (room for a correction's two actions), `T` its type."""
-    check_alpaca_frames(raw)
-    return (
-        raw.select("offset", "provider", pl.col("value").str.extract_all(_MESSAGE).alias("m"))
-        .explode("m").drop_nulls("m")
-        .with_columns((pl.int_range(pl.len()).over("offset") * 2).alias("_pos"),
-                      pl.col("m").str.json_path_match("$.T").alias("T"))
-        .filter(pl.col("T").is_in(types))
-        .with_columns(pl.col("m").str.json_decode(schema)).unnest("m")
-    )
+def _decoded(messages: pl.DataFrame, types: tuple[str, ...], schema: pl.Struct) -> pl.DataFrame:
+    """The messages of `types`, each decoded with `schema`."""
+    return messages.filter(pl.col("T").is_in(types)).with_columns(pl.col("m").str.json_decode(schema)).unnest("m")
 
 
 def alpaca_actions(raw: pl.DataFrame) -> pl.DataFrame:
     """Trades (`t`), cancels/errors (`x`) and corrections (`c`: a cancel, then the corrected trade)."""
-    messages = _alpaca_messages(raw, _TRADE_TYPES, _ALPACA_TRADE)
+    return _actions_of(split_alpaca(raw))
+
+
+def _actions_of(split: pl.DataFrame) -> pl.DataFrame:
+    messages = _decoded(split, _TRADE_TYPES, _ALPACA_TRADE)
     pos = pl.col("_pos")
     parts = [
         _actions(messages.filter(pl.col("T") == "t"), pos, "new", "p", "s", "c", "i", None),
@@ -142,13 +151,33 @@ def alpaca_actions(raw: pl.DataFrame) -> pl.DataFrame:
 
 def alpaca_bars(raw: pl.DataFrame) -> pl.DataFrame:
     """Minute (`b`), updated minute (`u`) and daily (`d`) bars, by the bar schema (`c` is the close)."""
-    bars = _alpaca_messages(raw, BAR_TYPES, _ALPACA_BAR)
+    return _bars_of(split_alpaca(raw))
+
+
+def _bars_of(split: pl.DataFrame) -> pl.DataFrame:
+    bars = _decoded(split, BAR_TYPES, _ALPACA_BAR)
     return bars.select(
         "offset", pl.col("_pos").alias("position"), "provider", pl.col("T").alias("kind"),
         pl.col("S").alias("symbol"), _rfc3339("t").alias("ts"), pl.col("o").alias("open"),
         pl.col("h").alias("high"), pl.col("l").alias("low"), pl.col("c").alias("close"),
         pl.col("v").alias("volume"), pl.col("n").alias("trades"), pl.col("vw").alias("vwap"),
     ).cast(STREAM_BARS).sort("offset", "position")  # type: ignore[arg-type]
+
+
+def alpaca_quotes(raw: pl.DataFrame) -> pl.DataFrame:
+    """Quotes (`q`): bid/ask price, size and exchange, conditions joined by ",", tape."""
+    return _quotes_of(split_alpaca(raw))
+
+
+def _quotes_of(split: pl.DataFrame) -> pl.DataFrame:
+    quotes = _decoded(split, ("q",), _ALPACA_QUOTE)
+    return quotes.select(
+        "offset", pl.col("_pos").alias("position"), "provider", pl.col("S").alias("symbol"),
+        _rfc3339("t").alias("ts"), pl.col("bp").alias("bid_price"), pl.col("bs").alias("bid_size"),
+        pl.col("bx").alias("bid_exchange"), pl.col("ap").alias("ask_price"), pl.col("as").alias("ask_size"),
+        pl.col("ax").alias("ask_exchange"), pl.col("c").list.join(",").alias("conditions"),
+        pl.col("z").alias("tape"),
+    ).cast(PARSED_QUOTES).sort("offset", "position")  # type: ignore[arg-type]
 
 
 def finnhub_actions(raw: pl.DataFrame) -> pl.DataFrame:
@@ -183,13 +212,47 @@ def trade_actions(raw: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts).sort("offset", "position")
 
 
-def stream_bars(raw: pl.DataFrame) -> pl.DataFrame:
-    """Bars in data frames of any provider (columns offset, provider, value), in raw order (Finnhub's
-    trade stream has none)."""
-    parts = [pl.DataFrame(schema=STREAM_BARS)]
+def _alpaca_only(raw: pl.DataFrame, schema: dict[str, pl.DataType],
+                 parse: Callable[[pl.DataFrame], pl.DataFrame]) -> pl.DataFrame:
+    """`parse` over the Alpaca-shaped frames of `raw` (Finnhub's trade stream has no such messages), in raw order."""
+    parts = [pl.DataFrame(schema=schema)]
     for (provider,), frames in raw.group_by("provider", maintain_order=True):
         if provider in ALPACA_SHAPED:
-            parts.append(alpaca_bars(frames))
+            parts.append(parse(frames))
         elif provider not in FINNHUB_SHAPED:
             raise ValueError(f"no parser for raw frames of provider {provider!r}")
     return pl.concat(parts).sort("offset", "position")
+
+
+def stream_quotes(raw: pl.DataFrame) -> pl.DataFrame:
+    """Quotes in data frames of any provider, in raw order (Finnhub's stream has none)."""
+    return _alpaca_only(raw, PARSED_QUOTES, alpaca_quotes)
+
+
+def stream_bars(raw: pl.DataFrame) -> pl.DataFrame:
+    """Bars in data frames of any provider (columns offset, provider, value), in raw order (Finnhub's
+    trade stream has none)."""
+    return _alpaca_only(raw, STREAM_BARS, alpaca_bars)
+
+
+RECORD = "record"  # which parser a row of `stream_records` came from: trade | quote | bar
+
+
+def stream_records(raw: pl.DataFrame) -> pl.DataFrame:
+    """Trade actions, quotes and bars of data frames as ONE frame (column `RECORD` tells them apart), so that a
+    frame any parser cannot take apart is set aside whole (`mdpipeline.stream.bad_frames.isolate`). Alpaca
+    frames are split into messages once for all three."""
+    schema = {RECORD: pl.String(), **TRADE_ACTIONS, **PARSED_QUOTES, **STREAM_BARS}
+    parts = [pl.DataFrame(schema=schema)]
+    for (provider,), frames in raw.group_by("provider", maintain_order=True):
+        if provider in ALPACA_SHAPED:
+            split = split_alpaca(frames)
+            parts += [_actions_of(split).with_columns(pl.lit("trade").alias(RECORD)),
+                      _quotes_of(split).with_columns(pl.lit("quote").alias(RECORD)),
+                      _bars_of(split).with_columns(pl.lit("bar").alias(RECORD))]
+        elif provider in FINNHUB_SHAPED:
+            parts.append(finnhub_actions(frames).with_columns(pl.lit("trade").alias(RECORD)))
+        else:
+            raise ValueError(f"no parser for raw frames of provider {provider!r}")
+    return pl.concat(parts, how="diagonal_relaxed").select(list(schema)).cast(schema).sort(  # type: ignore[arg-type]
+        "offset", "position", maintain_order=True)

@@ -1,9 +1,12 @@
-"""Process one raw offset range: parse, validate, normalize, store in md.ticks, announce, advance offsets.
+"""Process one raw offset range: parse, validate, normalize, store in md.ticks and md.quotes, announce, advance
+offsets.
 
-Effects in ONE transaction: tick upserts, cancels (deleted from md.ticks), quarantined actions and
-frames, gap markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1`, and the processed offset, which
-only advances when the range is next. So a range's effect on the database happens exactly once however
-often the job runs; the outbox is relayed after the commit (at least once, deduplicable by event_id),
+Effects in ONE transaction: tick upserts, cancels and corrections (the superseded rows moved to
+md.ticks_revisions), quotes (`mdpipeline.stream.quotes`), streamed minute bars
+(`mdpipeline.stream.stream_bars`), quarantined actions, quotes, bars and frames,
+gap markers (`ops.stream_gaps`), outbox rows for `md.ticks.v1`, `md.quotes.v1` and `md.bars.1m.v1`, and the processed
+offset, which only advances when the range is next. So a range's effect on the database happens exactly
+once however often the job runs; the outbox is relayed after the commit (at least once, deduplicable by event_id),
 and the offset is mirrored to the Kafka consumer group last.
 
 A bad frame costs that frame only: frames that cannot be parsed (`mdpipeline.stream.bad_frames`) and
@@ -23,14 +26,15 @@ from datetime import UTC, datetime
 import polars as pl
 import psycopg
 
-from mdpipeline.contracts.events import TICKS_EVENT_FIELDS
+from mdpipeline.contracts.events import TICKS_EVENT_FIELDS, TICKS_OPTIONAL_FIELDS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import DrainReport, drain
-from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
+from mdpipeline.distribute.topics import BARS_1M, DEAD_LETTER, QUOTES, TICKS, ensure_topics
 from mdpipeline.sessions import calendar
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
 from mdpipeline.stream.bad_frames import frame_quarantine_rows, gap_markers, parse_frames
+from mdpipeline.stream.corrections import TRADE_KEY, keep_changed_versions, retire_ticks, with_event_ids
 from mdpipeline.stream.offsets import (
     DEFAULT_CONSUMER,
     Claim,
@@ -39,7 +43,10 @@ from mdpipeline.stream.offsets import (
     log_position,
     read_messages,
 )
-from mdpipeline.stream.parse import TRADE_ACTIONS, trade_actions
+from mdpipeline.stream.parse import RECORD, STREAM_BARS, TRADE_ACTIONS, stream_records
+from mdpipeline.stream.quote_frames import PARSED_QUOTES
+from mdpipeline.stream.quotes import normalize_quotes, store_quotes
+from mdpipeline.stream.stream_bars import StreamBarsReport, apply_stream_bars
 from mdpipeline.stream.ticks import normalize_ticks, stored_ticks
 
 _TICK_KEY = "instrument_id, provider, session_date, ts, sequence"
@@ -57,12 +64,19 @@ class RangeReport:
     applied: bool  # False: the range had been applied before (nothing written again)
     frames: int = 0
     trades: int = 0
-    cancels: int = 0
-    quarantined: int = 0
+    cancels: int = 0  # every cancel, a correction's cancel of the original included
+    corrections: int = 0
+    quotes: int = 0
+    quarantined: int = 0  # rejected rows (trade actions and quotes)
+    quotes_quarantined: int = 0
+    stream_bars: int = 0  # minute bars stored under <provider>-stream (new or changed)
+    stream_bars_superseded: int = 0  # not stored: the REST bar of that minute exists
+    stream_bars_quarantined: int = 0
     frames_quarantined: int = 0
     gaps: int = 0
     published: int = 0
     reset: str | None = None  # why the range did not start at the stored offset (a gap was recorded)
+    last_received_at: datetime | None = None  # when the collector received the range's newest frame
 
 
 def process_range(
@@ -82,22 +96,31 @@ def process_range(
     """Apply raw offsets [first, last] of `topic`/`partition` (see the module docstring)."""
     log_now = log_position(bootstrap_servers, topic, partition)
     raw = read_messages(bootstrap_servers, topic, partition, first, last=last, timeout=read_timeout)
-    actions, bad_data = parse_frames(raw, trade_actions)
+    records, bad_data = parse_frames(raw, stream_records)
+    actions = records.filter(pl.col(RECORD) == "trade")
+    parsed_quotes = records.filter(pl.col(RECORD) == "quote").select(list(PARSED_QUOTES))
+    parsed_bars = records.filter(pl.col(RECORD) == "bar").select(list(STREAM_BARS))
     markers, bad_markers = gap_markers(raw)
     timezone = str(calendar(calendar_name).tz)
     bad_frames = frame_quarantine_rows(raw, pl.concat([bad_data, bad_markers]), topic=topic, partition=partition,
                                        run_id=run_id, timezone=timezone)
     normalized = normalize_ticks(actions.select(list(TRADE_ACTIONS)), symbology, calendar_name)
     ticks = normalized.ticks
+    quotes = normalize_quotes(parsed_quotes, symbology, calendar_name)
     headers = {"mdp-run-id": run_id, "mdp-raw-topic": topic, "mdp-raw-offsets": f"{partition}:{first}-{last}"}
-    gaps = 0
+    gaps = corrections = stored_quotes = 0
+    bars = StreamBarsReport()
     with conn.transaction():
         claim = claim_range(conn, topic, partition, first, last, run_id, consumer, log_now=log_now,
                             bootstrap_servers=bootstrap_servers, last_received_at=_latest(raw, "received_at"),
                             last_landed_at=_latest(raw, "landed_at"))
         if claim.applied:
-            _store_ticks(conn, ticks, run_id)
+            ticks = with_event_ids(conn, ticks)
+            corrections = _store_ticks(conn, ticks, run_id)
             quarantine_actions(conn, normalized.rejected, run_id)
+            stored_quotes = store_quotes(conn, quotes, run_id=run_id, ingested_at=datetime.now(UTC), headers=headers)
+            bars = apply_stream_bars(conn, parsed_bars, symbology=symbology, run_id=run_id,
+                                     calendar_name=calendar_name, ingested_at=datetime.now(UTC), headers=headers)
             if bad_frames.height:
                 with conn.cursor() as cur:
                     copy_frame(cur, "quality.quarantine", bad_frames)
@@ -107,11 +130,12 @@ def process_range(
                 gaps += _record_reset(conn, topic, topic_id, raw, claim)
             for (provider,), group in ticks.group_by("provider", maintain_order=True):
                 append_outbox(conn, outbox_rows(group, TICKS.name, TICKS_EVENT_FIELDS,
-                                                {**headers, "mdp-provider": str(provider)}))
+                                                {**headers, "mdp-provider": str(provider)}, TICKS_OPTIONAL_FIELDS))
     relayed = DrainReport()
-    if ticks.height or not claim.applied:  # a re-run of an applied range still relays what is pending
-        ensure_topics(bootstrap_servers, (TICKS, DEAD_LETTER))
-        relayed = drain(conn, bootstrap_servers, topics=(TICKS.name, DEAD_LETTER.name))
+    if ticks.height or quotes.quotes.height or bars.sessions_announced or not claim.applied:
+        # (a re-run of an applied range still relays what is pending)
+        ensure_topics(bootstrap_servers, (TICKS, QUOTES, BARS_1M, DEAD_LETTER))
+        relayed = drain(conn, bootstrap_servers, topics=(TICKS.name, QUOTES.name, BARS_1M.name, DEAD_LETTER.name))
     if claim.applied:
         commit_consumer_offset(bootstrap_servers, topic, partition, last + 1)
     if not claim.applied:
@@ -120,8 +144,12 @@ def process_range(
     return RangeReport(
         topic, partition, first, last, applied=True, frames=data.height,
         trades=int((ticks["action"] == "new").sum()), cancels=int((ticks["action"] == "cancel").sum()),
-        quarantined=normalized.rejected.height, frames_quarantined=bad_frames.height, gaps=gaps,
-        published=relayed.total, reset=claim.reset,
+        corrections=corrections,
+        quarantined=normalized.rejected.height + quotes.rejected.height, quotes=stored_quotes,
+        quotes_quarantined=quotes.rejected.height, stream_bars=bars.stored,
+        stream_bars_superseded=bars.superseded_by_rest, stream_bars_quarantined=bars.quarantined,
+        frames_quarantined=bad_frames.height, gaps=gaps,
+        published=relayed.total, reset=claim.reset, last_received_at=_latest(raw, "received_at"),
     )
 
 
@@ -130,30 +158,32 @@ def _latest(raw: pl.DataFrame, column: str) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-def _store_ticks(conn: psycopg.Connection, ticks: pl.DataFrame, run_id: str) -> None:
-    """Upsert new trades, then delete cancelled ones (a correction's original included)."""
+def _store_ticks(conn: psycopg.Connection, ticks: pl.DataFrame, run_id: str) -> int:
+    """Upsert new trades, then retire cancelled ones (a correction's original included) into md.ticks_revisions;
+    a stored trade that a resend changes is kept there too. Returns the corrections among the cancels."""
     if not ticks.height:
-        return
+        return 0
+    now = datetime.now(UTC)
     days = ticks["session_date"]
     ensure_partitions(conn, "md.ticks", days.min(), days.max())  # type: ignore[arg-type]
-    rows = stored_ticks(ticks, run_id, pl.lit(datetime.now(UTC)))
+    rows = stored_ticks(ticks, run_id, pl.lit(now))
     if rows.height:
         conn.execute("create temporary table _ticks (like md.ticks) on commit drop")
         with conn.cursor() as cur:
             copy_frame(cur, "_ticks", rows)
+        keep_changed_versions(conn, "_ticks", run_id, now)
         columns = ", ".join(rows.columns)
         updates = ", ".join(f"{c} = excluded.{c}" for c in rows.columns if c not in _TICK_KEY)
         conn.execute(f"insert into md.ticks ({columns}) select {columns} from _ticks"
                      f" on conflict ({_TICK_KEY}) do update set {updates}")
-    cancels = ticks.filter(pl.col("action") == "cancel").select("instrument_id", "provider", "session_date",
-                                                               "sequence")
-    if cancels.height:
-        conn.execute("create temporary table _cancels (instrument_id bigint, provider text, session_date date,"
-                     " sequence bigint) on commit drop")
-        with conn.cursor() as cur:
-            copy_frame(cur, "_cancels", cancels)
-        conn.execute("delete from md.ticks t using _cancels c where t.instrument_id = c.instrument_id"
-                     " and t.provider = c.provider and t.session_date = c.session_date and t.sequence = c.sequence")
+    corrected_by = ticks.filter(pl.col("action") == "new", pl.col("corrects").is_not_null()).select(
+        *TRADE_KEY[:3], pl.col("corrects").alias("sequence"), pl.col("sequence").alias("superseded_by"),
+    ).unique(subset=TRADE_KEY, keep="last")
+    gone = ticks.filter(pl.col("action") == "cancel").select(TRADE_KEY).join(
+        corrected_by, on=TRADE_KEY, how="left").with_columns(
+        pl.when(pl.col("superseded_by").is_null()).then(pl.lit("cancel")).otherwise(pl.lit("correct")).alias("change"))
+    retire_ticks(conn, gone, run_id, now)
+    return int((gone["change"] == "correct").sum())
 
 
 def quarantine_actions(conn: psycopg.Connection, rejected: pl.DataFrame, run_id: str, stage: str = "stream") -> None:

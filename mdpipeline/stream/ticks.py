@@ -58,10 +58,12 @@ def normalize_ticks(actions: pl.DataFrame, symbology: pl.DataFrame, calendar_nam
 
 
 def stored_ticks(ticks: pl.DataFrame, run_id: str, ingested_at: pl.Expr) -> pl.DataFrame:
-    """Rows for md.ticks: new trades only, last action per key wins (a provider may resend)."""
+    """Rows for md.ticks: new trades only, last action per key wins (a provider may resend); with the trade
+    each corrects and the event id that announced it (`event_id`, null when the frame has none)."""
     key = ["instrument_id", "provider", "session_date", "ts", "sequence"]
+    event_id = pl.col("event_id") if "event_id" in ticks.columns else pl.lit(None, pl.String).alias("event_id")
     return ticks.filter(pl.col("action") == "new").unique(subset=key, keep="last", maintain_order=True).select(
         "instrument_id", "symbol", "session_date", pl.col("ts").dt.cast_time_unit("us"), "provider", "price",
         "size", "exchange", "conditions", "sequence", pl.lit(run_id).alias("run_id"),
-        ingested_at.cast(pl.Datetime("us", "UTC")).alias("ingested_at"),
+        ingested_at.cast(pl.Datetime("us", "UTC")).alias("ingested_at"), event_id, "corrects",
     )

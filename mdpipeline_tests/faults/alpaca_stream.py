@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,10 @@ from pytest_httpserver import HTTPServer
 from websockets.asyncio.server import Server, ServerConnection, serve
 from werkzeug import Request, Response
 
+from mdpipeline.distribute.topics import TopicSpec, ensure_topics, raw_stream_topic
+from mdpipeline.stream.collector import Backoff, collect
+from mdpipeline.stream.feeds import AlpacaFeed
+from mdpipeline.stream.landing import RawLanding
 from mdpipeline.stream.synthetic import history_frames, synthetic_history
 
 KEY_ID, SECRET_KEY = "PKFAULTTESTKEY0001", "faultTestSecret0123456789abcdefghij"
@@ -127,7 +133,8 @@ class AlpacaStream:
             return
         await ws.send(_compact([{"T": "success", "msg": "authenticated"}]))
         sub = json.loads(await ws.recv())
-        await ws.send(_compact([{"T": "subscription", "trades": sub["trades"], "quotes": [], "bars": []}]))
+        await ws.send(_compact([{"T": "subscription", "trades": sub["trades"], "quotes": sub.get("quotes", []),
+                                  "bars": sub.get("bars", [])}]))
         if number < len(self.scripts):
             for frame in self.scripts[number]:
                 if not await self._send(ws, number, frame):
@@ -231,3 +238,35 @@ def expected_trades(symbols: tuple[str, ...], first: str, last: str, windows: li
 def trade_time(ts: str) -> datetime:
     """A synthetic trade's RFC 3339 nanosecond text as a datetime (to the microsecond)."""
     return datetime.fromisoformat(ts[:26] + "+00:00")
+
+
+def collect_scripts(kafka_bootstrap: str, stream: AlpacaStream, expect_connections: int, *,
+                    quotes: bool = False, bars: bool = False) -> tuple[TopicSpec, RawLanding]:
+    """Start `stream`, run the real collector onto a new raw topic until the server played every script and
+    the reconnections settled, stop both; returns the topic and the landing. `quotes`/`bars`: subscribe to
+    those channels too."""
+    topic = raw_stream_topic(f"alpaca-{uuid.uuid4().hex[:8]}")
+    ensure_topics(kafka_bootstrap, (topic,))
+    landing = RawLanding(kafka_bootstrap, topic.name, "alpaca")
+    symbols = ["AAPL", "MSFT"]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        feed = AlpacaFeed(KEY_ID, SECRET_KEY, trades=symbols, quotes=symbols if quotes else [],
+                          bars=symbols if bars else [], stream_url=stream.url)
+        task = asyncio.ensure_future(collect(feed, landing, stop=stop, backoff=Backoff(0.05, 0.2)))
+        deadline = time.monotonic() + 60
+        while not (stream.done.is_set() and stream.connections >= expect_connections):
+            assert time.monotonic() < deadline, "the server's scripts were not played"
+            assert not task.done(), f"the collector stopped: {task.exception() if task.done() else ''}"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    stream.start()
+    try:
+        asyncio.run(run())
+    finally:
+        stream.stop()
+    return topic, landing

@@ -12,10 +12,8 @@ nothing left to request), nothing stays pending in the outbox.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -27,19 +25,17 @@ import pytest
 
 from mdpipeline.distribute.publisher import send
 from mdpipeline.distribute.subscriber import read_topic
-from mdpipeline.distribute.topics import TICKS, TopicSpec, ensure_topics, raw_stream_topic
+from mdpipeline.distribute.topics import TICKS, TopicSpec, ensure_topics
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.realtime import raw_stream_sensor
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource
 from mdpipeline.settings import DEFAULT_UNIVERSE
-from mdpipeline.stream.collector import Backoff, collect
-from mdpipeline.stream.feeds import AlpacaFeed
 from mdpipeline.stream.gap_repair import DEFAULT_MARGIN
-from mdpipeline.stream.landing import RawLanding
 from mdpipeline.stream.offsets import read_messages
 from mdpipeline.stream.process import process_range
 from mdpipeline.universe import load_universe
 from mdpipeline_tests.faults.alpaca_stream import KEY_ID, SECRET_KEY, AlpacaStream, Binary, InvalidText
+from mdpipeline_tests.faults.alpaca_stream import collect_scripts as _collect
 from mdpipeline_tests.faults.invariants import (
     assert_events_consistent,
     assert_no_secret,
@@ -82,34 +78,6 @@ def _bad_frames() -> dict[str, str | bytes]:
         "lone_surrogate": _frame(_trade(503)).replace('"x":"V"', '"x":"\\ud800"'),
         "json_number": "42",
     }
-
-
-def _collect(kafka_bootstrap: str, stream: AlpacaStream, expect_connections: int) -> tuple[TopicSpec, RawLanding]:
-    """Start `stream`, run the real collector onto a new raw topic until the server played every script and
-    the reconnections settled, stop both; returns the topic and the landing."""
-    topic = raw_stream_topic(f"alpaca-{uuid.uuid4().hex[:8]}")
-    ensure_topics(kafka_bootstrap, (topic,))
-    landing = RawLanding(kafka_bootstrap, topic.name, "alpaca")
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        feed = AlpacaFeed(KEY_ID, SECRET_KEY, trades=["AAPL", "MSFT"], stream_url=stream.url)
-        task = asyncio.ensure_future(collect(feed, landing, stop=stop, backoff=Backoff(0.05, 0.2)))
-        deadline = time.monotonic() + 60
-        while not (stream.done.is_set() and stream.connections >= expect_connections):
-            assert time.monotonic() < deadline, "the server's scripts were not played"
-            assert not task.done(), f"the collector stopped: {task.exception() if task.done() else ''}"
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-    stream.start()
-    try:
-        asyncio.run(run())
-    finally:
-        stream.stop()
-    return topic, landing
 
 
 def test_bad_websocket_frames_cost_one_frame_each(database_url: str, conn: psycopg.Connection,
