@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from mdpipeline.chain.datasets import BARS_1M_DATASET, StoreScope
+from mdpipeline.contracts.frames import STORED_BARS_1M
 from mdpipeline.distribute.subscriber import read_topic
 from mdpipeline.distribute.topics import BARS_1M
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M
 from mdpipeline.settings import DEFAULT_UNIVERSE
 from mdpipeline.universe import load_universe
 from mdpipeline_tests.faults.alpaca_stream import AlpacaStream, collect_scripts

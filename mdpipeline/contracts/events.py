@@ -6,6 +6,7 @@ Lineage (raw payload, run, ingest time) travels in headers, never in the data.
 from __future__ import annotations
 
 from mdpipeline.contracts.frames import BAR_VALUES, CANONICAL_BARS_1D
+from mdpipeline.contracts.realtime import CANONICAL_QUOTES
 
 _LINEAGE = ("raw_payload_id", "run_id", "ingested_at")
 
@@ -23,3 +24,4 @@ TICKS_EVENT_FIELDS: tuple[str, ...] = (
 # Cancels and corrections also name the event that announced the trade they cancel or replace; the field is
 # left out of the JSON when null, so a plain trade's data (and event_id) is what it always was.
 TICKS_OPTIONAL_FIELDS: tuple[str, ...] = ("original_event_id",)
+QUOTES_EVENT_FIELDS: tuple[str, ...] = tuple(CANONICAL_QUOTES)

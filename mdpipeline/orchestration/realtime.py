@@ -22,7 +22,6 @@ from typing import Any
 
 import dagster as dg
 import psycopg
-from confluent_kafka.admin import AdminClient
 
 from mdpipeline.distribute.topics import raw_stream_topic
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
@@ -196,7 +195,7 @@ def raw_stream_follow_sensor(
     @dg.sensor(name=name, job_name=FOLLOW_JOB_NAME, minimum_interval_seconds=interval,
                description="Requests a long-running realtime_stream run per raw topic when none is in flight.")
     def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
-        existing = set(AdminClient({"bootstrap.servers": kafka.bootstrap_servers}).list_topics(timeout=10).topics)
+        existing = set(kafka.admin().list_topics(timeout=10).topics)
         requests = [
             dg.RunRequest(run_key=f"follow:{topic}:{int(time.time())}", tags={FOLLOW_TAG: topic},
                           run_config=dg.RunConfig(ops={"follow_raw_stream": FollowConfig(
@@ -234,7 +233,7 @@ def raw_stream_sensor(
     def _sensor(context: dg.SensorEvaluationContext, db: DatabaseResource,
                 kafka: KafkaResource) -> dg.SensorResult | dg.SkipReason:
         requests: list[dg.RunRequest] = []
-        existing = set(AdminClient({"bootstrap.servers": kafka.bootstrap_servers}).list_topics(timeout=10).topics)
+        existing = set(kafka.admin().list_topics(timeout=10).topics)
         with db.connection() as conn:
             for topic in (t for t in watched if t in existing):
                 partition = 0

@@ -25,12 +25,12 @@ from datetime import datetime
 import polars as pl
 from polars.exceptions import PanicException
 
-from mdpipeline.stream.parse import ALPACA_SHAPED, MalformedFramesError
+from mdpipeline.stream.parse import ALPACA_SHAPED, FINNHUB_SHAPED, MalformedFramesError
 
 log = logging.getLogger(__name__)
 
 FRAME_CHECK = "malformed_frame"
-PARSED_PROVIDERS = frozenset({*ALPACA_SHAPED, "finnhub"})
+PARSED_PROVIDERS = ALPACA_SHAPED | FINNHUB_SHAPED
 REJECTED_FRAMES: dict[str, pl.DataType] = {"offset": pl.Int64(), "reason": pl.String()}
 _REASON_CHARS = 500
 
@@ -59,7 +59,7 @@ def frame_defects(raw: pl.DataFrame) -> pl.DataFrame:
         pl.when(value.str.json_path_match("$").is_null()).then(pl.lit("not JSON")),
         pl.when((kind == "data") & provider.is_in(list(ALPACA_SHAPED)) & ~text.str.starts_with("["))
         .then(pl.lit("not a JSON array of messages")),
-        pl.when(((kind == "gap") | (provider == "finnhub")) & ~text.str.starts_with("{"))
+        pl.when(((kind == "gap") | provider.is_in(list(FINNHUB_SHAPED))) & ~text.str.starts_with("{"))
         .then(pl.lit("not a JSON object")),
     ]
     return raw.with_columns(pl.coalesce(checks).alias("reason"))

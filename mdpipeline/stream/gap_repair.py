@@ -48,6 +48,7 @@ import polars as pl
 import psycopg
 
 from mdpipeline.contracts.events import TICKS_EVENT_FIELDS, TICKS_OPTIONAL_FIELDS
+from mdpipeline.contracts.realtime import CANONICAL_TICKS
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import DEAD_LETTER, TICKS, ensure_topics
@@ -60,7 +61,7 @@ from mdpipeline.storage.partitions import ensure_partitions
 from mdpipeline.stream.corrections import ORIGINAL, retire_ticks, tick_event_ids
 from mdpipeline.stream.process import quarantine_actions
 from mdpipeline.stream.synthetic import synthetic_history
-from mdpipeline.stream.ticks import CANONICAL_TICKS, normalize_ticks, stored_ticks
+from mdpipeline.stream.ticks import normalize_ticks, stored_ticks
 
 DEFAULT_MARGIN = timedelta(seconds=2)  # fetched around the gap: clock skew between collector and exchange
 UNREPAIRABLE: dict[str, str] = {name: spec.unrepairable for name, spec in SPECS.items() if spec.unrepairable}

@@ -5,7 +5,7 @@ Trade actions (`TRADE_ACTIONS`): raw `offset` and `position` (order within the f
 `symbol`, `ts` (UTC, ns), `action` (`new` | `cancel`), `price`, `size`, `exchange`, `conditions`
 (codes joined by ","), `sequence` (the provider's trade id), `corrects` (the trade a correction replaces).
 
-Quotes (`mdpipeline.stream.quote_frames.PARSED_QUOTES`): Alpaca `q` messages
+Quotes (`mdpipeline.contracts.realtime.PARSED_QUOTES`): Alpaca `q` messages
 (`S`, `bx`, `bp`, `bs`, `ax`, `ap`, `as`, `c`, `z`, `t`); Finnhub's stream has none.
 
 Bars (`STREAM_BARS`): `offset`, `position`, `provider`, `kind` (`b` minute bar, `u` updated minute bar,
@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from mdpipeline.contracts.realtime import PARSED_QUOTES
 from mdpipeline.providers.registry import SPECS
-from mdpipeline.stream.quote_frames import PARSED_QUOTES
 
 TRADE_ACTIONS: dict[str, pl.DataType] = {
     "offset": pl.Int64(), "position": pl.Int64(), "provider": pl.String(), "symbol": pl.String(),

@@ -27,10 +27,11 @@ import polars as pl
 import psycopg
 
 from mdpipeline.contracts.events import TICKS_EVENT_FIELDS, TICKS_OPTIONAL_FIELDS
+from mdpipeline.contracts.realtime import PARSED_QUOTES
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.relay import DrainReport, drain
 from mdpipeline.distribute.topics import BARS_1M, DEAD_LETTER, QUOTES, TICKS, ensure_topics
-from mdpipeline.sessions import calendar
+from mdpipeline.sessions import exchange_timezone
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
 from mdpipeline.stream.bad_frames import frame_quarantine_rows, gap_markers, parse_frames
@@ -44,7 +45,6 @@ from mdpipeline.stream.offsets import (
     read_messages,
 )
 from mdpipeline.stream.parse import RECORD, STREAM_BARS, TRADE_ACTIONS, stream_records
-from mdpipeline.stream.quote_frames import PARSED_QUOTES
 from mdpipeline.stream.quotes import normalize_quotes, store_quotes
 from mdpipeline.stream.stream_bars import StreamBarsReport, apply_stream_bars
 from mdpipeline.stream.ticks import normalize_ticks, stored_ticks
@@ -101,7 +101,7 @@ def process_range(
     parsed_quotes = records.filter(pl.col(RECORD) == "quote").select(list(PARSED_QUOTES))
     parsed_bars = records.filter(pl.col(RECORD) == "bar").select(list(STREAM_BARS))
     markers, bad_markers = gap_markers(raw)
-    timezone = str(calendar(calendar_name).tz)
+    timezone = exchange_timezone(calendar_name)
     bad_frames = frame_quarantine_rows(raw, pl.concat([bad_data, bad_markers]), topic=topic, partition=partition,
                                        run_id=run_id, timezone=timezone)
     normalized = normalize_ticks(actions.select(list(TRADE_ACTIONS)), symbology, calendar_name)

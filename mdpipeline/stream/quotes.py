@@ -18,14 +18,15 @@ from datetime import datetime
 import polars as pl
 import psycopg
 
+from mdpipeline.contracts.events import QUOTES_EVENT_FIELDS
+from mdpipeline.contracts.realtime import CANONICAL_QUOTES, PARSED_QUOTES, STORED_QUOTES
 from mdpipeline.distribute.events import json_events
 from mdpipeline.distribute.outbox import append_outbox, outbox_rows
 from mdpipeline.distribute.topics import QUOTES
 from mdpipeline.normalize.bars import map_instruments
-from mdpipeline.sessions import calendar
+from mdpipeline.sessions import exchange_timezone
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.partitions import ensure_partitions
-from mdpipeline.stream.quote_frames import CANONICAL_QUOTES, PARSED_QUOTES, QUOTES_EVENT_FIELDS, STORED_QUOTES
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _reasons() -> pl.Expr:
 
 def normalize_quotes(parsed: pl.DataFrame, symbology: pl.DataFrame, calendar_name: str = "XNYS") -> Quotes:
     """Validate parsed quotes (`PARSED_QUOTES`) and attach instrument ids by the symbology valid on their session."""
-    tz = str(calendar(calendar_name).tz)
+    tz = exchange_timezone(calendar_name)
     checked = parsed.select(list(PARSED_QUOTES)).with_columns(
         pl.col("ts").dt.convert_time_zone(tz).dt.date().alias("session_date"), _reasons().alias("reason"))
     invalid = checked.filter(pl.col("reason").is_not_null()).with_columns(

@@ -22,9 +22,10 @@ from datetime import date, datetime
 import polars as pl
 import psycopg
 
+from mdpipeline.contracts.frames import STORED_BARS_1M
 from mdpipeline.distribute.outbox import enqueue, session_outbox_rows
 from mdpipeline.distribute.topics import BARS_1M
-from mdpipeline.normalize.minute_bars import STORED_BARS_1M, normalize_bars_1m
+from mdpipeline.normalize.minute_bars import normalize_bars_1m
 from mdpipeline.providers.base import STANDARD_COLUMNS
 from mdpipeline.quality.schemas import StandardBars1m
 from mdpipeline.quality.validate import validate

@@ -6,16 +6,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from mdpipeline.contracts.realtime import CANONICAL_TICKS
 from mdpipeline.normalize.bars import map_instruments
-from mdpipeline.sessions import calendar
-
-# Canonical tick columns (md.ticks without lineage) plus the action fields events carry.
-CANONICAL_TICKS: dict[str, pl.DataType] = {
-    "instrument_id": pl.Int64(), "symbol": pl.String(), "session_date": pl.Date(),
-    "ts": pl.Datetime("ns", "UTC"), "provider": pl.String(), "action": pl.String(), "price": pl.Float64(),
-    "size": pl.Float64(), "exchange": pl.String(), "conditions": pl.String(), "sequence": pl.Int64(),
-    "corrects": pl.Int64(),
-}
+from mdpipeline.sessions import exchange_timezone
 
 
 @dataclass(frozen=True)
@@ -42,7 +35,7 @@ def _reasons() -> pl.Expr:
 
 def normalize_ticks(actions: pl.DataFrame, symbology: pl.DataFrame, calendar_name: str = "XNYS") -> Ticks:
     """Validate trade actions and attach instrument ids by symbology valid on the exchange-local date."""
-    tz = str(calendar(calendar_name).tz)
+    tz = exchange_timezone(calendar_name)
     checked = actions.with_columns(
         pl.col("price").replace([float("inf"), float("-inf")], None).fill_nan(None),
         pl.col("ts").dt.convert_time_zone(tz).dt.date().alias("session_date"),
