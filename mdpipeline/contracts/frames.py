@@ -61,6 +61,10 @@ CANONICAL_CORPORATE_ACTIONS: Columns = {
 
 STORED_BARS_1D: Columns = {**CANONICAL_BARS_1D, **_STAMPS}  # md.bars_1d
 STORED_BARS_1M: Columns = {**CANONICAL_BARS_1M, **_STAMPS}  # md.bars_1m
+# md.bars_5m / md.bars_15m / md.bars_1h: minute bars rolled up per bucket (`ts` its start), the latest
+# `ingested_at` of its bars, and how many minute bars it holds.
+ROLLUP_BARS: Columns = {**_INSTRUMENT_SESSION, "ts": UTC_TIMESTAMP, **BAR_VALUES, "ingested_at": UTC_TIMESTAMP,
+                        "bars": pl.Int64()}
 # ref.corporate_actions as read back: the canonical action and when the pipeline first learnt it.
 STORED_ACTIONS: Columns = {**CANONICAL_CORPORATE_ACTIONS, "learned_at": UTC_TIMESTAMP}
 

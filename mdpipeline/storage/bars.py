@@ -14,7 +14,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from mdpipeline.contracts.frames import STORED_BARS_1D, STORED_BARS_1M
+from mdpipeline.contracts.frames import ROLLUP_BARS, STORED_BARS_1D, STORED_BARS_1M
 from mdpipeline.storage.partitions import time_bounds
 from mdpipeline.storage.reader import read_frame
 from mdpipeline.storage.rollups import COLUMNS as ROLLUP_COLUMNS
@@ -22,7 +22,7 @@ from mdpipeline.storage.rollups import rollup_query, rollup_view
 from mdpipeline.storage.storage_config import RollupConfig, load_storage_config
 
 # Rolled-up bars: the minute bar columns without lineage, `ts` the bucket start, `bars` the minute bars in it.
-ROLLUP_SCHEMA: dict[str, pl.DataType] = {c: pl.Int64() if c == "bars" else STORED_BARS_1M[c] for c in ROLLUP_COLUMNS}
+ROLLUP_SCHEMA: dict[str, pl.DataType] = ROLLUP_BARS
 
 
 def read_bars_1d(
