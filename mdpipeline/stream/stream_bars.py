@@ -31,7 +31,7 @@ from mdpipeline.quality.schemas import StandardBars1m
 from mdpipeline.quality.validate import validate
 from mdpipeline.sessions import with_session_date
 from mdpipeline.storage.binary_copy import copy_frame
-from mdpipeline.storage.partitions import ensure_partitions
+from mdpipeline.storage.partitions import ensure_partitions, time_bounds
 from mdpipeline.storage.quarantine_store import record_check
 
 STREAM_SUFFIX = "-stream"
@@ -152,8 +152,9 @@ def reconcile_stream_bars(conn: psycopg.Connection, provider: str, *, start: dat
     the minutes they cover are retired (md.bars_1m_revisions, change `delete`), and how far they differed is
     recorded (`quality.check_results`, check `stream_vs_rest`, when any were compared); returns those numbers."""
     source = stream_provider(provider)
-    where = "s.provider = %s and s.session_date between %s and %s"
-    params: list[object] = [source, start, end]
+    lower, upper = time_bounds(start, end)  # on `ts` too, so TimescaleDB looks only at the range's chunks
+    where = "s.provider = %s and s.session_date between %s and %s and s.ts >= %s and s.ts < %s"
+    params: list[object] = [source, start, end, lower, upper]
     if instruments is not None:
         where += " and s.instrument_id = any(%s)"
         params.append(list(instruments))
