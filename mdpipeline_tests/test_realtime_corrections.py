@@ -100,3 +100,27 @@ def test_corrections_and_cancels_replace_stored_ticks_keep_revisions_and_name_th
     assert later[("cancel", 3)]["data"]["original_event_id"] == new_id[3]
     assert later[("new", 12)]["data"]["original_event_id"] == later[("new", 4)]["event_id"]
     assert conn.execute("select count(*) from md.ticks_revisions where change = 'cancel'").fetchone() == (2,)
+
+
+def test_bad_frames_and_a_bad_correction_are_quarantined_and_the_offset_advances(
+    database_url: str, conn: psycopg.Connection, kafka_bootstrap: str,
+) -> None:
+    t1, t2 = _trade(1, 100.0), _trade(2, 101.0)
+    bad_price = _correction(t2, 20, 0.0)  # a correction to a non-positive price: rejected, the trade stays
+    script = [_frame(t1, t2), "{not json", _frame(bad_price), _frame(_correction(t1, 10, 100.5))]
+    stream = AlpacaStream(scripts=[script])
+    topic, _ = collect_scripts(kafka_bootstrap, stream, expect_connections=1)
+    assert len(run_realtime(database_url, kafka_bootstrap, topic.name)) == 1
+
+    assert dict(conn.execute("select sequence, price from md.ticks").fetchall()) == {2: 101.0, 10: 100.5}
+    quarantined = conn.execute("select check_name, row_data->>'offset' from quality.quarantine"
+                               " where check_name = 'malformed_frame'").fetchall()
+    assert quarantined == [("malformed_frame", "1")]  # the whole frame, by its offset
+    reasons = dict(conn.execute("select check_name, reason from quality.quarantine"
+                                " where check_name <> 'malformed_frame'").fetchall())
+    # Both halves of the bad correction: the corrected trade, and the cancel of the original it came with.
+    assert set(reasons) == {"value_range", "correction_rejected"}
+    assert "price must be > 0" in reasons["value_range"]
+    assert "the corrected trade 20 was rejected" in reasons["correction_rejected"]
+    assert conn.execute("select count(*) from md.ticks_revisions where sequence = 2").fetchone() == (0,)
+    assert conn.execute("select next_offset from ops.stream_offsets").fetchone() == (len(script),)

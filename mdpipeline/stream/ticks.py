@@ -33,14 +33,32 @@ def _reasons() -> pl.Expr:
     return pl.concat_str(checks, separator="; ", ignore_nulls=True).replace("", None)
 
 
+def _whole_corrections(checked: pl.DataFrame) -> pl.DataFrame:
+    """A correction is two actions (the original's cancel, then the corrected trade, the next position of
+    the same frame): when the corrected trade is rejected the cancel is too, so the original trade stays
+    stored instead of vanishing without its replacement."""
+    frame = ["offset"] if "offset" in checked.columns else []  # repaired history has no raw offsets
+    failed = checked.filter((pl.col("action") == "new") & pl.col("corrects").is_not_null()
+                            & pl.col("reason").is_not_null()).select(
+        *frame, (pl.col("position") - 1).alias("position"), pl.col("corrects").alias("sequence"),
+        pl.format("correction_rejected: the corrected trade {} was rejected ({})", pl.col("sequence"),
+                  pl.col("reason")).alias("_whole"))
+    if not failed.height:
+        return checked
+    paired = checked.join(failed, on=[*frame, "position", "sequence"], how="left", maintain_order="left")
+    cancel = (pl.col("action") == "cancel") & pl.col("_whole").is_not_null()
+    return paired.with_columns(pl.when(cancel).then(pl.col("_whole")).otherwise(pl.col("reason")).alias("reason")
+                               ).drop("_whole")
+
+
 def normalize_ticks(actions: pl.DataFrame, symbology: pl.DataFrame, calendar_name: str = "XNYS") -> Ticks:
     """Validate trade actions and attach instrument ids by symbology valid on the exchange-local date."""
     tz = exchange_timezone(calendar_name)
-    checked = actions.with_columns(
+    checked = _whole_corrections(actions.with_columns(
         pl.col("price").replace([float("inf"), float("-inf")], None).fill_nan(None),
         pl.col("ts").dt.convert_time_zone(tz).dt.date().alias("session_date"),
         _reasons().alias("reason"),
-    )
+    ))
     invalid = checked.filter(pl.col("reason").is_not_null()).with_columns(
         pl.col("reason").str.split(":").list.first().alias("check_name"))
     mapped = map_instruments(checked.filter(pl.col("reason").is_null()).drop("reason"), symbology, "session_date")
