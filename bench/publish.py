@@ -23,14 +23,10 @@ Kafka broker and PostgreSQL cluster here (stopped at the end). In the same run i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -39,8 +35,9 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_services import services
+
 from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
-from mdpipeline.devservices import LocalBroker, LocalPostgres
 from mdpipeline.distribute.events import bar_events
 from mdpipeline.distribute.outbox import outbox_rows, session_outbox_rows, write_outbox
 from mdpipeline.distribute.publisher import Headers, make_producer, publish
@@ -55,25 +52,6 @@ from mdpipeline.stream.offsets import read_messages
 from mdpipeline.stream.process import process_range
 from mdpipeline.stream.synthetic import synthetic_frames
 from mdpipeline.universe import load_universe
-
-
-@contextlib.contextmanager
-def services() -> Iterator[tuple[str, str]]:
-    """(bootstrap servers, database url): from the environment or started here."""
-    with contextlib.ExitStack() as stack:
-        bootstrap = os.environ.get("MDP_KAFKA_BOOTSTRAP_SERVERS", "")
-        if not bootstrap:
-            broker = LocalBroker(Path(tempfile.mkdtemp(prefix="bench-kafka-")))
-            bootstrap = broker.start()
-            stack.callback(broker.stop)
-        url = os.environ.get("MDP_DATABASE_URL", "")
-        if not url:
-            root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-            root.chmod(0o755)
-            pg = LocalPostgres(root / "data", log_file=root / "postgres.log", fast=True)
-            url = pg.start()
-            stack.callback(pg.stop)
-        yield bootstrap, url
 
 
 def bars(n: int) -> pl.DataFrame:

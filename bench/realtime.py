@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import os
@@ -40,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,8 +48,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dagster as dg
+from bench_services import services
 
-from mdpipeline.devservices import LocalBroker, LocalPostgres
 from mdpipeline.distribute.subscriber import end_offsets, read_topic
 from mdpipeline.distribute.topics import TICKS, ensure_topics, raw_stream_topic
 from mdpipeline.orchestration.definitions import build_definitions
@@ -65,29 +63,6 @@ from mdpipeline.stream.parse import alpaca_actions
 
 KEY_ID, SECRET = "PKBENCH", "benchsecret"
 TOPIC = raw_stream_topic("alpaca")
-
-
-@contextlib.contextmanager
-def services() -> Iterator[tuple[str, str]]:
-    """(bootstrap servers, database url): from the environment or started here."""
-    with contextlib.ExitStack() as stack:
-        bootstrap = os.environ.get("MDP_KAFKA_BOOTSTRAP_SERVERS", "")
-        if not bootstrap:
-            broker = LocalBroker(Path(tempfile.mkdtemp(prefix="bench-kafka-")))
-            bootstrap = broker.start()
-            stack.callback(broker.stop)
-        url = os.environ.get("MDP_DATABASE_URL", "")
-        if not url:
-            root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-            root.chmod(0o755)
-            pg = LocalPostgres(root / "data", log_file=root / "postgres.log", fast=True)
-            url = pg.start()
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("alter system set track_commit_timestamp = on")
-            pg.stop()
-            url = pg.start()
-            stack.callback(pg.stop)
-        yield bootstrap, url
 
 
 def write_universe(path: Path, symbols: list[str]) -> None:
@@ -161,7 +136,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-realtime-"))
     universe = work / "universe.yaml"
     write_universe(universe, symbols)
-    with services() as (bootstrap, url):
+    with services(commit_timestamps=True) as (bootstrap, url):
         with connect(url) as conn:
             migrate(conn)
         ensure_topics(bootstrap, (TOPIC, TICKS))
