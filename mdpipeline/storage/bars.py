@@ -17,12 +17,8 @@ from psycopg import sql
 from mdpipeline.contracts.frames import ROLLUP_BARS, STORED_BARS_1D, STORED_BARS_1M
 from mdpipeline.storage.partitions import time_bounds
 from mdpipeline.storage.reader import read_frame
-from mdpipeline.storage.rollups import COLUMNS as ROLLUP_COLUMNS
 from mdpipeline.storage.rollups import rollup_query, rollup_view
 from mdpipeline.storage.storage_config import RollupConfig, load_storage_config
-
-# Rolled-up bars: the minute bar columns without lineage, `ts` the bucket start, `bars` the minute bars in it.
-ROLLUP_SCHEMA: dict[str, pl.DataType] = ROLLUP_BARS
 
 
 def read_bars_1d(
@@ -95,7 +91,7 @@ def read_rollup(
     """
     view = rollup_view(interval)
     where = _where(start, end, provider, symbols, instrument_ids, ts=True)
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in ROLLUP_COLUMNS)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in ROLLUP_BARS)
     order = sql.SQL(" order by ts, instrument_id, provider")
     if as_of is None:
         query = sql.SQL("select {} from {} where {}").format(columns, sql.Identifier(*view.split(".")), where) + order
@@ -104,7 +100,7 @@ def read_rollup(
         rolled = rollup_query(interval, config or load_storage_config().rollups,
                               sql.SQL("({}) as known").format(known))
         query = sql.SQL("select {} from ({}) as rolled").format(columns, rolled) + order
-    return read_frame(conn, query + _limit(limit), None, ROLLUP_SCHEMA)
+    return read_frame(conn, query + _limit(limit), None, ROLLUP_BARS)
 
 
 def _where(start: date, end: date, provider: str | None, symbols: list[str] | None,

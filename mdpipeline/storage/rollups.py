@@ -22,14 +22,12 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import sql
 
-from mdpipeline.contracts.frames import ROLLUP_BARS
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.partitions import time_bounds
 from mdpipeline.storage.storage_config import RollupConfig, load_storage_config
 
 # interval name -> (PostgreSQL interval, minutes)
 ROLLUPS: dict[str, tuple[str, int]] = {"5m": ("5 minutes", 5), "15m": ("15 minutes", 15), "1h": ("1 hour", 60)}
-COLUMNS = tuple(ROLLUP_BARS)
 
 
 def rollup_view(interval: str) -> str:
