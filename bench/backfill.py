@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -60,15 +62,35 @@ def cli(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=True)
 
 
-def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and output of `mdpipeline backfill` as a child process."""
+def sample_rss(pid: int, into: list[tuple[float, int]], interval: float = 0.05) -> None:
+    """Append (epoch seconds, RSS bytes) of process `pid` every `interval` seconds until it exits."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+        if match is None:  # a zombie has no memory left to measure
+            return
+        into.append((time.time(), int(match.group(1)) * 1024))
+        time.sleep(interval)
+
+
+def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date,
+                 samples: list[tuple[float, int]]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and output of `mdpipeline backfill` as a child process; RSS
+    samples over time go to `samples` (to tell which step holds the peak)."""
     command = [str(ROOT / ".venv" / "bin" / "mdpipeline"), "backfill", "--start", start.isoformat(),
                "--end", end.isoformat()]
     log = workdir / "backfill.log"
     started = time.perf_counter()
     with log.open("w") as out:
         child = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        sampler = threading.Thread(target=sample_rss, args=(child.pid, samples), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(child.pid, 0)
+        sampler.join()
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
@@ -77,15 +99,21 @@ def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date) -> 
     return seconds, usage.ru_maxrss * 1024, text
 
 
-def step_seconds(dotenv: dict[str, str]) -> dict[str, float]:
-    """Seconds per step of the newest run in the instance `dev up` configured."""
+def step_times(dotenv: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """(start, end) epoch seconds per step of the newest run in the instance `dev up` configured."""
     for name in ("DAGSTER_HOME", "MDP_DAGSTER_DATABASE_URL"):
         os.environ[name] = dotenv[name]
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
     run = instance.get_runs(limit=1)[0]
-    return {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(run.run_id)}
+    return {s.step_key: (s.start_time or 0.0, s.end_time or 0.0) for s in instance.get_run_step_stats(run.run_id)}
+
+
+def step_peaks(times: dict[str, tuple[float, float]], samples: list[tuple[float, int]]) -> dict[str, int]:
+    """Highest RSS sampled while each step ran (steps of the in-process executor run one at a time)."""
+    return {key: max((rss for t, rss in samples if start <= t <= end), default=0)
+            for key, (start, end) in times.items()}
 
 
 def copy_baseline(url: str, start: date, end: date, indexed: bool = False) -> tuple[int, float]:
@@ -152,13 +180,16 @@ def main() -> None:
         dotenv = {k: v.strip('"') for k, v in (line.split("=", 1) for line in
                                                 (workdir / ".env").read_text().splitlines() if "=" in line)}
         url = dotenv["MDP_DATABASE_URL"]
-        seconds, peak, output = run_backfill(workdir, env, start, end)
+        samples: list[tuple[float, int]] = []
+        seconds, peak, output = run_backfill(workdir, env, start, end, samples)
         with psycopg.connect(url) as conn:
             minute = conn.execute("select count(*) from md.bars_1m").fetchone()[0]  # type: ignore[index]
             daily = conn.execute("select count(*) from md.bars_1d").fetchone()[0]  # type: ignore[index]
             messages = conn.execute("select topic, sum(messages) from ops.publications group by 1"
                                     " order by 1").fetchall()
-        steps = step_seconds(dotenv)
+        times = step_times(dotenv)
+        steps = {key: end_ - start_ for key, (start_, end_) in times.items()}
+        peaks = step_peaks(times, samples)
         copied, copy_rate = copy_baseline(url, start, end)
         _, indexed_rate = copy_baseline(url, start, end, indexed=True)
     finally:
@@ -178,9 +209,9 @@ def main() -> None:
     print(f"  peak RSS (backfill)    {peak / 2**20:>14,.0f} MiB")
     for topic, count in messages:
         print(f"  published              {int(count):>14,} messages on {topic}")
-    print("  seconds per step:")
+    print("  seconds and peak RSS sampled per step:")
     for key, value in sorted(steps.items(), key=lambda kv: -kv[1]):
-        print(f"    {key:<45} {value:8.1f}")
+        print(f"    {key:<45} {value:8.1f} s {peaks.get(key, 0) / 2**20:8,.0f} MiB")
     print(f"  baseline: binary COPY of {copied:,} stored minute bars into an unindexed table:"
           f" {copy_rate:,.0f} rows/s")
     print(f"  baseline: the same into a table with md.bars_1m's primary key, in key order:"

@@ -88,6 +88,15 @@ def test_the_plan_cuts_sessions_and_symbols_within_the_budget() -> None:
     assert all(c.sessions == 1 for c in grouped)
     assert [c.group for c in grouped[:3]] == [0, 1, 2]
     assert all(len(c.symbols) * c.sessions * 390 <= 1000 for c in grouped)
+    # Pieces are evened out (as few as the budget allows, none larger than needed): 63 sessions at most
+    # 25 per chunk are three chunks of 21, not 25 + 25 + 13; 7 symbols at most 3 per group stay 3 + 3 + 1.
+    quarter = session_dates(date(2024, 1, 2), date(2024, 4, 2))
+    assert len(quarter) == 63
+    even = plan_chunks(quarter, [f"S{i}" for i in range(100)], 390.0, budget=25 * 100 * 390)
+    assert [c.sessions for c in even] == [21, 21, 21]
+    assert [c.start for c in even] == [quarter[0], quarter[21], quarter[42]]
+    seven = plan_chunks(quarter[:1], [f"S{i}" for i in range(7)], 390.0, budget=3 * 390)
+    assert [len(c.symbols) for c in seven] == [3, 3, 1]
 
 
 @pytest.mark.both_layouts
