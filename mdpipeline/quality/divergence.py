@@ -49,6 +49,8 @@ def divergence(
     bars = frame.select(*on, "provider", *cols)
     left = bars if provider is None else bars.filter(pl.col("provider") == provider)
     right = bars if compare_with is None else bars.filter(pl.col("provider").is_in(list(compare_with)))
+    if bars.select(pl.col("provider").n_unique()).item() < 2:  # one provider: no pairs, spare the self-join
+        left = left.head(0)
     pairs = left.join(right, on=on, how="inner", suffix="_b").filter(
         (pl.col("provider") < pl.col("provider_b")) if provider is None else (pl.col("provider_b") != provider))
     diff = {c: (1e4 * (pl.col(c) - pl.col(f"{c}_b")).abs() / ((pl.col(c) + pl.col(f"{c}_b")) / 2)) for c in cols}

@@ -63,21 +63,26 @@ def measure_stored(
     first = lookback_start(start, thresholds.lookback_sessions, calendar_name)
     actions = actions_by_symbol(conn, first, end)
     reports, diverged = [], []
-    columns = ["instrument_id", "symbol", "session_date", "provider", *MEASURED]
+    columns = ["instrument_id", "symbol", "session_date", *MEASURED]
+
+    def of(who: str, lo: date, hi: date, names: list[str]) -> pl.DataFrame:
+        # Unsorted (the detectors order each instrument's bars themselves) and without the provider's
+        # name on every row (it is the filter): what the server would sort and send for nothing.
+        bars = read(conn, start=lo, end=hi, provider=who, symbols=names, columns=columns, ordered=False)
+        return bars.with_columns(pl.lit(who).alias("provider"))
+
     for lo, hi, group in pieces:
         names = list(group)
-        bars = read(conn, start=lo, end=hi, provider=provider, symbols=names, columns=columns)
+        bars = of(provider, lo, hi, names)
         before = lookback_start(lo, thresholds.lookback_sessions, calendar_name)
-        history = read(conn, start=before, end=lo - timedelta(days=1), provider=provider, symbols=names,
-                       columns=columns) if before < lo else None
+        history = of(provider, before, lo - timedelta(days=1), names) if before < lo else None
         expected = None if table is None else table.filter(pl.col("symbol").is_in(names))
         reports.append(detect(bars, lo, hi, thresholds=thresholds, key="symbol", calendar_name=calendar_name,
                               instruments=expected, actions=actions, history=history))
         # Other providers' bars only when the configuration compares with anybody.
         compared = [] if limits.compare_with == [] else _compared(conn, dataset, provider, lo, hi,
                                                                   limits.compare_with, others)
-        everyone = pl.concat([bars, *(read(conn, start=lo, end=hi, provider=other, symbols=names, columns=columns)
-                                      for other in compared)], how="vertical")
+        everyone = pl.concat([bars, *(of(other, lo, hi, names) for other in compared)], how="vertical")
         diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
                                    provider=provider, compare_with=limits.compare_with))
     report = merge_reports(start, end, reports)

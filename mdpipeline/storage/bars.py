@@ -32,14 +32,17 @@ def read_bars_1d(
     as_of: datetime | None = None,
     columns: list[str] | None = None,
     limit: int | None = None,
+    ordered: bool = True,
 ) -> pl.DataFrame:
     """Stored daily bars in [start, end], optionally for one provider and some symbols or instruments.
 
     `as_of`: each bar as it was known at that time (bars learnt later are absent, corrected ones
-    have their earlier value). `columns`: only those, in the stored order; `limit`: at most that many rows.
+    have their earlier value). `columns`: only those, in the stored order; `limit`: at most that many rows;
+    `ordered=False`: in whatever order the server finds them (saves its sort when the caller orders them).
     """
     where = _where(start, end, provider, symbols, instrument_ids, ts=False)
-    query = _versions("md.bars_1d", STORED_BARS_1D, where, as_of, "session_date, instrument_id, provider", columns)
+    order = "session_date, instrument_id, provider" if ordered else None
+    query = _versions("md.bars_1d", STORED_BARS_1D, where, as_of, order, columns)
     return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1D, columns))
 
 
@@ -54,11 +57,13 @@ def read_bars_1m(
     as_of: datetime | None = None,
     columns: list[str] | None = None,
     limit: int | None = None,
+    ordered: bool = True,
 ) -> pl.DataFrame:
     """Stored one-minute bars of the sessions [start, end] (as known at `as_of` when given; `columns`: only
-    those; `limit`: at most that many rows)."""
+    those; `limit`: at most that many rows; `ordered=False`: unsorted, for callers that order rows themselves)."""
     where = _where(start, end, provider, symbols, instrument_ids, ts=True)
-    query = _versions("md.bars_1m", STORED_BARS_1M, where, as_of, "ts, instrument_id, provider", columns)
+    order = "ts, instrument_id, provider" if ordered else None
+    query = _versions("md.bars_1m", STORED_BARS_1M, where, as_of, order, columns)
     return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1M, columns))
 
 
