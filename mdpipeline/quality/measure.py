@@ -27,6 +27,7 @@ from mdpipeline.sessions import session_dates
 from mdpipeline.storage.bars import read_bars_1d, read_bars_1m, stored_providers, stored_symbols
 from mdpipeline.storage.corporate_actions import actions_by_symbol
 from mdpipeline.storage.quarantine_store import quarantined_by_check
+from mdpipeline.storage.reader import ArrowReader
 
 READERS = {"bars_1d": read_bars_1d, "bars_1m": read_bars_1m}
 MINUTES_PER_SESSION = 390.0
@@ -65,26 +66,34 @@ def measure_stored(
     reports, diverged = [], []
     columns = ["instrument_id", "symbol", "session_date", *MEASURED]
 
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    reader = ArrowReader(conn) if idle else None  # one session for every read of the range
+
     def of(who: str, lo: date, hi: date, names: list[str]) -> pl.DataFrame:
         # Unsorted (the detectors order each instrument's bars themselves) and without the provider's
         # name on every row (it is the filter): what the server would sort and send for nothing.
-        bars = read(conn, start=lo, end=hi, provider=who, symbols=names, columns=columns, ordered=False)
+        bars = read(conn, start=lo, end=hi, provider=who, symbols=names, columns=columns, ordered=False,
+                    reader=reader)
         return bars.with_columns(pl.lit(who).alias("provider"))
 
-    for lo, hi, group in pieces:
-        names = list(group)
-        bars = of(provider, lo, hi, names)
-        before = lookback_start(lo, thresholds.lookback_sessions, calendar_name)
-        history = of(provider, before, lo - timedelta(days=1), names) if before < lo else None
-        expected = None if table is None else table.filter(pl.col("symbol").is_in(names))
-        reports.append(detect(bars, lo, hi, thresholds=thresholds, key="symbol", calendar_name=calendar_name,
-                              instruments=expected, actions=actions, history=history))
-        # Other providers' bars only when the configuration compares with anybody.
-        compared = [] if limits.compare_with == [] else _compared(conn, dataset, provider, lo, hi,
-                                                                  limits.compare_with, others)
-        everyone = pl.concat([bars, *(of(other, lo, hi, names) for other in compared)], how="vertical")
-        diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
-                                   provider=provider, compare_with=limits.compare_with))
+    try:
+        for lo, hi, group in pieces:
+            names = list(group)
+            bars = of(provider, lo, hi, names)
+            before = lookback_start(lo, thresholds.lookback_sessions, calendar_name)
+            history = of(provider, before, lo - timedelta(days=1), names) if before < lo else None
+            expected = None if table is None else table.filter(pl.col("symbol").is_in(names))
+            reports.append(detect(bars, lo, hi, thresholds=thresholds, key="symbol", calendar_name=calendar_name,
+                                  instruments=expected, actions=actions, history=history))
+            # Other providers' bars only when the configuration compares with anybody.
+            compared = [] if limits.compare_with == [] else _compared(conn, dataset, provider, lo, hi,
+                                                                      limits.compare_with, others)
+            everyone = pl.concat([bars, *(of(other, lo, hi, names) for other in compared)], how="vertical")
+            diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
+                                       provider=provider, compare_with=limits.compare_with))
+    finally:
+        if reader is not None:
+            reader.close()
     report = merge_reports(start, end, reports)
     across = merge_divergence(diverged, limits.bps)
     metrics = partition_metrics(start=start, end=end, rows=report.rows,

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from mdpipeline.contracts.frames import ROLLUP_BARS, STORED_BARS_1D, STORED_BARS_1M
 from mdpipeline.storage.partitions import time_bounds
-from mdpipeline.storage.reader import read_frame
+from mdpipeline.storage.reader import ArrowReader, read_frame
 from mdpipeline.storage.rollups import rollup_query, rollup_view
 from mdpipeline.storage.storage_config import RollupConfig, load_storage_config
 
@@ -33,17 +33,19 @@ def read_bars_1d(
     columns: list[str] | None = None,
     limit: int | None = None,
     ordered: bool = True,
+    reader: ArrowReader | None = None,
 ) -> pl.DataFrame:
     """Stored daily bars in [start, end], optionally for one provider and some symbols or instruments.
 
     `as_of`: each bar as it was known at that time (bars learnt later are absent, corrected ones
     have their earlier value). `columns`: only those, in the stored order; `limit`: at most that many rows;
-    `ordered=False`: in whatever order the server finds them (saves its sort when the caller orders them).
+    `ordered=False`: in whatever order the server finds them (saves its sort when the caller orders them);
+    `reader`: an open ADBC session for callers that read many times (see `read_frame`).
     """
     where = _where(start, end, provider, symbols, instrument_ids, ts=False)
     order = "session_date, instrument_id, provider" if ordered else None
     query = _versions("md.bars_1d", STORED_BARS_1D, where, as_of, order, columns)
-    return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1D, columns))
+    return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1D, columns), reader)
 
 
 def read_bars_1m(
@@ -58,13 +60,14 @@ def read_bars_1m(
     columns: list[str] | None = None,
     limit: int | None = None,
     ordered: bool = True,
+    reader: ArrowReader | None = None,
 ) -> pl.DataFrame:
     """Stored one-minute bars of the sessions [start, end] (as known at `as_of` when given; `columns`: only
     those; `limit`: at most that many rows; `ordered=False`: unsorted, for callers that order rows themselves)."""
     where = _where(start, end, provider, symbols, instrument_ids, ts=True)
     order = "ts, instrument_id, provider" if ordered else None
     query = _versions("md.bars_1m", STORED_BARS_1M, where, as_of, order, columns)
-    return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1M, columns))
+    return read_frame(conn, query + _limit(limit), None, _only(STORED_BARS_1M, columns), reader)
 
 
 def _limit(limit: int | None) -> sql.Composable:

@@ -24,15 +24,18 @@ def read_frame(
     query: sql.Composable | str,
     params: tuple[Any, ...] | None,
     schema: dict[str, pl.DataType],
+    reader: ArrowReader | None = None,
 ) -> pl.DataFrame:
     """Run `query` and return its rows as a frame of exactly `schema` (names, order and types).
 
     Connections from `mdpipeline.storage.database.connect` run in UTC, so timestamps parse as UTC.
+    `reader`: an open ADBC session to read through (a caller making many reads spares a connection
+    per read); used only when `conn` has no transaction open, like the session a read opens itself.
     """
     query_sql = sql.SQL(query) if isinstance(query, str) else query
     bound = query_sql.as_string(conn) if params is None else _bind(conn, query_sql, params)
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        frame = _read_arrow(conn, bound, schema)
+        frame = reader.read_bound(bound, schema) if reader is not None else _read_arrow(conn, bound, schema)
         if frame is not None:
             return frame
     buf = io.BytesIO()
@@ -60,11 +63,12 @@ class ArrowReader:
     (a relay's batches): a connection per read costs more than reading 20,000 rows.
 
     It is a session of its own: it sees what other sessions committed, never `conn`'s open transaction.
+    Each read is a transaction of its own (autocommit), so no lock outlives a read.
     """
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self._conn = conn
-        self._adbc = adbc.connect(_uri(conn))
+        self._adbc = adbc.connect(_uri(conn), autocommit=True)
 
     def read(self, query: sql.Composable | str, params: tuple[Any, ...] | None,
              schema: dict[str, pl.DataType]) -> pl.DataFrame | None:
