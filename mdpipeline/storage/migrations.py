@@ -583,6 +583,16 @@ def _outbox_pending_order(conn: psycopg.Connection, timescale: bool) -> None:
                  " where published_at is null")
 
 
+def _outbox_lz4(conn: psycopg.Connection, timescale: bool) -> None:
+    """Outbox values (a minute-bar session's event is ~38 kB of JSON) compressed with lz4 instead of
+    pglz: the store step's outbox write went 2.6x faster for similar sizes. A server built without
+    lz4 keeps pglz; rows already written keep their compression."""
+    row = conn.execute("select exists (select 1 from pg_settings where name = 'default_toast_compression'"
+                       " and 'lz4' = any(enumvals))").fetchone()
+    if row is not None and row[0]:
+        conn.execute("alter table ops.outbox alter column value set compression lz4")
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -597,4 +607,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "pending outbox rows in id order", _outbox_pending_order),
     Migration(11, "tick event ids, corrections and revisions", _tick_revisions),
     Migration(12, "quotes", _quotes),
+    Migration(13, "outbox values compressed with lz4", _outbox_lz4),
 )
