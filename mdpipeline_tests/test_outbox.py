@@ -200,7 +200,7 @@ def test_concurrent_relays_of_a_topic_never_send_the_same_rows(database_url: str
 
 def test_a_large_value_is_stored_lz4_compressed_and_read_back_whole(database_url: str) -> None:
     # A minute-bar session's event is tens of kB of JSON: migration 13 stores outbox values with lz4
-    # (pglz made the store step's outbox write 2.6x slower) when the server has it, else pglz.
+    # (pglz took about 4x as long to write them) when the server has it, else pglz.
     closes = [round(100 + i / 7, 4) for i in range(3000)]
     value = json.dumps({"event_id": "e" * 32, "data": {"close": closes}}, separators=(",", ":"))
     topic = f"test.lz4.{uuid.uuid4().hex[:8]}"
