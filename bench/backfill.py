@@ -9,7 +9,8 @@ one-minute bars and corporate actions), starts the embedded PostgreSQL and Kafka
 
 - bars/s end to end (one-minute plus daily bars stored, over the backfill's wall time),
 - the backfill process's peak RSS (from wait4, so exactly that process),
-- seconds per step (from the run's Dagster step stats),
+- seconds per step (from the run's Dagster step stats) and the highest RSS sampled (every 50 ms)
+  while each step ran, so a memory regression names its step,
 - a baseline measured in the same run on the same server: binary COPY of the stored minute bars
   (read back, encoded before the timer) into an unindexed table, and the ratios of the store step
   and of the whole backfill to it.
