@@ -29,7 +29,7 @@ from mdpipeline.providers.reconcile import prefer_latest_payload
 from mdpipeline.quality.validate import Validation, conforms, validate
 from mdpipeline.sessions import with_session_date
 from mdpipeline.storage.frames import ALL_SYMBOLS, FrameStore
-from mdpipeline.storage.loader import TABLE_KEYS, LoadResult, in_key_order
+from mdpipeline.storage.loader import LoadResult, in_key_order
 from mdpipeline.storage.migrations import TIME_PARTITIONED
 from mdpipeline.storage.partitions import ensure_partitions
 from mdpipeline.storage.quarantine_store import as_rejects, replace_quarantine
@@ -216,8 +216,7 @@ def prepare_store(chain: Chain, chunk: Chunk, range_start: date, range_end: date
     ds = chain.dataset
     frame = stamp(chain.read("normalized", ROWS, chunk), chain.run_id, datetime.now(UTC))
     frame = frame.select([c for c in ds.stored_columns if c in frame.columns])
-    if ds.table in TABLE_KEYS:  # sorted here, while the previous chunk commits: the load then finds it in order
-        frame = in_key_order(ds.table, frame)
+    frame = in_key_order(ds.table, frame)  # here, while the previous chunk commits: the load finds it in order
     symbols = named_symbols(chunk)
     scope = StoreScope(provider=chain.provider, start=chunk.start, end=chunk.end, symbols=symbols,
                        instruments=_instruments(chain.symbology, symbols, chunk), run_id=chain.run_id,

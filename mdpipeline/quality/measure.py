@@ -66,17 +66,14 @@ def measure_stored(
     reports, diverged = [], []
     columns = ["instrument_id", "symbol", "session_date", *MEASURED]
 
-    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    reader = ArrowReader(conn) if idle else None  # one session for every read of the range
+    with ArrowReader(conn) as reader:  # one session for every read of the range
+        def of(who: str, lo: date, hi: date, names: list[str]) -> pl.DataFrame:
+            # Unsorted (the detectors order each instrument's bars themselves) and without the provider's
+            # name on every row (it is the filter): what the server would sort and send for nothing.
+            bars = read(conn, start=lo, end=hi, provider=who, symbols=names, columns=columns, ordered=False,
+                        reader=reader)
+            return bars.with_columns(pl.lit(who).alias("provider"))
 
-    def of(who: str, lo: date, hi: date, names: list[str]) -> pl.DataFrame:
-        # Unsorted (the detectors order each instrument's bars themselves) and without the provider's
-        # name on every row (it is the filter): what the server would sort and send for nothing.
-        bars = read(conn, start=lo, end=hi, provider=who, symbols=names, columns=columns, ordered=False,
-                    reader=reader)
-        return bars.with_columns(pl.lit(who).alias("provider"))
-
-    try:
         for lo, hi, group in pieces:
             names = list(group)
             bars = of(provider, lo, hi, names)
@@ -91,9 +88,6 @@ def measure_stored(
             everyone = pl.concat([bars, *(of(other, lo, hi, names) for other in compared)], how="vertical")
             diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
                                        provider=provider, compare_with=limits.compare_with))
-    finally:
-        if reader is not None:
-            reader.close()
     report = merge_reports(start, end, reports)
     across = merge_divergence(diverged, limits.bps)
     metrics = partition_metrics(start=start, end=end, rows=report.rows,

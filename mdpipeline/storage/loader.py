@@ -159,12 +159,14 @@ def replace_range(
 
 
 def in_key_order(table: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` (one provider's rows) sorted by `table`'s primary key, as a first load writes it.
+    """`frame` (one provider's rows) sorted by `table`'s primary key, as a first load writes it
+    (as it is for a table `replace_range` does not load).
 
     The provider is left out of the sort (one value in a load's scope) and the sort is cheap on a
     frame already in order, so a caller can sort ahead of the load (off the critical path).
     """
-    return frame.sort([k for k in TABLE_KEYS[table] if k != "provider"])
+    keys = [k for k in TABLE_KEYS.get(table, ()) if k != "provider"]
+    return frame.sort(keys) if keys else frame
 
 
 def _reload(conn: psycopg.Connection, table: str, target: sql.Identifier, frame: pl.DataFrame, scope: Scope,
