@@ -2,7 +2,8 @@
 
 Two paths, both in one transaction (a savepoint when the caller has one open):
 
-- first load (nothing stored in the scope yet): binary COPY straight into the table;
+- first load (nothing stored in the scope yet): binary COPY straight into the table; on TimescaleDB
+  the time slices that have no chunk yet are built apart and attached (`new_chunks`);
 - re-load: binary COPY into an unindexed staging table, then a set-based diff against what is
   stored: rows whose values changed are updated, new rows inserted, unchanged rows not touched (they
   keep the run and the time they were first learnt, so point-in-time reads are not disturbed), and
@@ -36,6 +37,7 @@ from psycopg import sql
 
 from mdpipeline.storage.binary_copy import copy_frame
 from mdpipeline.storage.migrations import HYPERTABLES, TIMESCALEDB, storage_layout
+from mdpipeline.storage.new_chunks import copy_first_load
 from mdpipeline.storage.partitions import ensure_partitions, time_bounds
 
 # Primary keys of the time-partitioned tables; every other column but lineage is a compared value.
@@ -151,8 +153,8 @@ def replace_range(
         stored = conn.execute(sql.SQL("select exists (select 1 from {} where {})").format(
             target, scope.where(ts=with_ts)))
         if not stored.fetchone()[0]:  # type: ignore[index]
-            with conn.cursor() as cur:  # in key order: the primary-key index grows at its ends, not everywhere
-                loaded = copy_frame(cur, table, in_key_order(table, frame)) if frame.height else 0
+            # in key order: the primary-key index grows at its ends, not everywhere
+            loaded = copy_first_load(conn, table, in_key_order(table, frame), TABLE_KEYS[table]) if frame.height else 0
             return LoadResult(rows=frame.height, inserted=loaded, updated=0, deleted=0, first_load=True,
                               changed=_sessions(frame))
         return _reload(conn, table, target, frame, scope, allow_deletes)

@@ -593,6 +593,12 @@ def _outbox_lz4(conn: psycopg.Connection, timescale: bool) -> None:
         conn.execute("alter table ops.outbox alter column value set compression lz4")
 
 
+def _new_chunks_schema(conn: psycopg.Connection, timescale: bool) -> None:
+    """Schema of the chunks a first load builds apart and attaches (storage/new_chunks.py)."""
+    if timescale:
+        conn.execute("create schema if not exists md_chunks")
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -608,4 +614,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "tick event ids, corrections and revisions", _tick_revisions),
     Migration(12, "quotes", _quotes),
     Migration(13, "outbox values compressed with lz4", _outbox_lz4),
+    Migration(14, "schema of chunks built apart by first loads", _new_chunks_schema),
 )
