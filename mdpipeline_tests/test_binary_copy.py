@@ -222,6 +222,19 @@ def test_chunk_sizes(conn: psycopg.Connection, chunk_rows: int) -> None:
     _round_trip(conn, _edge_frame(), chunk_rows=chunk_rows)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1_000_000])
+def test_where_copies_only_the_rows_it_holds_for(conn: psycopg.Connection, chunk_rows: int) -> None:
+    df = _edge_frame().with_row_index("n").with_columns(pl.col("n").cast(pl.Int64))
+    kept = df.filter(pl.col("n") % 3 != 1)
+    expected = _expected(kept)
+    with conn.cursor() as cur:
+        _create_table(cur, "w", df)
+        assert copy_frame(cur, "w", df, chunk_rows=chunk_rows, where=pl.col("n") % 3 != 1) == kept.height
+        got = _select(cur, "w", expected.schema)
+    assert kept.height < df.height
+    assert_frame_equal(got, expected, check_exact=True)
+
+
 def test_chunk_rows_must_be_positive(conn: psycopg.Connection) -> None:
     with conn.cursor() as cur, pytest.raises(ValueError, match="chunk_rows"):
         copy_frame(cur, "t", _edge_frame(), chunk_rows=0)

@@ -17,6 +17,7 @@ from mdpipeline.sessions import session_bounds
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
 from mdpipeline.storage.new_chunks import MIN_ROWS, SCHEMA
+from mdpipeline.storage.partitions import drop_partitions_before
 from mdpipeline.storage.rollups import refresh_rollups
 
 pytestmark = pytest.mark.timescaledb
@@ -97,6 +98,13 @@ def test_first_load_builds_empty_slices_apart_and_the_table_reads_as_a_plain_cop
     again = replace_range(conn, "md.bars_1m", changed, provider="file", start=date(2024, 1, 3), end=date(2024, 1, 19))
     assert (again.first_load, again.inserted, again.updated, again.deleted) == (False, 0, 1, 0)
     assert stored(conn, "file").equals(changed.sort("instrument_id", "session_date", "ts"))
+
+    # retention drops built chunks like any other
+    drop_partitions_before(conn, "md.bars_1m", date(2024, 1, 18))
+    assert [c[1].date() for c in chunks(conn)] == [date(2024, 1, 18), date(2024, 1, 25)]
+    assert conn.execute("select count(*) from pg_tables where schemaname = %s", (SCHEMA,)).fetchone() == (1,)
+    assert stored(conn, "file").equals(changed.filter(pl.col("session_date") >= date(2024, 1, 18))
+                                       .sort("instrument_id", "session_date", "ts"))
 
 
 def test_roll_ups_see_rows_of_built_chunks_below_the_refreshed_range(conn: psycopg.Connection) -> None:

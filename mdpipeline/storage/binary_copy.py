@@ -297,8 +297,9 @@ def encode_binary_copy(df: pl.DataFrame) -> memoryview:
     return memoryview(_encode(df, HEADER, TRAILER))
 
 
-def _encoded_chunks(df: pl.DataFrame, chunk_rows: int) -> Iterator[memoryview]:
-    """The binary COPY stream of df in pieces of chunk_rows rows (header and trailer included).
+def _encoded_chunks(df: pl.DataFrame, chunk_rows: int, where: pl.Expr | None = None) -> Iterator[memoryview]:
+    """The binary COPY stream of df (its rows where `where` holds, when given) in pieces of at most
+    chunk_rows rows (header and trailer included).
 
     All pieces share one buffer: a piece is valid only until the next one is requested.
     """
@@ -306,7 +307,8 @@ def _encoded_chunks(df: pl.DataFrame, chunk_rows: int) -> Iterator[memoryview]:
     for offset in range(0, max(df.height, 1), chunk_rows):
         prefix = HEADER if offset == 0 else b""
         suffix = TRAILER if offset + chunk_rows >= df.height else b""
-        piece = _encode(df.slice(offset, chunk_rows), prefix, suffix, scratch)
+        rows = df.slice(offset, chunk_rows)
+        piece = _encode(rows if where is None else rows.filter(where), prefix, suffix, scratch)
         scratch = piece if piece.base is None else piece.base
         yield memoryview(piece)
 
@@ -322,8 +324,10 @@ def copy_statement(table: str, columns: list[str]) -> sql.Composed:
     )
 
 
-def copy_frame(cursor: psycopg.Cursor, table: str, df: pl.DataFrame, chunk_rows: int = 65_536) -> int:
-    """Bulk-load df into table with binary COPY; returns the number of rows written.
+def copy_frame(cursor: psycopg.Cursor, table: str, df: pl.DataFrame, chunk_rows: int = 65_536,
+               where: pl.Expr | None = None) -> int:
+    """Bulk-load df (its rows where `where` holds, when given) into table with binary COPY; returns the
+    number of rows written.
 
     Frame columns map by name to table columns, so the table may have more columns (with defaults)
     and a different column order. Runs inside the cursor's current transaction; the caller commits.
@@ -338,6 +342,8 @@ def copy_frame(cursor: psycopg.Cursor, table: str, df: pl.DataFrame, chunk_rows:
         raise ValueError(f"binary COPY sends text as UTF-8, but the client encoding is {encoding!r}")
     with cursor.copy(copy_statement(table, df.columns)) as copy:
         # Copy.write hands each piece to libpq, which copies it, before the buffer is reused.
-        for piece in _encoded_chunks(df, chunk_rows):
+        for piece in _encoded_chunks(df, chunk_rows, where):
             copy.write(piece)
-    return cursor.rowcount if cursor.rowcount >= 0 else df.height
+    if cursor.rowcount >= 0:
+        return cursor.rowcount
+    return df.height if where is None else int(df.select(where.sum()).item())

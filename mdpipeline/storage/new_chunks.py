@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import polars as pl
 import psycopg
@@ -30,7 +31,6 @@ from mdpipeline.storage.binary_copy import copy_frame
 SCHEMA = "md_chunks"
 # Below this many rows in a slice the DDL (create, attach, two index builds) costs about what it saves.
 MIN_ROWS = 10_000
-_SLICE = "_mdp_slice"
 log = logging.getLogger(__name__)
 
 
@@ -69,58 +69,59 @@ def slicing(conn: psycopg.Connection, table: str) -> Slicing | None:
 def copy_first_load(conn: psycopg.Connection, table: str, frame: pl.DataFrame, keys: tuple[str, ...]) -> int:
     """COPY `frame` (rows nothing stored collides with) into `table` inside the caller's transaction,
     building the slices that have no chunk yet apart; returns the rows written. `keys`: the table's
-    primary key."""
+    primary key.
+
+    Each slice's rows are picked from the frame piece by piece while they are encoded: no copy of a
+    slice is made (memory stays that of the frame).
+    """
     cut = slicing(conn, table) if frame.height >= MIN_ROWS else None
     built: list[int] = []
     if cut is not None:
-        frame = frame.with_columns(cut.index().alias(_SLICE))
         for slice_no in _new_slices(conn, table, cut, frame):
-            rows = frame.filter(pl.col(_SLICE) == slice_no).drop(_SLICE)
-            if _attach(conn, table, cut, keys, slice_no, rows):
+            if _attach(conn, table, cut, keys, slice_no, frame):
                 built.append(slice_no)
-        rest = frame.filter(~pl.col(_SLICE).is_in(built)).drop(_SLICE)
-    else:
-        rest = frame
-    written = frame.height - rest.height
-    if rest.height:
-        with conn.cursor() as cur:
-            written += copy_frame(cur, table, rest)
-    return written
+    with conn.cursor() as cur:
+        if not built:
+            return copy_frame(cur, table, frame)
+        rest = ~cut.index().is_in(built)  # type: ignore[union-attr]
+        written = frame.height - int(frame.select(rest.sum()).item())
+        return written + copy_frame(cur, table, frame, where=rest)
 
 
 def _new_slices(conn: psycopg.Connection, table: str, cut: Slicing, frame: pl.DataFrame) -> list[int]:
     """Slices of `frame` with at least MIN_ROWS rows that no existing chunk overlaps."""
-    counts = frame.group_by(_SLICE).len().filter(pl.col("len") >= MIN_ROWS).sort(_SLICE)
+    counts = frame.select(cut.index().alias("slice")).group_by("slice").len()
+    counts = counts.filter(pl.col("len") >= MIN_ROWS).sort("slice")
     if not counts.height:
         return []
     schema, name = table.split(".")
-    lower, upper = counts[_SLICE].min() * cut.width_us, (counts[_SLICE].max() + 1) * cut.width_us  # type: ignore[operator]
+    lower, upper = counts["slice"].min() * cut.width_us, (counts["slice"].max() + 1) * cut.width_us  # type: ignore[operator]
     chunks = conn.execute(
         "select (extract(epoch from range_start) * 1000000)::bigint, (extract(epoch from range_end) * 1000000)::bigint"
         " from timescaledb_information.chunks where hypertable_schema = %s and hypertable_name = %s"
         " and range_end > to_timestamp(%s / 1000000.0) and range_start < to_timestamp(%s / 1000000.0)",
         (schema, name, lower, upper)).fetchall()
-    return [s for s in counts[_SLICE].to_list()
+    return [s for s in counts["slice"].to_list()
             if not any(lo < (s + 1) * cut.width_us and hi > s * cut.width_us for lo, hi in chunks)]
 
 
 def _attach(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str, ...], slice_no: int,
-            rows: pl.DataFrame) -> bool:
-    """Build slice `slice_no` from `rows` and attach it to `table`; False (and nothing changed) when
-    TimescaleDB refuses it."""
+            frame: pl.DataFrame) -> bool:
+    """Build slice `slice_no` from its rows in `frame` and attach it to `table`; False (and nothing
+    changed) when TimescaleDB refuses it."""
+    mine = cut.index() == slice_no
     start = slice_no * cut.width_us
-    day = conn.execute("select to_char(to_timestamp(%s / 1000000.0) at time zone 'UTC', 'YYYYMMDD')",
-                       (start,)).fetchone()[0]  # type: ignore[index]
+    day = datetime.fromtimestamp(start / 1_000_000, UTC).strftime("%Y%m%d")
     chunk = f"{SCHEMA}.{table.split('.')[1]}_{day}"
     try:
         with conn.transaction():  # a savepoint: a refused slice leaves nothing behind
             conn.execute(sql.SQL("create table {} (like {} including defaults including constraints)").format(
                 sql.Identifier(*chunk.split(".")), sql.Identifier(*table.split("."))))
             with conn.cursor() as cur:
-                copy_frame(cur, chunk, rows)
+                copy_frame(cur, chunk, frame, where=mine)
             conn.execute("call attach_chunk(%s::regclass, %s::regclass, %s::jsonb)",
                          (table, chunk, f'{{"{cut.column}": [{start}, {start + cut.width_us}]}}'))
-            _record_invalidation(conn, table, cut, keys, rows)
+            _record_invalidation(conn, table, cut, keys, frame, mine)
     except psycopg.errors.OperationalError:
         raise
     except psycopg.Error as exc:  # e.g. a chunk for the slice committed since it was looked up
@@ -131,15 +132,17 @@ def _attach(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str,
 
 
 def _record_invalidation(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str, ...],
-                         rows: pl.DataFrame) -> None:
-    """Record the span of `rows` (one chunk's, written outside TimescaleDB's insert path) as changed for
-    the continuous aggregates: a no-op update of its first and last row through the hypertable.
+                         frame: pl.DataFrame, mine: pl.Expr) -> None:
+    """Record the span of the rows of `frame` where `mine` holds (one chunk's, written outside
+    TimescaleDB's insert path) as changed for the continuous aggregates: a no-op update of its first
+    and last row through the hypertable.
 
     One statement per chunk: TimescaleDB records the lowest and highest time a statement modified in a
     chunk as one range (two statements, or two chunks, would record single buckets)."""
-    ends = pl.concat([rows.bottom_k(1, by=cut.column), rows.top_k(1, by=cut.column)]).select(keys)
+    rows = frame.lazy().filter(mine).select(keys)
+    ends = pl.concat([rows.bottom_k(1, by=cut.column), rows.top_k(1, by=cut.column)]).collect()
     row_key = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(keys)))
-    column = sql.Identifier(next(c for c in rows.columns if c not in keys))
+    column = sql.Identifier(next(c for c in frame.columns if c not in keys))
     conn.execute(sql.SQL("update {t} set {c} = {c} where ({k}) in ({a}, {b})").format(
         t=sql.Identifier(*table.split(".")), c=column, k=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
         a=row_key, b=row_key), [v for row in ends.iter_rows() for v in row])
