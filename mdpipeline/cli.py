@@ -175,7 +175,8 @@ def backfill(
     allow_deletes: Annotated[bool, typer.Option(
         "--allow-deletes", help="Let stored rows go when the provider no longer sends them.")] = False,
 ) -> None:
-    """Re-materialize [start, end] through Dagster in a single run; exits non-zero when the run fails."""
+    """Re-materialize the sessions from --start to --end (inclusive) through Dagster in a single run; exits non-zero
+    when the run fails."""
     _run_range(_date(start, "--start"), _date(end, "--end"), provider, symbols, select, allow_deletes)
 
 
@@ -187,7 +188,7 @@ def replay(
     allow_deletes: Annotated[bool, typer.Option(
         "--allow-deletes", help="Let stored rows go when the stored payloads no longer hold them.")] = False,
 ) -> None:
-    """Re-derive everything downstream of `raw` for [start, end] from stored payloads (no provider calls)."""
+    """Re-derive everything downstream of `raw` for --start to --end from stored payloads (no provider calls)."""
     _run_range(_date(start, "--start"), _date(end, "--end"), provider, None, "not group:raw", allow_deletes)
 
 
@@ -544,7 +545,7 @@ def quality(
     provider: Annotated[str | None, typer.Option("--provider", help="Only this provider.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table | json.")] = "table",
 ) -> None:
-    """Quality of [start, end] per provider and dataset: rows stored, quarantined by check, latest check results."""
+    """Quality of --start to --end per provider and dataset: rows stored, quarantined by check, latest check results."""
     from mdpipeline.arguments import unknown_providers
     from mdpipeline.quality.report import quality_report, report_json
     from mdpipeline.storage.database import connect
