@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import yaml
 
+from mdpipeline.contracts.frames import STORED_BARS_1M
 from mdpipeline.distribute.subscriber import Event, read_topic
+from mdpipeline.sessions import session_bounds
 from mdpipeline.settings import DEFAULT_FILES_DIR, DEFAULT_UNIVERSE, Settings
 
 
@@ -33,6 +35,23 @@ def universe_with(tmp_path: Path, **synthetic_options: object) -> Path:
 def events_of_run(bootstrap: str, topic: str, run_id: str) -> list[Event]:
     """Every message on `topic` (read to its high watermarks) whose lineage header names `run_id`."""
     return [e for e in read_topic(bootstrap, topic) if e.headers.get("mdp-run-id") == run_id]
+
+
+def stored_minute_bars(start: date, end: date, instruments: int, learnt: datetime, *, provider: str = "file",
+                       shift: float = 0.0) -> pl.DataFrame:
+    """Every regular-session minute of the XNYS sessions [start, end] for instruments 1..n, in stored
+    columns (`md.bars_1m`'s); `shift` moves every price (a correction changes every bar)."""
+    minutes = session_bounds(start, end, "XNYS").select(
+        "session_date", pl.datetime_ranges("open", "close", "1m", closed="left").alias("ts")).explode("ts")
+    frame = pl.concat([minutes.with_columns(pl.lit(i).alias("instrument_id"), pl.lit(f"S{i}").alias("symbol"))
+                       for i in range(1, instruments + 1)])
+    price = 100.0 + shift + pl.int_range(pl.len()).over("instrument_id", "session_date") * 0.01
+    return frame.with_columns(
+        pl.lit(provider).alias("provider"), price.alias("open"), (price + 0.05).alias("high"),
+        (price - 0.05).alias("low"), (price + 0.01).alias("close"), (pl.int_range(pl.len()) % 97 + 1.0).alias("volume"),
+        price.alias("vwap"), pl.lit(10).alias("trades"), pl.lit(None).alias("raw_payload_id"),
+        pl.lit("r").alias("run_id"), pl.lit(learnt).alias("ingested_at"),
+    ).select([pl.col(c).cast(t) for c, t in STORED_BARS_1M.items()])
 
 
 def canonical_bars(n: int, session: date, *, provider: str = "synthetic") -> pl.DataFrame:

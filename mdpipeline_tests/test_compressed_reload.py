@@ -15,13 +15,11 @@ import polars as pl
 import psycopg
 import pytest
 
-from mdpipeline.contracts.frames import STORED_BARS_1M
 from mdpipeline.orchestration.definitions import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
-from mdpipeline.sessions import session_bounds
 from mdpipeline.storage.bars import read_bars_1m
 from mdpipeline.storage.loader import replace_range
-from mdpipeline_tests.pipeline_helpers import settings_for
+from mdpipeline_tests.pipeline_helpers import settings_for, stored_minute_bars
 
 pytestmark = pytest.mark.timescaledb
 
@@ -31,17 +29,7 @@ LIMIT_EXCEEDED = "tuple decompression limit exceeded"
 
 def minute_frame(instruments: int, learnt: datetime, shift: float = 0.0) -> pl.DataFrame:
     """A full regular session of minute bars for every session of [START, END] and instrument 1..n."""
-    minutes = session_bounds(START, END, "XNYS").select(
-        "session_date", pl.datetime_ranges("open", "close", "1m", closed="left").alias("ts")).explode("ts")
-    frame = pl.concat([minutes.with_columns(pl.lit(i).alias("instrument_id"), pl.lit(f"S{i}").alias("symbol"))
-                       for i in range(1, instruments + 1)])
-    price = 100.0 + shift + pl.int_range(pl.len()).over("instrument_id", "session_date") * 0.01
-    return frame.with_columns(
-        pl.lit("file").alias("provider"), price.alias("open"), (price + 0.05).alias("high"),
-        (price - 0.05).alias("low"), (price + 0.01).alias("close"), pl.lit(1000.0).alias("volume"),
-        price.alias("vwap"), pl.lit(10).alias("trades"), pl.lit(None).alias("raw_payload_id"),
-        pl.lit("r").alias("run_id"), pl.lit(learnt).alias("ingested_at"),
-    ).select([pl.col(c).cast(t) for c, t in STORED_BARS_1M.items()])
+    return stored_minute_bars(START, END, instruments, learnt, shift=shift)
 
 
 def compress_old_chunks(conn: psycopg.Connection) -> int:

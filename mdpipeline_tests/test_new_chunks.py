@@ -12,13 +12,13 @@ import polars as pl
 import psycopg
 import pytest
 
-from mdpipeline.contracts.frames import STORED_BARS_1M
-from mdpipeline.sessions import session_bounds
+from mdpipeline.storage.bars import read_bars_1m
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
 from mdpipeline.storage.new_chunks import MIN_ROWS, SCHEMA
 from mdpipeline.storage.partitions import drop_partitions_before
 from mdpipeline.storage.rollups import refresh_rollups
+from mdpipeline_tests.pipeline_helpers import stored_minute_bars
 
 pytestmark = pytest.mark.timescaledb
 
@@ -27,17 +27,7 @@ LEARNT = datetime(2024, 3, 1, tzinfo=UTC)
 
 def minute_frame(start: date, end: date, instruments: int, provider: str = "file") -> pl.DataFrame:
     """Every regular-session minute of [start, end] for instruments 1..n, in stored columns."""
-    minutes = session_bounds(start, end, "XNYS").select(
-        "session_date", pl.datetime_ranges("open", "close", "1m", closed="left").alias("ts")).explode("ts")
-    frame = pl.concat([minutes.with_columns(pl.lit(i).alias("instrument_id"), pl.lit(f"S{i}").alias("symbol"))
-                       for i in range(1, instruments + 1)])
-    price = 50.0 + pl.col("instrument_id") + pl.int_range(pl.len()).over("instrument_id", "session_date") * 0.01
-    return frame.with_columns(
-        pl.lit(provider).alias("provider"), price.alias("open"), (price + 0.05).alias("high"),
-        (price - 0.05).alias("low"), (price + 0.01).alias("close"), (pl.int_range(pl.len()) % 97 + 1.0).alias("volume"),
-        price.alias("vwap"), pl.lit(10).alias("trades"), pl.lit(None).alias("raw_payload_id"),
-        pl.lit("r").alias("run_id"), pl.lit(LEARNT).alias("ingested_at"),
-    ).select([pl.col(c).cast(t) for c, t in STORED_BARS_1M.items()])
+    return stored_minute_bars(start, end, instruments, LEARNT, provider=provider)
 
 
 def chunks(conn: psycopg.Connection) -> list[tuple[str, datetime, datetime]]:
@@ -49,11 +39,8 @@ def chunks(conn: psycopg.Connection) -> list[tuple[str, datetime, datetime]]:
 
 def stored(conn: psycopg.Connection, provider: str) -> pl.DataFrame:
     """A provider's stored minute bars, in key order."""
-    rows = conn.execute("select * from md.bars_1m where provider = %s order by instrument_id, session_date, ts",
-                        (provider,))
-    names = [d.name for d in rows.description]  # type: ignore[union-attr]
-    return pl.DataFrame(rows.fetchall(), schema=names, orient="row").select(
-        [pl.col(c).cast(t) for c, t in STORED_BARS_1M.items()])
+    return read_bars_1m(conn, start=date(2000, 1, 1), end=date(2100, 1, 1), provider=provider).sort(
+        "instrument_id", "session_date", "ts")
 
 
 def index_columns(conn: psycopg.Connection, schema: str) -> set[tuple[str, ...]]:
