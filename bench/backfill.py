@@ -9,8 +9,10 @@ one-minute bars and corporate actions), starts the embedded PostgreSQL and Kafka
 
 - bars/s end to end (one-minute plus daily bars stored, over the backfill's wall time),
 - the backfill process's peak RSS (from wait4, so exactly that process),
-- seconds per step (from the run's Dagster step stats) and the highest RSS sampled (every 50 ms)
-  while each step ran, so a memory regression names its step,
+- where the wall time goes: before the first step, in and between steps, after the last one,
+- seconds per step (from the run's Dagster step stats), the highest RSS sampled (every 50 ms)
+  while each step ran, so a memory regression names its step, and the cores the whole machine kept
+  busy meanwhile (Python, PostgreSQL and Kafka share them: a step well under the core count waits),
 - a baseline measured in the same run on the same server: binary COPY of the stored minute bars
   (read back, encoded before the timer) into an unindexed table, and the ratios of the store step
   and of the whole backfill to it.
@@ -63,10 +65,21 @@ def cli(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
     return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=True)
 
 
-def sample_rss(pid: int, into: list[tuple[float, int]], interval: float = 0.05) -> None:
-    """Append (epoch seconds, RSS bytes) of process `pid` every `interval` seconds until it exits."""
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def sample_rss(pid: int, into: list[tuple[float, int]], interval: float = 0.05,
+               cpu: list[tuple[float, int, int]] | None = None) -> None:
+    """Append (epoch seconds, RSS bytes) of process `pid` every `interval` seconds until it exits, and
+    the machine's CPU counters to `cpu` (the server and the broker count: they share the cores)."""
     status = Path(f"/proc/{pid}/status")
     while True:
+        if cpu is not None:
+            cpu.append((time.time(), *cpu_jiffies()))
         try:
             text = status.read_text()
         except (FileNotFoundError, ProcessLookupError):
@@ -79,16 +92,17 @@ def sample_rss(pid: int, into: list[tuple[float, int]], interval: float = 0.05) 
 
 
 def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date,
-                 samples: list[tuple[float, int]]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and output of `mdpipeline backfill` as a child process; RSS
-    samples over time go to `samples` (to tell which step holds the peak)."""
+                 samples: list[tuple[float, int]],
+                 cpu: list[tuple[float, int, int]] | None = None) -> tuple[float, float, int, str]:
+    """Epoch start, wall seconds, peak RSS (bytes) and output of `mdpipeline backfill` as a child
+    process; RSS samples over time go to `samples` (to tell which step holds the peak)."""
     command = [str(ROOT / ".venv" / "bin" / "mdpipeline"), "backfill", "--start", start.isoformat(),
                "--end", end.isoformat()]
     log = workdir / "backfill.log"
-    started = time.perf_counter()
+    started, epoch = time.perf_counter(), time.time()
     with log.open("w") as out:
         child = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = threading.Thread(target=sample_rss, args=(child.pid, samples), daemon=True)
+        sampler = threading.Thread(target=sample_rss, args=(child.pid, samples, 0.05, cpu), daemon=True)
         sampler.start()
         _, status, usage = os.wait4(child.pid, 0)
         sampler.join()
@@ -97,7 +111,7 @@ def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date,
     text = log.read_text()
     if child.returncode != 0:
         raise SystemExit(f"backfill failed (exit {child.returncode}):\n{text[-4000:]}")
-    return seconds, usage.ru_maxrss * 1024, text
+    return epoch, seconds, usage.ru_maxrss * 1024, text
 
 
 def step_times(dotenv: dict[str, str]) -> dict[str, tuple[float, float]]:
@@ -109,6 +123,17 @@ def step_times(dotenv: dict[str, str]) -> dict[str, tuple[float, float]]:
     instance = dg.DagsterInstance.get()
     run = instance.get_runs(limit=1)[0]
     return {s.step_key: (s.start_time or 0.0, s.end_time or 0.0) for s in instance.get_run_step_stats(run.run_id)}
+
+
+def step_cores(times: dict[str, tuple[float, float]], cpu: list[tuple[float, int, int]]) -> dict[str, float]:
+    """Cores busy on average while each step ran (the whole machine: Python, PostgreSQL, Kafka)."""
+    cores = os.cpu_count() or 1
+    busy: dict[str, float] = {}
+    for key, (start, end) in times.items():
+        inside = [c for c in cpu if start <= c[0] <= end]
+        if len(inside) >= 2 and inside[-1][2] > inside[0][2]:
+            busy[key] = cores * (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+    return busy
 
 
 def step_peaks(times: dict[str, tuple[float, float]], samples: list[tuple[float, int]]) -> dict[str, int]:
@@ -182,7 +207,8 @@ def main() -> None:
                                                 (workdir / ".env").read_text().splitlines() if "=" in line)}
         url = dotenv["MDP_DATABASE_URL"]
         samples: list[tuple[float, int]] = []
-        seconds, peak, output = run_backfill(workdir, env, start, end, samples)
+        cpu: list[tuple[float, int, int]] = []
+        launched, seconds, peak, output = run_backfill(workdir, env, start, end, samples, cpu)
         with psycopg.connect(url) as conn:
             minute = conn.execute("select count(*) from md.bars_1m").fetchone()[0]  # type: ignore[index]
             daily = conn.execute("select count(*) from md.bars_1d").fetchone()[0]  # type: ignore[index]
@@ -191,6 +217,7 @@ def main() -> None:
         times = step_times(dotenv)
         steps = {key: end_ - start_ for key, (start_, end_) in times.items()}
         peaks = step_peaks(times, samples)
+        cores = step_cores(times, cpu)
         copied, copy_rate = copy_baseline(url, start, end)
         _, indexed_rate = copy_baseline(url, start, end, indexed=True)
     finally:
@@ -210,9 +237,16 @@ def main() -> None:
     print(f"  peak RSS (backfill)    {peak / 2**20:>14,.0f} MiB")
     for topic, count in messages:
         print(f"  published              {int(count):>14,} messages on {topic}")
-    print("  seconds and peak RSS sampled per step:")
+    first, last = min(s for s, _ in times.values()), max(e for _, e in times.values())
+    in_steps = sum(steps.values())
+    print(f"  before the first step  {first - launched:>14.1f} s (process start, imports, instance, run launch)")
+    print(f"  first to last step     {last - first:>14.1f} s ({in_steps:.1f} s in steps,"
+          f" {last - first - in_steps:.1f} s between them)")
+    print(f"  after the last step    {launched + seconds - last:>14.1f} s")
+    print(f"  seconds, peak RSS and cores busy (of {os.cpu_count()}, whole machine) sampled per step:")
     for key, value in sorted(steps.items(), key=lambda kv: -kv[1]):
-        print(f"    {key:<45} {value:8.1f} s {peaks.get(key, 0) / 2**20:8,.0f} MiB")
+        busy = f"{cores[key]:5.1f}" if key in cores else "    -"
+        print(f"    {key:<45} {value:8.1f} s {peaks.get(key, 0) / 2**20:8,.0f} MiB {busy}")
     print(f"  baseline: binary COPY of {copied:,} stored minute bars into an unindexed table:"
           f" {copy_rate:,.0f} rows/s")
     print(f"  baseline: the same into a table with md.bars_1m's primary key, in key order:"

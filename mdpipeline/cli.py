@@ -195,8 +195,8 @@ def replay(
 def _run_range(start: date, end: date, providers: list[str] | None, symbols: str | None, select: str | None,
                allow_deletes: bool = False) -> None:
     from mdpipeline.arguments import unknown_providers, unknown_symbols
+    from mdpipeline.orchestration.assembly import build_definitions
     from mdpipeline.orchestration.chain import ALLOW_DELETES_TAG
-    from mdpipeline.orchestration.definitions import build_definitions
     from mdpipeline.orchestration.progress import listening
     from mdpipeline.orchestration.runner import NoSessionsError, materialize_range
 

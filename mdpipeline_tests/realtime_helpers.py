@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.realtime import raw_stream_sensor
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource
 from mdpipeline_tests.pipeline_helpers import settings_for

@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from mdpipeline.chunks import CHUNK_ROWS_ENV, plan_chunks
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.rollup_assets import ROLLUPS_KEY
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.sessions import session_dates

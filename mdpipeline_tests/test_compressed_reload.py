@@ -15,7 +15,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.bars import read_bars_1m
 from mdpipeline.storage.loader import replace_range

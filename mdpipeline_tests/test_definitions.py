@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mdpipeline.orchestration.definitions import build_definitions, resources
+from mdpipeline.orchestration.assembly import build_definitions, resources
 from mdpipeline.orchestration.domains import Deployment, domain_definitions
 from mdpipeline.universe import load_universe
 from mdpipeline_tests.pipeline_helpers import settings_for

@@ -25,7 +25,7 @@ from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.distribute.outbox import outbox_rows, replace_pending
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.topics import BARS_1D, BARS_1M, CORPORATE_ACTIONS, DEAD_LETTER, ensure_topics
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.database import connect
 from mdpipeline_tests.pipeline_helpers import settings_for

@@ -21,7 +21,7 @@ from psycopg import sql
 from mdpipeline.distribute.subscriber import Event
 from mdpipeline.distribute.topics import BARS_1D
 from mdpipeline.lineage import bar_lineage, describe
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.raw_store import decompress

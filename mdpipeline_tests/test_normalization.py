@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import yaml
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.read import bars
 from mdpipeline_tests.pipeline_helpers import settings_for

@@ -25,7 +25,7 @@ from mdpipeline.distribute.outbox import OUTBOX_COLUMNS, outbox_rows, pending, r
 from mdpipeline.distribute.relay import drain
 from mdpipeline.distribute.subscriber import end_offsets
 from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, TopicSpec, ensure_topics
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect

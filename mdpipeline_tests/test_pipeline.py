@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from mdpipeline.distribute.topics import BARS_1D
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from pytest_httpserver import HTTPServer
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.providers.catalog import datasets_of
 from mdpipeline.providers.http import reset_shared_state

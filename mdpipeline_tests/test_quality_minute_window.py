@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.providers.base import RawPayload
 from mdpipeline.read import bars

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mdpipeline.distribute.topics import BARS_1D
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.quality.thresholds import DEFAULT_QUALITY_CONFIG, load_thresholds, on_quarantine
 from mdpipeline.storage.bars import read_bars_1d, read_bars_1m

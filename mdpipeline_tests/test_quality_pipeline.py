@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import yaml
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.partitions import trading_day_partitions
 from mdpipeline.orchestration.quality_checks import BAR_CHECKS, quality_checks
 from mdpipeline.orchestration.runner import materialize_range

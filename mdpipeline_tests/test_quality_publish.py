@@ -19,7 +19,7 @@ import pytest
 from mdpipeline.distribute.quality_events import quality_event
 from mdpipeline.distribute.subscriber import Event
 from mdpipeline.distribute.topics import QUALITY
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.storage.database import connect
 from mdpipeline_tests.pipeline_helpers import events_of_run, settings_for, universe_with

@@ -15,7 +15,7 @@ import pytest
 
 from mdpipeline.distribute.subscriber import read_topic
 from mdpipeline.distribute.topics import TICKS, TopicSpec, ensure_topics
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.realtime import raw_stream_sensor
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource
 from mdpipeline.stream.landing import RawLanding

@@ -12,7 +12,7 @@ import dagster as dg
 import psycopg
 
 from mdpipeline.distribute.topics import TopicSpec, ensure_topics
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.realtime import (
     FOLLOW_TAG,
     LAG_CHECK,

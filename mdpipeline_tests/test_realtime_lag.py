@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from mdpipeline.distribute.topics import TopicSpec, ensure_topics
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.realtime import LAG_CHECK, REALTIME_KEY, raw_stream_sensor
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource
 from mdpipeline.stream.landing import RawLanding

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.run_limits import MAX_RUNTIME_TAG, max_runtime_seconds
 from mdpipeline_tests.pipeline_helpers import settings_for
 

@@ -11,7 +11,7 @@ from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._utils.schedules import cron_string_iterator
 
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.schedules import PRIORITY_TAG, SCHEDULE_PRIORITY
 from mdpipeline.orchestration.sensors import (
     FRESHNESS_PRIORITY,

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from mdpipeline.devservices import dev_up
 from mdpipeline.distribute.topics import BARS_1D, BARS_1M, ensure_topics
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
 from mdpipeline.orchestration.summary import RunSummary, run_summary
 from mdpipeline.output import print_table

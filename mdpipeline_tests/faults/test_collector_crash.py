@@ -36,7 +36,7 @@ from pytest_httpserver import HTTPServer
 
 from mdpipeline.distribute.subscriber import end_offsets, read_topic
 from mdpipeline.distribute.topics import TICKS, ensure_topics, raw_stream_topic
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.realtime import raw_stream_sensor, stream_gap_repair_job, stream_gap_sensor
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource, ProvidersResource
 from mdpipeline.providers.http import reset_shared_state

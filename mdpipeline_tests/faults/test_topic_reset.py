@@ -21,7 +21,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from mdpipeline.distribute.topics import TopicSpec, ensure_topics, raw_stream_topic
-from mdpipeline.orchestration.definitions import build_definitions
+from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.realtime import raw_stream_sensor
 from mdpipeline.orchestration.resources import DatabaseResource, KafkaResource
 from mdpipeline.stream.landing import RawLanding
