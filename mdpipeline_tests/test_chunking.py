@@ -8,6 +8,7 @@ databases, through real Dagster runs, PostgreSQL and the broker.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -97,6 +98,29 @@ def test_the_plan_cuts_sessions_and_symbols_within_the_budget() -> None:
     assert [c.start for c in even] == [quarter[0], quarter[21], quarter[42]]
     seven = plan_chunks(quarter[:1], [f"S{i}" for i in range(7)], 390.0, budget=3 * 390)
     assert [len(c.symbols) for c in seven] == [3, 3, 1]
+
+
+
+def test_a_plan_with_periods_keeps_each_period_in_one_chunk() -> None:
+    def week(day: date) -> int:  # TimescaleDB's weekly slices: Thursday to Wednesday
+        return (day - date(1970, 1, 1)).days // 7
+
+    quarter = session_dates(date(2024, 1, 2), date(2024, 4, 2))
+    hundred = [f"S{i}" for i in range(100)]
+    for budget, longest in ((25 * 100 * 390, 21), (5 * 100 * 390, 5), (12 * 100 * 390, 11)):
+        plain = plan_chunks(quarter, hundred, 390.0, budget=budget)
+        weekly = plan_chunks(quarter, hundred, 390.0, budget=budget, period=week)
+        assert [d for c in weekly for d in session_dates(c.start, c.end)] == quarter  # every session once, in order
+        assert max(c.sessions for c in plain) == longest
+        assert max(c.sessions for c in weekly) <= longest  # no larger peak than without periods
+        assert all(week(a.end) != week(b.start) for a, b in itertools.pairwise(weekly))  # no week in two chunks
+    # 21 sessions at most (the even cut of 63 at most 25): four weeks at most, so four chunks, the longest 18
+    assert [c.sessions for c in plan_chunks(quarter, hundred, 390.0, budget=25 * 100 * 390, period=week)] == [
+        16, 15, 14, 18]
+    # a week longer than the budget allows is cut within itself, never together with its neighbours
+    cut = plan_chunks(quarter[:12], hundred, 390.0, budget=2 * 100 * 390, period=week)
+    jan = [date(2024, 1, d) for d in (2, 3, 4, 5, 8, 9, 10, 10)]
+    assert [(c.start, c.end) for c in cut][:4] == list(itertools.pairwise(jan))[::2]
 
 
 @pytest.mark.both_layouts

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 import psycopg
@@ -15,7 +15,7 @@ import pytest
 from mdpipeline.storage.bars import read_bars_1m
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
-from mdpipeline.storage.new_chunks import MIN_ROWS, SCHEMA
+from mdpipeline.storage.new_chunks import MIN_ROWS, SCHEMA, session_slices
 from mdpipeline.storage.partitions import drop_partitions_before
 from mdpipeline.storage.rollups import refresh_rollups
 from mdpipeline_tests.pipeline_helpers import stored_minute_bars
@@ -67,6 +67,11 @@ def test_first_load_builds_empty_slices_apart_and_the_table_reads_as_a_plain_cop
     assert [c[1].date() for c in made] == [date(2023, 12, 28), date(2024, 1, 4), date(2024, 1, 11),
                                            date(2024, 1, 18)]
     assert all((c[2] - c[1]).days == 7 for c in made)
+    # the chain plans its chunks on the same slices (by session date)
+    slice_of = session_slices("md.bars_1m")
+    assert slice_of is not None
+    assert {date(1970, 1, 1) + timedelta(days=7 * slice_of(d)) for d in frame["session_date"].unique()} == {
+        c[1].date() for c in made}
     # the built chunks carry the hypertable's indexes, like the chunk TimescaleDB made itself
     assert index_columns(conn, SCHEMA) == index_columns(conn, "_timescaledb_internal") == {
         ("instrument_id", "provider", "session_date", "ts"), ("ts",)}

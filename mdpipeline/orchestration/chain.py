@@ -42,6 +42,7 @@ from mdpipeline.quality.thresholds import BLOCK, on_quarantine
 from mdpipeline.quality.validate import ValidationSummary
 from mdpipeline.sessions import session_dates
 from mdpipeline.storage.frames import ALL_SYMBOLS
+from mdpipeline.storage.new_chunks import session_slices
 from mdpipeline.storage.quarantine_store import record_check
 
 OWNERS = ["team:market-data"]
@@ -242,7 +243,7 @@ def _plan(context: dg.AssetExecutionContext, ds: Dataset, provider: str, provide
     universe = providers.universe()
     symbols = providers.symbols_for(provider) or (ALL_SYMBOLS,)
     chunks = plan_chunks(session_dates(start, end, universe.exchange_calendar), symbols,
-                         ds.rows_per_symbol_session)
+                         ds.rows_per_symbol_session, period=session_slices(ds.table))
     chain = Chain(dataset=ds, provider=provider, run_id=context.run.run_id, frames=frames.store(),
                   calendar_name=universe.exchange_calendar, symbology=universe.symbology)
     return chain, chunks

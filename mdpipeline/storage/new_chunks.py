@@ -19,14 +19,17 @@ Two rules keep the result equal to a plain COPY:
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import polars as pl
 import psycopg
 from psycopg import sql
 
 from mdpipeline.storage.binary_copy import copy_frame
+from mdpipeline.storage.migrations import HYPERTABLES
 
 SCHEMA = "md_chunks"
 # Below this many rows in a slice the DDL (create, attach, two index builds) costs about what it saves.
@@ -45,6 +48,26 @@ class Slicing:
     def index(self) -> pl.Expr:
         """The slice number of each row."""
         return pl.col(self.column).dt.epoch("us") // self.width_us
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+def session_slices(table: str) -> Callable[[date], int] | None:
+    """The slice number a session's rows of `table` fall into, by session date, for planning chunks
+    (`chunks.plan_chunks(period=...)`); None when the table is not sliced by days.
+
+    A chain that hands a slice's rows to the store step in one chunk lets a first load build the
+    slice apart whole; a slice whose rows come in two chunks is built from the first and the rest is
+    written into it row by row. By session date, not `ts`: the bars of a session in the Americas and
+    Asia fall on its own UTC date (elsewhere a slice edge may be a day off, which costs speed only).
+    """
+    spec = HYPERTABLES.get(table)
+    match = re.fullmatch(r"(\d+) days?", spec[1]) if spec is not None and spec[0] == "ts" else None
+    if match is None:
+        return None
+    days = int(match.group(1))
+    return lambda day: (day - _EPOCH).days // days
 
 
 def slicing(conn: psycopg.Connection, table: str) -> Slicing | None:
