@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import yaml
+
+from mdpipeline.yaml_files import read_yaml
 
 OPEN_END = date(9999, 12, 31)
 
@@ -75,7 +76,7 @@ def _as_date(value: Any, what: str) -> date:
 
 def load_universe(path: Path) -> Universe:
     """Read and check the universe file; errors name the offending entry."""
-    doc = yaml.safe_load(Path(path).read_text())
+    doc = read_yaml(path)
     if not isinstance(doc, dict) or "instruments" not in doc:
         raise ValueError(f"universe file {path} has no 'instruments' list")
     instruments: list[Instrument] = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from mdpipeline.yaml_files import read_yaml
 
 DEFAULT_QUALITY_CONFIG = Path(__file__).resolve().parents[2] / "config" / "quality.yaml"
 PUBLISH_VALID = "publish_valid"  # a partition with quarantined rows publishes its good rows
@@ -108,7 +108,7 @@ def config_path() -> Path:
 def load_thresholds(provider: str, dataset: str, path: Path | None = None) -> Thresholds:
     """The thresholds of `provider` and `dataset` (defaults, dataset overrides, provider overrides)."""
     source = path or config_path()
-    doc = yaml.safe_load(Path(source).read_text()) or {}
+    doc = read_yaml(source) or {}
     unknown = set(doc) - {"defaults", "datasets", "providers"}
     if unknown:
         raise ValueError(f"{source}: unknown top-level keys {sorted(unknown)}")

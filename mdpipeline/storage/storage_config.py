@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
+from mdpipeline.yaml_files import read_yaml
 
 DEFAULT_STORAGE_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "storage.yaml"
 STORAGE_CONFIG_ENV = "MDP_STORAGE_CONFIG"
@@ -129,7 +129,7 @@ def load_storage_config(path: Path | None = None) -> StorageConfig:
         if path == DEFAULT_STORAGE_CONFIG:
             return StorageConfig()
         raise StorageConfigError(f"{path}: no such storage configuration ({STORAGE_CONFIG_ENV})")
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = read_yaml(path) or {}
     if not isinstance(doc, dict):
         raise StorageConfigError(f"{path}: expected a mapping")
     return parse_storage_config(doc)
