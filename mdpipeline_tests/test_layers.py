@@ -46,7 +46,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("normalize",),
     ("storage",),
     ("providers",),
-    ("contracts", "settings", "sessions", "universe", "chunks", "env_numbers", "output"),
+    ("contracts", "settings", "sessions", "universe", "chunks", "env_numbers", "output", "yaml_files"),
 )
 # Known upward imports, each with the change that removes it; nothing else may be added here.
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
