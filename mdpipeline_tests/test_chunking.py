@@ -100,7 +100,6 @@ def test_the_plan_cuts_sessions_and_symbols_within_the_budget() -> None:
     assert [len(c.symbols) for c in seven] == [3, 3, 1]
 
 
-
 def test_a_plan_with_periods_keeps_each_period_in_one_chunk() -> None:
     def week(day: date) -> int:  # TimescaleDB's weekly slices: Thursday to Wednesday
         return (day - date(1970, 1, 1)).days // 7
