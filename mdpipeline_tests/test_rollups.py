@@ -30,7 +30,7 @@ from mdpipeline.serve.server import BackgroundServer
 from mdpipeline.storage.database import connect
 from mdpipeline.storage.loader import replace_range
 from mdpipeline.storage.migrations import storage_layout
-from mdpipeline.storage.rollups import ROLLUPS, bucket_expression, refresh_rollups, utc_bucket_offset
+from mdpipeline.storage.rollups import CHUNKWISE, ROLLUPS, bucket_expression, refresh_rollups, utc_bucket_offset
 from mdpipeline.storage.storage_config import RollupConfig
 from mdpipeline_tests.conftest import PgServers
 
@@ -127,6 +127,17 @@ def test_a_correction_shows_in_the_rollups_and_as_of_reads_roll_up_what_was_know
     # As of a time after the correction, the as-of path (aggregating at read time) agrees with the stored roll-up.
     assert rows(read_bars(conn, "AAPL", SUMMER, SUMMER, interval="15m", as_of=corrected_at)) == rows(
         read_bars(conn, "AAPL", SUMMER, SUMMER, interval="15m"))
+
+
+@pytest.mark.timescaledb
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_a_refresh_leaves_the_sessions_chunkwise_aggregation_as_it_was(conn: psycopg.Connection, setting: str) -> None:
+    """The refresh turns TimescaleDB's chunk-wise aggregation off for itself only (rollups.CHUNKWISE)."""
+    conn.execute("select set_config(%s, %s, false)", (CHUNKWISE, setting))
+    load(conn, minute_bars(SUMMER), SUMMER)
+    assert conn.execute("select current_setting(%s)", (CHUNKWISE,)).fetchone() == (setting,)
+    assert rows(read_bars(conn, "AAPL", SUMMER, SUMMER, interval="1h")) == [
+        expected(SUMMER, 0, 59), expected(SUMMER, 60, 74)]
 
 
 @pytest.mark.timescaledb
