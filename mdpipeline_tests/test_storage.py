@@ -101,6 +101,24 @@ def test_raw_payloads_are_not_stored_twice(conn: psycopg.Connection) -> None:
     assert runs == [("run-1", "run-2"), ("run-3", "run-3")]
 
 
+def test_payloads_saved_together_each_keep_their_own_bytes(conn: psycopg.Connection) -> None:
+    """Payloads stored in one statement: each stored body decompresses to its own payload, with its hash and size."""
+    days = [date(2024, 6, d) for d in (3, 4, 5, 6, 7)]
+    payloads = [RawPayload(provider="synthetic", dataset="bars_1d", session_date=d, request_key=f"bars_1d:{d}",
+                           endpoint="synthetic://bars_1d", params={"session": d.isoformat()},
+                           body=b'{"bars": [' + ", ".join(str(d.day * k) for k in range(20_000)).encode() + b"]}")
+                for d in days]
+    saved, new = save_payloads(conn, payloads, "run-1")
+    assert new == len(days)
+    stored = conn.execute("select session_date, compression, body_size, sha256, octet_length(body) from raw.payloads"
+                          " order by session_date").fetchall()
+    assert [row[:4] for row in stored] == [(p.session_date, "zstd", len(p.body), p.sha256) for p in payloads]
+    assert all(packed < len(p.body) for (*_, packed), p in zip(stored, payloads, strict=True))
+    loaded = load_payloads(conn, "synthetic", "bars_1d", days[0], days[-1])
+    assert sorted((x.session_date, x.body) for x in loaded) == [(p.session_date, p.body) for p in payloads]
+    assert [x.payload_id for x in saved] == sorted(x.payload_id for x in saved)
+
+
 def test_reloading_unchanged_rows_keeps_when_they_were_learnt(conn: psycopg.Connection) -> None:
     days = [date(2024, 6, 3), date(2024, 6, 4)]
     replace_range(conn, "md.bars_1d", _bars(days), provider="synthetic", start=days[0], end=days[-1])

@@ -19,7 +19,10 @@ import zstandard
 from mdpipeline.providers.base import RawPayload
 from mdpipeline.storage.binary_copy import copy_frame
 
-ZSTD_LEVEL = 3
+# Level 1: on the synthetic minute-bar payloads (21 bodies, 58.9 MB) 0.26 s instead of 0.39 s at level 3
+# and a better ratio (3.64 against 3.39); on vendor-shaped JSON (Alpaca bars, Alpha Vantage intraday) also
+# faster with a ratio no worse (5.1 vs 5.0, 10.2 vs 9.7). Decompression reads any level.
+ZSTD_LEVEL = 1
 _STAGED: dict[str, pl.DataType] = {
     "provider": pl.String(), "dataset": pl.String(), "session_date": pl.Date(), "session_end": pl.Date(),
     "request_key": pl.String(), "endpoint": pl.String(), "params": pl.String(), "status": pl.Int32(),
