@@ -156,8 +156,9 @@ def _is_cagg(conn: psycopg.Connection, view: str) -> bool:
 # range in many small batches (a delete and an insert per hour or so of buckets): a year of 6 symbols'
 # 5-minute buckets took 20 s instead of 2 s (bench/backfill.py 6 250). One batch for the whole range
 # (100,000 buckets, as before) sorts the whole range's minute bars at once, which grows faster than the
-# range: three months of 500 symbols refreshed in 51-54 s that way, 40-41 s in four-week batches with
-# chunk-wise aggregation off (below); a year of 6 symbols the same either way (docs/performance.md).
+# range: three months of 500 symbols refreshed in 51-55 s that way, 40-46 s in batches of one to four
+# weeks with chunk-wise aggregation off (below); a year of 6 symbols the same either way
+# (docs/performance.md).
 BATCH_DAYS = 28
 
 
@@ -186,22 +187,21 @@ def refresh_rollups(conn: psycopg.Connection, start: date, end: date, config: Ro
     """
     if not (config or load_storage_config().rollups).refresh_after_load:
         return []
-    views = [rollup_view(interval) for interval in ROLLUPS if _is_cagg(conn, rollup_view(interval))]
+    views = {rollup_view(interval): interval for interval in ROLLUPS if _is_cagg(conn, rollup_view(interval))}
     if not views:
         return []
     lower, upper = time_bounds(start, end)
     takes_options = _refresh_takes_options(conn)
-    options = {view: refresh_options(interval) if takes_options else None
-               for interval, view in ((i, rollup_view(i)) for i in ROLLUPS) if view in views}
+    options = {view: refresh_options(interval) if takes_options else None for view, interval in views.items()}
     if url is None or len(views) == 1:
         for view in views:
             _refresh(conn, view, lower, upper, options[view])
-        return views
+        return list(views)
     with ThreadPoolExecutor(max_workers=len(views), thread_name_prefix="mdp-rollup") as pool:
         done = [pool.submit(_refresh_on_own_session, url, view, lower, upper, options[view]) for view in views]
         for future in done:
             future.result()
-    return views
+    return list(views)
 
 
 # TimescaleDB aggregates each chunk apart and then merges the partial states; for a refresh of many
