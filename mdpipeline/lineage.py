@@ -4,7 +4,7 @@ For (symbol, session date[, provider]) this finds the `md.bars_1d` row, the `raw
 parsed from, the run that stored it, the quarantine entries of that symbol and session (rows held back
 by validation or normalization), the event that carries the row on `md.bars.1d.v1` (key and the
 deterministic `event_id`, recomputed from the stored row exactly as the publisher computes it), and
-the outbox entries (`ops.outbox`, when the schema has it) that announced that event, and the
+the outbox entries (`ops.outbox_events`: pending and sent) that announced that event, and the
 publications (`ops.publications`) whose range covers the session. Pure core: no Dagster.
 """
 
@@ -189,12 +189,10 @@ def _quarantine(
 
 
 def _outbox(conn: psycopg.Connection, event: Event) -> list[OutboxEntry]:
-    row = conn.execute("select to_regclass('ops.outbox') is not null").fetchone()
-    if not row or not row[0]:
-        return []  # a schema from before the outbox
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            f"select {_columns(OutboxEntry)} from ops.outbox where topic = %s and event_id = %s order by outbox_id",
+            f"select {_columns(OutboxEntry)} from ops.outbox_events where topic = %s and event_id = %s"
+            " order by outbox_id",
             (event.topic, event.event_id)).fetchall()
     return [OutboxEntry(**r) for r in rows]
 

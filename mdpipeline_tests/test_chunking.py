@@ -69,7 +69,7 @@ def state(database_url: str) -> dict[str, pl.DataFrame]:
         "quarantine": "select dataset, stage, session_date, symbol, check_name, reason,"
                       " (row_data - 'raw_payload_id')::text as row_data from quality.quarantine"
                       " order by 1, 2, 3, 4, 5, 7",
-        "events": "select topic, key, event_id, session_date from ops.outbox order by 1, 3",
+        "events": "select topic, key, event_id, session_date from ops.outbox_events order by 1, 3",
     }
     with connect(database_url) as conn:
         return {name: pl.DataFrame(conn.execute(q).fetchall(), orient="row",
@@ -175,7 +175,7 @@ def test_a_failure_in_chunk_k_leaves_earlier_chunks_whole_and_a_rerun_converges(
     assert not failed.success
     with connect(database_url) as conn:
         stored = dict(conn.execute("select session_date, count(*) from md.bars_1m group by 1").fetchall())
-        queued = dict(conn.execute("select session_date, count(*) from ops.outbox where topic = 'md.bars.1m.v1'"
+        queued = dict(conn.execute("select session_date, count(*) from ops.outbox_events where topic = 'md.bars.1m.v1'"
                                    " group by 1").fetchall())
         held = {r[0] for r in conn.execute("select session_date from quality.quarantine where dataset = 'bars_1m'")}
         conn.execute("drop trigger reject_0605 on md.bars_1m")
@@ -214,7 +214,7 @@ def test_a_backfill_killed_with_sigkill_leaves_whole_chunks_and_a_rerun_converge
         assert child.wait(30) == -signal.SIGKILL
         per_session = conn.execute("select session_date, count(*), count(distinct symbol) from md.bars_1m"
                                    " group by 1 order by 1").fetchall()
-        events = dict(conn.execute("select session_date, count(*) from ops.outbox where topic = 'md.bars.1m.v1'"
+        events = dict(conn.execute("select session_date, count(*) from ops.outbox_events where topic = 'md.bars.1m.v1'"
                                    " group by 1").fetchall())
     assert len(per_session) >= 2
     for session, _, symbols in per_session:  # every stored session is a whole chunk: all symbols, its events

@@ -89,7 +89,7 @@ def test_demo_messages_survive_dev_down_and_dev_up(demo_dir: Path) -> None:
     env = dict(line.split("=", 1) for line in (demo_dir / ".env").read_text().splitlines() if "=" in line)
     with psycopg.connect(env["MDP_DATABASE_URL"]) as conn:
         published = {r[0] for r in conn.execute(
-            "select event_id from ops.outbox where topic = %s and published_at is not null", (BARS_1D.name,))}
+            "select event_id from ops.outbox_sent where topic = %s", (BARS_1D.name,))}
     servers = env["MDP_KAFKA_BOOTSTRAP_SERVERS"]
     ends = end_offsets(servers, BARS_1D.name)
     assert published

@@ -160,7 +160,7 @@ def test_alpaca_gap_is_backfilled_reconciled_and_published_once(
         ("cancel", 3, 190.07, None), ("cancel", 51, 400.00, None),
         ("new", 4, 190.10, None), ("new", 6, 190.20, None), ("new", 51, 400.10, 51), ("new", 52, 400.20, None)]
     assert next(e["data"]["ts"] for e in events if e["data"]["sequence"] == 4) == "2024-06-10T14:30:12.123456789Z"
-    outbox = conn.execute("select count(*), count(published_at) from ops.outbox").fetchone()
+    outbox = conn.execute("select count(*), count(published_at) from ops.outbox_events").fetchone()
     assert outbox is not None
     assert outbox[0] == outbox[1]
 
@@ -170,7 +170,7 @@ def test_alpaca_gap_is_backfilled_reconciled_and_published_once(
     assert again.success
     assert len(alpaca_history) == 2
     assert _full_ticks(conn) == rows
-    assert conn.execute("select count(*) from ops.outbox").fetchone() == (outbox[0],)
+    assert conn.execute("select count(*) from ops.outbox_events").fetchone() == (outbox[0],)
 
     # Even re-reconciling the same interval (gap reopened by hand) finds only duplicates.
     conn.execute("update ops.stream_gaps set repair_status = null, repaired_at = null")
@@ -180,7 +180,7 @@ def test_alpaca_gap_is_backfilled_reconciled_and_published_once(
         "fetched": 9, "inserted": 0, "duplicates": 6, "corrected": 0, "cancelled": 0, "already_absent": 2,
         "quarantined": 1, "events": 0}]
     assert _full_ticks(conn) == rows
-    assert conn.execute("select count(*) from ops.outbox").fetchone() == (outbox[0],)
+    assert conn.execute("select count(*) from ops.outbox_events").fetchone() == (outbox[0],)
 
 
 def test_synthetic_gap_is_regenerated_deterministically(conn: psycopg.Connection, kafka_bootstrap: str) -> None:
@@ -224,11 +224,11 @@ def test_synthetic_gap_is_regenerated_deterministically(conn: psycopg.Connection
     assert report.published == repair.counts["events"] > 0
 
     rows = conn.execute("select * from md.ticks order by symbol, sequence").fetchall()
-    outbox = conn.execute("select count(*) from ops.outbox").fetchone()
+    outbox = conn.execute("select count(*) from ops.outbox_events").fetchone()
     assert repair_gaps(conn, kafka_bootstrap, sources={"synthetic": SyntheticTrades(seed=7)},
                        symbology=UNIVERSE.symbology, run_id="again").repairs == []
     assert conn.execute("select * from md.ticks order by symbol, sequence").fetchall() == rows
-    assert conn.execute("select count(*) from ops.outbox").fetchone() == outbox
+    assert conn.execute("select count(*) from ops.outbox_events").fetchone() == outbox
 
 
 def _insert_gap(conn: psycopg.Connection, provider: str, offset: int = 7) -> int:
@@ -296,11 +296,11 @@ def test_content_identity_drops_duplicates_by_ts_price_size_exchange(conn: psyco
     [first] = repair_gaps(conn, None, run_id="r1", **kwargs).repairs  # type: ignore[arg-type]
     assert first.counts["inserted"] == first.counts["fetched"] > 0
     rows = _full_ticks(conn)
-    outbox = conn.execute("select count(*) from ops.outbox").fetchone()
+    outbox = conn.execute("select count(*) from ops.outbox_events").fetchone()
     conn.execute("update ops.stream_gaps set repair_status = null, repaired_at = null")
     [second] = repair_gaps(conn, None, run_id="r2", **kwargs).repairs  # type: ignore[arg-type]
     assert source.calls == 2
     assert second.counts["duplicates"] == second.counts["fetched"] == first.counts["fetched"]
     assert second.counts["inserted"] == 0
     assert _full_ticks(conn) == rows
-    assert conn.execute("select count(*) from ops.outbox").fetchone() == outbox
+    assert conn.execute("select count(*) from ops.outbox_events").fetchone() == outbox

@@ -17,6 +17,8 @@ import dagster as dg
 import polars as pl
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.devservices.postgres import free_port
@@ -27,6 +29,7 @@ from mdpipeline.distribute.subscriber import end_offsets
 from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, TopicSpec, ensure_topics
 from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.runner import materialize_range
+from mdpipeline.storage import migrations
 from mdpipeline.storage.bars import read_bars_1d
 from mdpipeline.storage.database import connect
 from mdpipeline_tests.pipeline_helpers import canonical_bars, event_values, events_of_run, settings_for
@@ -47,7 +50,7 @@ def _run(defs: dg.Definitions, select: str | None = None) -> dg.ExecuteInProcess
 
 def _pending(conn: psycopg.Connection) -> int:
     """Pending daily-bar announcements (the run also announces minute-bar sessions and corporate actions)."""
-    row = conn.execute("select count(*) from ops.outbox where published_at is null and topic = %s",
+    row = conn.execute("select count(*) from ops.outbox where topic = %s",
                        (BARS_1D.name,)).fetchone()
     assert row is not None
     return int(row[0])
@@ -123,7 +126,7 @@ def test_mark_refused_after_confirmation_resends_only_duplicates(database_url: s
         conn.execute("""
             create function refuse_mark() returns trigger language plpgsql as $$
             begin raise exception 'connection lost (simulated)'; end $$;
-            create trigger refuse_mark before update on ops.outbox for each row execute function refuse_mark();
+            create trigger refuse_mark before delete on ops.outbox for each row execute function refuse_mark();
         """)
     crashed = _run(defs, select="group:published")
     assert not crashed.success
@@ -169,9 +172,14 @@ def test_unserializable_and_refused_messages_go_to_the_dead_letter_topic(
     assert nan_letter["original_topic"] == BARS_1D.name
     assert nan_letter["key"] == "2"
     assert "MSG_SIZE_TOO_LARGE" in by_reason["too-big"]["reason"]
-    stored = conn.execute("select event_id, dead_letter_reason from ops.outbox where dead_letter_reason is not null"
-                          " order by event_id").fetchall()
-    assert len(stored) == 2
+    sent = conn.execute("select event_id, dead_letter_reason, length(value) from ops.outbox_sent"
+                        " order by dead_letter_reason nulls first, event_id").fetchall()
+    assert [(r[1] is None, r[2]) for r in sent[:4]] == [(True, None)] * 4  # sent events: the value is on the topic
+    letters_kept = {r[0]: (r[1], r[2]) for r in sent[4:]}
+    assert len(letters_kept) == 2
+    assert letters_kept["too-big"][0].startswith("MSG_SIZE_TOO_LARGE")
+    assert letters_kept["too-big"][1] == 20_000  # the refused value is kept whole
+    assert all(length for _, length in letters_kept.values())
     assert _pending(conn) == 0
 
 
@@ -194,8 +202,9 @@ def test_concurrent_relays_of_a_topic_never_send_the_same_rows(database_url: str
     ends = end_offsets(kafka_bootstrap, topic.name)
     assert sum(high - low for low, high in ends.values()) == rows.height  # on the topic exactly once
     with connect(database_url) as conn:
-        assert conn.execute("select count(*) from ops.outbox where topic = %s and published_at is null",
-                            (topic.name,)).fetchone() == (0,)
+        assert conn.execute("select count(*) from ops.outbox where topic = %s", (topic.name,)).fetchone() == (0,)
+        assert conn.execute("select count(*) from ops.outbox_sent where topic = %s",
+                            (topic.name,)).fetchone() == (rows.height,)
 
 
 def test_a_large_value_is_stored_lz4_compressed_and_read_back_whole(database_url: str) -> None:
@@ -219,3 +228,36 @@ def test_a_large_value_is_stored_lz4_compressed_and_read_back_whole(database_url
             read = pending(conn, topics=(topic,))
             assert read["value"].to_list() == [value]
             assert json.loads(read["headers"][0]) == {"mdp-run-id": "r"}
+
+
+def test_migration_15_moves_sent_events_to_the_history_and_keeps_pending_ones(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database at version 14 (sent rows marked in place), then the upgrade.
+    name = f"outbox_upgrade_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        with connect(make_conninfo(pg_server_url, dbname=name)) as conn:
+            monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:14])
+            assert migrations.migrate(conn)[-1] == 14
+            for key, published, reason in (("sent", True, None), ("letter", True, "MSG_SIZE_TOO_LARGE"),
+                                           ("pending", False, None)):
+                conn.execute("insert into ops.outbox (topic, key, event_id, value, headers, provider, session_date,"
+                             " published_at, dead_letter_reason) values ('t', %s, %s, %s, '{\"mdp-run-id\": \"r\"}',"
+                             " 'p', '2024-06-03', case when %s then now() end, %s)",
+                             (key, f"e-{key}", f"value of {key}", published, reason))
+            conn.commit()
+            monkeypatch.undo()
+            assert migrations.migrate(conn) == [15]
+            assert conn.execute("select key, value from ops.outbox").fetchall() == [("pending", "value of pending")]
+            sent = conn.execute("select key, value, dead_letter_reason, headers ->> 'mdp-run-id', published_at"
+                                " is not null from ops.outbox_sent order by key").fetchall()
+            assert sent == [("letter", "value of letter", "MSG_SIZE_TOO_LARGE", "r", True),
+                            ("sent", None, None, "r", True)]
+            events = conn.execute("select key, published_at is null from ops.outbox_events order by key").fetchall()
+            assert events == [("letter", False), ("pending", True), ("sent", False)]
+            assert migrations.migrate(conn) == []
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))

@@ -80,7 +80,7 @@ def test_block_publishes_nothing_of_the_range(run, database_url: str) -> None:
         assert read_bars_1m(conn, start=START, end=END).height == SYMBOLS * 2 * 390 - 1
         held = conn.execute("select dataset, symbol, session_date, check_name from quality.quarantine"
                             " order by dataset").fetchall()
-        announced = conn.execute("select count(*) from ops.outbox where topic = 'md.bars.1d.v1'").fetchone()
+        announced = conn.execute("select count(*) from ops.outbox_events where topic = 'md.bars.1d.v1'").fetchone()
         recorded = conn.execute("select passed, severity, metadata->>'on_quarantine' from quality.check_results"
                                 " where asset_key = 'validated/synthetic/bars_1d' and check_name = 'schema'"
                                 ).fetchall()

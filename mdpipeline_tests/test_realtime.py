@@ -97,7 +97,7 @@ def test_sensor_runs_ranges_and_the_job_applies_each_exactly_once(
                                 " order by symbol").fetchall()
         assert rejected == [("AAPL", "value_range"), ("ZZZZ", "symbology")]
         assert conn.execute("select count(*) from ops.stream_gaps").fetchone() == (1,)
-        outbox = conn.execute("select count(*), count(published_at) from ops.outbox").fetchone()
+        outbox = conn.execute("select count(*), count(published_at) from ops.outbox_events").fetchone()
     assert outbox is not None
     assert outbox[0] == outbox[1] > len(expected)  # every event relayed (new trades and cancels)
 
@@ -106,7 +106,7 @@ def test_sensor_runs_ranges_and_the_job_applies_each_exactly_once(
     assert again.success
     with psycopg.connect(database_url, autocommit=True) as conn:
         assert _ticks(conn) == expected
-        assert conn.execute("select count(*) from ops.outbox").fetchone() == (outbox[0],)
+        assert conn.execute("select count(*) from ops.outbox_events").fetchone() == (outbox[0],)
         assert conn.execute("select count(*) from quality.quarantine").fetchone() == (2,)
 
     # Nothing new: no run. New frames: a run for exactly the new range.
@@ -131,7 +131,8 @@ def test_sensor_runs_ranges_and_the_job_applies_each_exactly_once(
         validator.validate(value)
     ids = {v["event_id"] for v in values}
     with psycopg.connect(database_url, autocommit=True) as conn:
-        stored_ids = {r[0] for r in conn.execute("select event_id from ops.outbox where topic = %s", (TICKS.name,))}
+        stored_ids = {r[0] for r in conn.execute("select event_id from ops.outbox_events where topic = %s",
+                                                 (TICKS.name,))}
     assert ids == stored_ids
     alive = {v["data"]["sequence"] for v in values if v["data"]["action"] == "new"} - {
         v["data"]["sequence"] for v in values if v["data"]["action"] == "cancel"}

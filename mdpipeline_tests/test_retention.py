@@ -81,10 +81,12 @@ def _fill(conn: psycopg.Connection) -> None:
                          " endpoint, params, status, content_type, body, sha256, fetched_at, first_run_id, last_run_id,"
                          " body_size) values ('file', 'bars_1m', %s, %s, %s, 'e', '{}', 200, 'text/csv', '', %s, now(),"
                          " 'r', 'r', 0)", (day, day, f"k{day}", f"h{day}"))
-        for key, published in (("old", now - timedelta(days=30)), ("new", now - timedelta(days=1)), ("pending", None)):
-            conn.execute("insert into ops.outbox (topic, key, event_id, value, headers, provider, session_date,"
-                         " created_at, published_at) values ('t', %s, %s, '{}', '{}', 'file', %s, %s, %s)",
-                         (key, key, OLD, now - timedelta(days=30), published))
+        for n, (key, published) in enumerate((("old", now - timedelta(days=30)), ("new", now - timedelta(days=1)))):
+            conn.execute("insert into ops.outbox_sent (outbox_id, topic, key, event_id, headers, provider,"
+                         " session_date, created_at, published_at) values (%s, 't', %s, %s, '{}', 'file', %s, %s, %s)",
+                         (900_000 + n, key, key, OLD, now - timedelta(days=30), published))
+        conn.execute("insert into ops.outbox (topic, key, event_id, value, headers, provider, session_date, created_at)"
+                     " values ('t', 'pending', 'pending', '{}', '{}', 'file', %s, %s)", (OLD, now - timedelta(days=30)))
 
 
 def _left(conn: psycopg.Connection) -> dict[str, list]:
@@ -93,7 +95,7 @@ def _left(conn: psycopg.Connection) -> dict[str, list]:
     return {"bars": one("select session_date from md.bars_1m order by 1"),
             "revisions": one("select session_date from md.bars_1m_revisions order by 1"),
             "payloads": one("select session_date from raw.payloads order by 1"),
-            "outbox": one("select key from ops.outbox order by 1")}
+            "outbox": one("select key from ops.outbox_events order by 1")}
 
 
 @pytest.mark.both_layouts

@@ -494,10 +494,12 @@ def _expire_rows_procedure(conn: psycopg.Connection, timescale: bool) -> None:
     A procedure with TimescaleDB's job signature, so TimescaleDB schedules it (`add_job`) and the
     plain layout's Dagster retention job calls the same code.
     """
-    conn.execute(EXPIRE_ROWS_DDL)
+    conn.execute(expire_rows_ddl("ops.outbox"))
 
 
-EXPIRE_ROWS_DDL = """
+def expire_rows_ddl(sent_events: str) -> str:
+    """ops.expire_rows, deleting expired sent outbox events from `sent_events` (ops.outbox until migration 15)."""
+    return f"""
 create or replace procedure ops.expire_rows(job_id integer, config jsonb)
 language plpgsql as $$
 begin
@@ -505,7 +507,7 @@ begin
         delete from raw.payloads where session_end < current_date - (config ->> 'raw.payloads')::interval;
     end if;
     if config ? 'ops.outbox' then
-        delete from ops.outbox where published_at < now() - (config ->> 'ops.outbox')::interval;
+        delete from {sent_events} where published_at < now() - (config ->> 'ops.outbox')::interval;
     end if;
 end
 $$;
@@ -599,6 +601,60 @@ def _new_chunks_schema(conn: psycopg.Connection, timescale: bool) -> None:
         conn.execute("create schema if not exists md_chunks")
 
 
+def _outbox_sent_history(conn: psycopg.Connection, timescale: bool) -> None:
+    """ops.outbox holds pending events only; a confirmed event moves to ops.outbox_sent.
+
+    Marking a row published was an UPDATE: a whole new row version, two index entries and about
+    150 MiB of WAL per 200,000 daily-bar events, and the relay's largest cost (see
+    docs/performance.md). Moving the confirmed rows (a DELETE, and an INSERT into an index-free
+    history without the value) costs about half, and the pending table loses its partial indexes.
+    A dead-lettered event keeps its whole value in the history.
+    """
+    conn.execute(OUTBOX_SENT_DDL)
+    conn.execute("insert into ops.outbox_sent select outbox_id, topic, key, event_id,"
+                 " case when dead_letter_reason is null then null else value end, headers, provider, session_date,"
+                 " created_at, published_at, dead_letter_reason from ops.outbox where published_at is not null"
+                 " order by outbox_id")
+    conn.execute("delete from ops.outbox where published_at is not null")
+    conn.execute("drop index if exists ops.outbox_published_at; drop index if exists ops.outbox_pending_order;"
+                 " drop index if exists ops.outbox_pending_event; drop index if exists ops.outbox_pending_range")
+    conn.execute("alter table ops.outbox drop column published_at")
+    conn.execute("create unique index outbox_event on ops.outbox (topic, event_id);"
+                 " create index outbox_scope on ops.outbox (provider, session_date)")
+    conn.execute(OUTBOX_EVENTS_VIEW_DDL)
+    conn.execute(expire_rows_ddl("ops.outbox_sent"))
+
+
+OUTBOX_SENT_DDL = """
+create table ops.outbox_sent (
+    outbox_id          bigint      not null,
+    topic              text        not null,
+    key                text,
+    event_id           text        not null,
+    value              text,
+    headers            jsonb       not null,
+    provider           text        not null,
+    session_date       date        not null,
+    created_at         timestamptz not null,
+    published_at       timestamptz not null,
+    dead_letter_reason text
+);
+create index outbox_sent_published_at on ops.outbox_sent using brin (published_at);
+"""
+OUTBOX_EVENTS_VIEW_DDL = """
+create view ops.outbox_events as
+select outbox_id, topic, key, event_id, value, headers, provider, session_date, created_at,
+       null::timestamptz as published_at, dead_letter_reason
+from ops.outbox
+union all
+select outbox_id, topic, key, event_id, value, headers, provider, session_date, created_at,
+       published_at, dead_letter_reason
+from ops.outbox_sent;
+comment on view ops.outbox_events is
+    'Every queued event: pending (ops.outbox, published_at null) and sent (ops.outbox_sent)';
+"""
+
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -615,4 +671,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "quotes", _quotes),
     Migration(13, "outbox values compressed with lz4", _outbox_lz4),
     Migration(14, "schema of chunks built apart by first loads", _new_chunks_schema),
+    Migration(15, "sent outbox events move to ops.outbox_sent", _outbox_sent_history),
 )
