@@ -264,7 +264,7 @@ def move_sent(conn: psycopg.Connection, where: str, params: list[object], *,
         " provider, session_date, created_at, coalesce(%s, dead_letter_reason) as dead_letter_reason)"
         " insert into ops.outbox_sent (outbox_id, topic, key, event_id, value, headers, provider, session_date,"
         " created_at, published_at, dead_letter_reason) select outbox_id, topic, key, event_id, value, headers,"
-        " provider, session_date, created_at, now(), dead_letter_reason from sent order by outbox_id",
+        " provider, session_date, created_at, now(), dead_letter_reason from sent",
         (*params, dead_letter_reason, dead_letter_reason)).rowcount
 
 
