@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import polars as pl
 import psycopg
 import pytest
@@ -23,8 +24,15 @@ from psycopg.conninfo import make_conninfo
 from mdpipeline.contracts.events import BARS_1D_EVENT_FIELDS
 from mdpipeline.devservices.postgres import free_port
 from mdpipeline.distribute.events import bar_events, lineage_headers
-from mdpipeline.distribute.outbox import OUTBOX_COLUMNS, outbox_rows, pending, replace_pending, write_outbox
-from mdpipeline.distribute.relay import drain
+from mdpipeline.distribute.outbox import (
+    OUTBOX_COLUMNS,
+    PendingScope,
+    outbox_rows,
+    pending,
+    replace_pending,
+    write_outbox,
+)
+from mdpipeline.distribute.relay import _mark, drain
 from mdpipeline.distribute.subscriber import end_offsets
 from mdpipeline.distribute.topics import BARS_1D, DEAD_LETTER, TopicSpec, ensure_topics
 from mdpipeline.orchestration.assembly import build_definitions
@@ -261,3 +269,19 @@ def test_migration_15_moves_sent_events_to_the_history_and_keeps_pending_ones(
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as admin:
             admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def test_a_row_committed_after_the_read_inside_a_batchs_id_range_stays_pending(database_url: str) -> None:
+    # Ids are taken at insert, rows become visible at commit: a transaction open while the relay reads
+    # can commit a row whose id lies between two ids of the batch. That row was not sent: it stays pending.
+    rows = outbox_rows(canonical_bars(3, START), BARS_1D.name, BARS_1D_EVENT_FIELDS, {"mdp-run-id": "gap"})
+    with connect(database_url) as conn, connect(database_url, autocommit=False) as late:
+        write_outbox(conn, rows[0:1])
+        write_outbox(late, rows[1:2])  # its id is taken; not committed yet
+        write_outbox(conn, rows[2:3])
+        batch = pending(conn)
+        assert batch["event_id"].to_list() == [rows["event_id"][0], rows["event_id"][2]]
+        late.commit()
+        assert _mark(conn, PendingScope(), batch, np.ones(batch.height, dtype=bool)) == 2
+        assert conn.execute("select event_id from ops.outbox").fetchall() == [(rows["event_id"][1],)]
+        assert conn.execute("select count(*) from ops.outbox_sent").fetchone() == (2,)
