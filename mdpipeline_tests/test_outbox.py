@@ -26,7 +26,6 @@ from mdpipeline.devservices.postgres import free_port
 from mdpipeline.distribute.events import bar_events, lineage_headers
 from mdpipeline.distribute.outbox import (
     OUTBOX_COLUMNS,
-    PendingScope,
     outbox_rows,
     pending,
     replace_pending,
@@ -282,6 +281,6 @@ def test_a_row_committed_after_the_read_inside_a_batchs_id_range_stays_pending(d
         batch = pending(conn)
         assert batch["event_id"].to_list() == [rows["event_id"][0], rows["event_id"][2]]
         late.commit()
-        assert _mark(conn, PendingScope(), batch, np.ones(batch.height, dtype=bool)) == 2
+        assert _mark(conn, batch, np.ones(batch.height, dtype=bool)) == 2
         assert conn.execute("select event_id from ops.outbox").fetchall() == [(rows["event_id"][1],)]
         assert conn.execute("select count(*) from ops.outbox_sent").fetchone() == (2,)

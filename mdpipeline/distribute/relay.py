@@ -148,7 +148,7 @@ def drain(
                 sent = _send(producer, batch, flush_timeout)
                 if marked is not None:
                     marked.result()  # the previous batch's mark failed: stop before sending more
-                marked = db.submit(_mark, conn, scope, batch, sent.delivered)
+                marked = db.submit(_mark, conn, batch, sent.delivered)
                 confirmed = batch.filter(pl.Series(sent.delivered))
                 for (topic,), rows in confirmed.group_by("topic", maintain_order=True):
                     report.add(str(topic), rows.height, {})
@@ -193,7 +193,7 @@ def _next_rows(batch: pl.DataFrame, rows: int, max_bytes: int) -> int:
     return max(1, min(rows, int(max_bytes / average)))
 
 
-def _mark(conn: psycopg.Connection, scope: PendingScope, batch: pl.DataFrame, delivered: np.ndarray) -> int:
+def _mark(conn: psycopg.Connection, batch: pl.DataFrame, delivered: np.ndarray) -> int:
     """Move the broker-confirmed rows of `batch` to the sent history, in one statement; returns the rows moved.
 
     By id range only when the batch holds every id of its range: a range with gaps may hide a row
@@ -203,8 +203,7 @@ def _mark(conn: psycopg.Connection, scope: PendingScope, batch: pl.DataFrame, de
     ids = batch["outbox_id"]
     lowest, highest = int(ids.min()), int(ids.max())  # type: ignore[arg-type]
     if delivered.all() and highest - lowest + 1 == batch.height:  # the usual case: no id list to send
-        where, params = scope.where()
-        return move_sent(conn, f"{where} and outbox_id between %s and %s", [*params, lowest, highest])
+        return move_sent(conn, "outbox_id between %s and %s", [lowest, highest])
     if delivered.any():
         return move_sent(conn, "outbox_id = any(%s)", [ids.filter(pl.Series(delivered)).to_list()])
     return 0
