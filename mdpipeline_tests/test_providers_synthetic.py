@@ -209,6 +209,56 @@ def test_unparseable_values_become_nulls() -> None:
     ]
 
 
+HEADER = b"symbol,date,open,high,low,close,volume,vwap,trades\n"
+
+
+def _csv_payload(payload_id: int, body: bytes, session: date = date(2024, 6, 10)) -> RawPayload:
+    return RawPayload("synthetic", "bars_1d", session, f"bars_1d:{session}:{payload_id}", "synthetic://bars_1d",
+                      {}, body, content_type="text/csv", payload_id=payload_id)
+
+
+def _one_by_one(payloads: list[RawPayload]) -> list[tuple]:
+    rows = []
+    for payload in payloads:
+        rows.extend(make().transform("bars_1d", [payload]).rows())
+    return rows
+
+
+@pytest.mark.parametrize("odd", [
+    b"",                                            # header only: an empty session
+    b"NVDA,2024-06-10,1,2,0.5,1.5,10,1.2,3",        # no line end after the last row
+    b'NVDA,2024-06-10,1,2,0.5,"1.5\n",10,1.2,3\n',  # a quoted line break: two lines, one row
+    b"NVDA,2024-06-10,1,2,0.5,1.5,10,1.2,3\n\nNVDA,2024-06-11,1,2,0.5,1.5,10,1.2,3\n",  # a blank line
+    b"NVDA,2024-06-10,1,2,0.5,1.5,10,1.2,3\r\n",  # a carriage return
+])
+def test_payloads_read_together_keep_each_rows_payload(odd: bytes) -> None:
+    """Small CSV payloads are read as one document; each row keeps the id of the payload it came from,
+    whatever a body looks like, exactly as when each payload is read alone."""
+    payloads = [_csv_payload(1, HEADER + b"AAPL,2024-06-10,1,2,0.5,1.5,10,1.2,3\nMSFT,2024-06-10,1,2,0.5,1.5,10,1.2,3\n"),
+                _csv_payload(2, HEADER + odd),
+                _csv_payload(3, HEADER + b"AAPL,2024-06-11,1,2,0.5,1.5,10,1.2,3\n", date(2024, 6, 11))]
+    together = make().transform("bars_1d", payloads).rows()
+    assert together == _one_by_one(payloads)
+    assert [(row[0], row[-1]) for row in together if row[-1] != 2] == [("AAPL", 1), ("MSFT", 1), ("AAPL", 3)]
+    assert {row[0] for row in together if row[-1] == 2} <= {"NVDA", None}
+
+
+def test_a_range_of_sessions_reads_as_each_session_alone() -> None:
+    p = make()
+    payloads = p.extract(Query("bars_1m", date(2024, 6, 3), date(2024, 6, 14), SYMBOLS))
+    stored = [dataclasses.replace(x, payload_id=i) for i, x in enumerate(payloads, start=1)]
+    together = p.transform("bars_1m", stored)
+    assert together.height == 10 * 3 * 390
+    assert together.equals(pl.concat([p.transform("bars_1m", [x]) for x in stored]))
+
+
+def test_an_unreadable_payload_among_others_is_named() -> None:
+    payloads = [_csv_payload(1, HEADER + b"AAPL,2024-06-10,1,2,0.5,1.5,10,1.2,3\n"),
+                _csv_payload(2, HEADER + b"AAPL,2024-06-10,1,2,0.5,1.5,10,1.2,3,extra,fields,here\n")]
+    with pytest.raises(ProviderError, match="bars_1d:2024-06-10:2 is not readable"):
+        make().transform("bars_1d", payloads)
+
+
 def test_json_payloads_of_earlier_versions_still_replay() -> None:
     body = json.dumps({"provider": "synthetic", "dataset": "bars_1d", "session": "2024-06-10", "bars": [
         {"symbol": "AAPL", "date": "2024-06-10", "open": 190.5, "high": "191.25", "low": 189.0,

@@ -32,6 +32,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ _FIELDS = {
     "bars_1m": ("symbol", "ts", *_PRICES, "volume", "vwap", "trades"),
     "corporate_actions": ("symbol", "ex_date", "action", "ratio", "amount", "currency"),
 }
+JOINED_CSV_BODY_MAX = 1 << 20  # bytes; larger CSV bodies are read one by one (see `transform`)
 _LIST_KEY = {"bars_1d": "bars", "bars_1m": "bars", "corporate_actions": "actions"}
 
 
@@ -367,27 +369,38 @@ class SyntheticProvider:
     def transform(self, dataset: str, payloads: Sequence[RawPayload]) -> pl.DataFrame:
         """Parse the bodies (every field as text) and cast them into the standard frame.
 
-        CSV bodies are what `extract` writes; JSON bodies (`{"bars": [...]}`) are what earlier
-        versions stored, and stay readable so old raw payloads replay.
+        CSV bodies are what `extract` writes; consecutive small ones with the same header are read as
+        one document (a range of few symbols holds a small payload per session, and reading them one
+        by one cost about a millisecond each; a large body is read alone, where joining would only
+        copy it). JSON bodies (`{"bars": [...]}`) are what earlier versions stored, and
+        stay readable so old raw payloads replay.
         """
         if dataset not in self.datasets:
             raise ProviderError(f"synthetic provider has no dataset {dataset!r}")
         text = dict.fromkeys(_FIELDS[dataset], pl.String)
         frames = [empty_standard_frame(dataset)]
-        for payload in payloads:
-            try:
-                if payload.content_type == "text/csv":
-                    rows = pl.read_csv(io.BytesIO(payload.body), schema_overrides=text, infer_schema=False)
-                else:
-                    key = _LIST_KEY[dataset]
-                    doc = pl.read_json(io.BytesIO(payload.body), schema={key: pl.List(pl.Struct(text))})
-                    rows = doc.select(pl.col(key).explode()).filter(pl.col(key).is_not_null()).unnest(key)
-            except pl.exceptions.PolarsError as exc:
-                raise ProviderError(
-                    f"synthetic provider: payload {payload.request_key} is not readable: {exc}"
-                ) from exc
-            frames.append(cast_to_standard(rows, dataset, payload.payload_id))
+        for header, group in groupby(payloads, key=_csv_header):
+            batch = list(group)
+            joined = _read_joined_csv(batch, header, text) if header is not None else None
+            if joined is not None:
+                rows, payload_ids = joined
+                frames.append(cast_to_standard(rows, dataset, None).with_columns(payload_ids))
+                continue
+            frames.extend(cast_to_standard(self._read_one(dataset, payload, text), dataset, payload.payload_id)
+                          for payload in batch)
         return pl.concat(frames, how="vertical")
+
+    @staticmethod
+    def _read_one(dataset: str, payload: RawPayload, text: dict[str, Any]) -> pl.DataFrame:
+        """One payload's rows, every field as text; a clear error naming it when it does not parse."""
+        try:
+            if payload.content_type == "text/csv":
+                return pl.read_csv(io.BytesIO(payload.body), schema_overrides=text, infer_schema=False)
+            key = _LIST_KEY[dataset]
+            doc = pl.read_json(io.BytesIO(payload.body), schema={key: pl.List(pl.Struct(text))})
+            return doc.select(pl.col(key).explode()).filter(pl.col(key).is_not_null()).unnest(key)
+        except pl.exceptions.PolarsError as exc:
+            raise ProviderError(f"synthetic provider: payload {payload.request_key} is not readable: {exc}") from exc
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -501,3 +514,42 @@ SPEC = ProviderSpec(SyntheticProvider, network=False, stream_frames="alpaca",
 
 __all__ = ["ORIGIN", "SPEC", "Anomaly", "CorporateAction", "SyntheticProvider", "daily_path", "minute_path",
            "minute_paths"]
+
+
+def _csv_header(payload: RawPayload) -> bytes | None:
+    """The header line of a small CSV payload (None for any other body)."""
+    if payload.content_type != "text/csv" or len(payload.body) > JOINED_CSV_BODY_MAX:
+        return None
+    end = payload.body.find(b"\n")
+    return payload.body if end < 0 else payload.body[:end]
+
+
+def _read_joined_csv(payloads: list[RawPayload], header: bytes,
+                     text: dict[str, Any]) -> tuple[pl.DataFrame, pl.Series] | None:
+    """CSV payloads sharing `header` read as one document, with each row's `raw_payload_id`.
+
+    A payload's rows are counted by its line ends; the document must read into exactly that many
+    rows, so every line was one row (a quoted line break or a skipped blank line would leave fewer)
+    and the counts say which payload each row came from. None when that does not hold, or a body
+    has a carriage return; the caller then reads the payloads one by one.
+    """
+    parts: list[bytes | memoryview] = [header, b"\n"]
+    counts = []
+    for payload in payloads:
+        body, skip = payload.body, len(header) + 1
+        if b"\r" in body:
+            return None
+        count = body.count(b"\n", skip)
+        parts.append(memoryview(body)[skip:])
+        if len(body) > skip and not body.endswith(b"\n"):
+            parts.append(b"\n")
+            count += 1
+        counts.append(count)
+    try:
+        rows = pl.read_csv(b"".join(parts), schema_overrides=text, infer_schema=False)
+    except pl.exceptions.PolarsError:
+        return None
+    if rows.height != sum(counts):
+        return None
+    ids = pl.Series("raw_payload_id", [payload.payload_id for payload in payloads], dtype=pl.Int64)
+    return rows, ids.gather(np.repeat(np.arange(len(payloads)), counts))
