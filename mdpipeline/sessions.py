@@ -15,10 +15,14 @@ EARLIEST = date(1990, 1, 2)
 def calendar(name: str = "XNYS") -> xcals.ExchangeCalendar:
     """The exchange calendar `name` from 1990 (or its first evaluable date) to two years ahead (cached)."""
     end = (date.today() + timedelta(days=730)).isoformat()
-    recent = xcals.get_calendar(name, start=(date.today() - timedelta(days=30)).isoformat(), end=end)
-    bound = recent.bound_min()  # e.g. XTKS can be evaluated from 1997 only
-    start = EARLIEST if bound is None else max(EARLIEST, bound.date())
-    return xcals.get_calendar(name, start=start.isoformat(), end=end)
+    try:
+        return xcals.get_calendar(name, start=EARLIEST.isoformat(), end=end)
+    except ValueError:  # e.g. XTKS can be evaluated from 1997 only: ask a recent calendar where it starts
+        recent = xcals.get_calendar(name, start=(date.today() - timedelta(days=30)).isoformat(), end=end)
+        bound = recent.bound_min()
+        if bound is None or bound.date() <= EARLIEST:
+            raise
+        return xcals.get_calendar(name, start=bound.date().isoformat(), end=end)
 
 
 def exchange_timezone(calendar_name: str = "XNYS") -> str:

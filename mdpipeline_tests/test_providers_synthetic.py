@@ -234,7 +234,8 @@ def _one_by_one(payloads: list[RawPayload]) -> list[tuple]:
 def test_payloads_read_together_keep_each_rows_payload(odd: bytes) -> None:
     """Small CSV payloads are read as one document; each row keeps the id of the payload it came from,
     whatever a body looks like, exactly as when each payload is read alone."""
-    payloads = [_csv_payload(1, HEADER + b"AAPL,2024-06-10,1,2,0.5,1.5,10,1.2,3\nMSFT,2024-06-10,1,2,0.5,1.5,10,1.2,3\n"),
+    two_rows = b"AAPL,2024-06-10,1,2,0.5,1.5,10,1.2,3\nMSFT,2024-06-10,1,2,0.5,1.5,10,1.2,3\n"
+    payloads = [_csv_payload(1, HEADER + two_rows),
                 _csv_payload(2, HEADER + odd),
                 _csv_payload(3, HEADER + b"AAPL,2024-06-11,1,2,0.5,1.5,10,1.2,3\n", date(2024, 6, 11))]
     together = make().transform("bars_1d", payloads).rows()
