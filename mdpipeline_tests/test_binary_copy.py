@@ -235,6 +235,21 @@ def test_where_copies_only_the_rows_it_holds_for(conn: psycopg.Connection, chunk
     assert_frame_equal(got, expected, check_exact=True)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 1_000_000])
+def test_at_copies_the_rows_at_those_positions(conn: psycopg.Connection, chunk_rows: int) -> None:
+    df = _edge_frame().with_row_index("n").with_columns(pl.col("n").cast(pl.Int64))
+    at = pl.Series([df.height - 1, 0, 2], dtype=pl.UInt32)
+    expected = _expected(df[at])
+    with conn.cursor() as cur:
+        _create_table(cur, "a", df)
+        assert copy_frame(cur, "a", df, chunk_rows=chunk_rows, at=at) == 3
+        got = _select(cur, "a", expected.schema)
+        assert copy_frame(cur, "a", df, at=pl.Series([], dtype=pl.UInt32)) == 0
+        with pytest.raises(ValueError, match="not both"):
+            copy_frame(cur, "a", df, where=pl.col("n") > 0, at=at)
+    assert_frame_equal(got.sort("n"), expected.sort("n"), check_exact=True)
+
+
 def test_chunk_rows_must_be_positive(conn: psycopg.Connection) -> None:
     with conn.cursor() as cur, pytest.raises(ValueError, match="chunk_rows"):
         copy_frame(cur, "t", _edge_frame(), chunk_rows=0)

@@ -297,18 +297,24 @@ def encode_binary_copy(df: pl.DataFrame) -> memoryview:
     return memoryview(_encode(df, HEADER, TRAILER))
 
 
-def _encoded_chunks(df: pl.DataFrame, chunk_rows: int, where: pl.Expr | None = None) -> Iterator[memoryview]:
-    """The binary COPY stream of df (its rows where `where` holds, when given) in pieces of at most
-    chunk_rows rows (header and trailer included).
+def _encoded_chunks(df: pl.DataFrame, chunk_rows: int, where: pl.Expr | None = None,
+                    at: pl.Series | None = None) -> Iterator[memoryview]:
+    """The binary COPY stream of df (its rows where `where` holds, or at the positions `at`, when
+    given) in pieces of at most chunk_rows rows (header and trailer included).
 
     All pieces share one buffer: a piece is valid only until the next one is requested.
     """
     scratch = None
-    for offset in range(0, max(df.height, 1), chunk_rows):
+    total = df.height if at is None else at.len()
+    for offset in range(0, max(total, 1), chunk_rows):
         prefix = HEADER if offset == 0 else b""
-        suffix = TRAILER if offset + chunk_rows >= df.height else b""
-        rows = df.slice(offset, chunk_rows)
-        piece = _encode(rows if where is None else rows.filter(where), prefix, suffix, scratch)
+        suffix = TRAILER if offset + chunk_rows >= total else b""
+        if at is not None:
+            rows = df[at.slice(offset, chunk_rows)]
+        else:
+            rows = df.slice(offset, chunk_rows)
+            rows = rows if where is None else rows.filter(where)
+        piece = _encode(rows, prefix, suffix, scratch)
         scratch = piece if piece.base is None else piece.base
         yield memoryview(piece)
 
@@ -325,25 +331,30 @@ def copy_statement(table: str, columns: list[str]) -> sql.Composed:
 
 
 def copy_frame(cursor: psycopg.Cursor, table: str, df: pl.DataFrame, chunk_rows: int = 65_536,
-               where: pl.Expr | None = None) -> int:
-    """Bulk-load df (its rows where `where` holds, when given) into table with binary COPY; returns the
-    number of rows written.
+               where: pl.Expr | None = None, at: pl.Series | None = None) -> int:
+    """Bulk-load df (its rows where `where` holds, or at the row positions `at`, when given) into
+    table with binary COPY; returns the number of rows written.
 
     Frame columns map by name to table columns, so the table may have more columns (with defaults)
     and a different column order. Runs inside the cursor's current transaction; the caller commits.
     Rows are encoded and sent chunk_rows at a time into one reused buffer: small chunks stay in
-    the CPU cache, and the server ingests one chunk while the next one is encoded.
+    the CPU cache, and the server ingests one chunk while the next one is encoded. `at` suits many
+    loads of disjoint parts of one frame: each reads only its rows, where a `where` scans the frame.
     """
     _check_encodable(df)
     if chunk_rows <= 0:
         raise ValueError("chunk_rows must be positive")
+    if where is not None and at is not None:
+        raise ValueError("copy_frame takes `where` or `at`, not both")
     encoding = cursor.connection.info.encoding
     if encoding not in ("utf-8", "utf8"):
         raise ValueError(f"binary COPY sends text as UTF-8, but the client encoding is {encoding!r}")
     with cursor.copy(copy_statement(table, df.columns)) as copy:
         # Copy.write hands each piece to libpq, which copies it, before the buffer is reused.
-        for piece in _encoded_chunks(df, chunk_rows, where):
+        for piece in _encoded_chunks(df, chunk_rows, where, at):
             copy.write(piece)
     if cursor.rowcount >= 0:
         return cursor.rowcount
+    if at is not None:
+        return at.len()
     return df.height if where is None else int(df.select(where.sum()).item())

@@ -100,8 +100,8 @@ def copy_first_load(conn: psycopg.Connection, table: str, frame: pl.DataFrame, k
     cut = slicing(conn, table) if frame.height >= MIN_ROWS else None
     built: list[int] = []
     if cut is not None:
-        for slice_no in _new_slices(conn, table, cut, frame):
-            if _attach(conn, table, cut, keys, slice_no, frame):
+        for slice_no, rows in _new_slices(conn, table, cut, frame):
+            if _attach(conn, table, cut, keys, slice_no, frame, rows):
                 built.append(slice_no)
     with conn.cursor() as cur:
         if not built:
@@ -111,28 +111,29 @@ def copy_first_load(conn: psycopg.Connection, table: str, frame: pl.DataFrame, k
         return written + copy_frame(cur, table, frame, where=rest)
 
 
-def _new_slices(conn: psycopg.Connection, table: str, cut: Slicing, frame: pl.DataFrame) -> list[int]:
-    """Slices of `frame` with at least MIN_ROWS rows that no existing chunk overlaps."""
-    counts = frame.select(cut.index().alias("slice")).group_by("slice").len()
-    counts = counts.filter(pl.col("len") >= MIN_ROWS).sort("slice")
-    if not counts.height:
+def _new_slices(conn: psycopg.Connection, table: str, cut: Slicing,
+                frame: pl.DataFrame) -> list[tuple[int, pl.Series]]:
+    """Slices of `frame` with at least MIN_ROWS rows that no existing chunk overlaps, each with the
+    positions of its rows in `frame` (found in one pass over the frame)."""
+    slices = (frame.select(cut.index().alias("slice")).with_row_index("row").group_by("slice")
+              .agg(pl.col("row")).filter(pl.col("row").list.len() >= MIN_ROWS).sort("slice"))
+    if not slices.height:
         return []
     schema, name = table.split(".")
-    lower, upper = counts["slice"].min() * cut.width_us, (counts["slice"].max() + 1) * cut.width_us  # type: ignore[operator]
+    lower, upper = slices["slice"].min() * cut.width_us, (slices["slice"].max() + 1) * cut.width_us  # type: ignore[operator]
     chunks = conn.execute(
         "select (extract(epoch from range_start) * 1000000)::bigint, (extract(epoch from range_end) * 1000000)::bigint"
         " from timescaledb_information.chunks where hypertable_schema = %s and hypertable_name = %s"
         " and range_end > to_timestamp(%s / 1000000.0) and range_start < to_timestamp(%s / 1000000.0)",
         (schema, name, lower, upper)).fetchall()
-    return [s for s in counts["slice"].to_list()
+    return [(s, rows) for s, rows in zip(slices["slice"].to_list(), slices["row"], strict=True)
             if not any(lo < (s + 1) * cut.width_us and hi > s * cut.width_us for lo, hi in chunks)]
 
 
 def _attach(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str, ...], slice_no: int,
-            frame: pl.DataFrame) -> bool:
-    """Build slice `slice_no` from its rows in `frame` and attach it to `table`; False (and nothing
-    changed) when TimescaleDB refuses it."""
-    mine = cut.index() == slice_no
+            frame: pl.DataFrame, rows: pl.Series) -> bool:
+    """Build slice `slice_no` from its rows in `frame` (at the positions `rows`) and attach it to
+    `table`; False (and nothing changed) when TimescaleDB refuses it."""
     start = slice_no * cut.width_us
     day = datetime.fromtimestamp(start / 1_000_000, UTC).strftime("%Y%m%d")
     chunk = f"{SCHEMA}.{table.split('.')[1]}_{day}"
@@ -141,10 +142,11 @@ def _attach(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str,
             conn.execute(sql.SQL("create table {} (like {} including defaults including constraints)").format(
                 sql.Identifier(*chunk.split(".")), sql.Identifier(*table.split("."))))
             with conn.cursor() as cur:
-                copy_frame(cur, chunk, frame, where=mine)
+                copy_frame(cur, chunk, frame, at=rows)
             conn.execute("call attach_chunk(%s::regclass, %s::regclass, %s::jsonb)",
                          (table, chunk, f'{{"{cut.column}": [{start}, {start + cut.width_us}]}}'))
-            _record_invalidation(conn, table, cut, keys, frame, mine)
+            _record_invalidation(conn, table, cut, frame.select(keys)[rows],
+                                 next(c for c in frame.columns if c not in keys))
     except psycopg.errors.OperationalError:
         raise
     except psycopg.Error as exc:  # e.g. a chunk for the slice committed since it was looked up
@@ -154,18 +156,18 @@ def _attach(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str,
     return True
 
 
-def _record_invalidation(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str, ...],
-                         frame: pl.DataFrame, mine: pl.Expr) -> None:
-    """Record the span of the rows of `frame` where `mine` holds (one chunk's, written outside
-    TimescaleDB's insert path) as changed for the continuous aggregates: a no-op update of its first
-    and last row through the hypertable.
+def _record_invalidation(conn: psycopg.Connection, table: str, cut: Slicing, frame: pl.DataFrame,
+                         column: str) -> None:
+    """Record the span of the rows of `frame` (one chunk's rows, its key columns only, written outside
+    TimescaleDB's insert path) as changed for the continuous aggregates: a no-op update (of `column`,
+    not a key) of its first and last row through the hypertable.
 
     One statement per chunk: TimescaleDB records the lowest and highest time a statement modified in a
     chunk as one range (two statements, or two chunks, would record single buckets)."""
-    rows = frame.lazy().filter(mine).select(keys)
-    ends = pl.concat([rows.bottom_k(1, by=cut.column), rows.top_k(1, by=cut.column)]).collect()
+    ends = pl.concat([frame.bottom_k(1, by=cut.column), frame.top_k(1, by=cut.column)])
+    keys = frame.columns
     row_key = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(keys)))
-    column = sql.Identifier(next(c for c in frame.columns if c not in keys))
     conn.execute(sql.SQL("update {t} set {c} = {c} where ({k}) in ({a}, {b})").format(
-        t=sql.Identifier(*table.split(".")), c=column, k=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
+        t=sql.Identifier(*table.split(".")), c=sql.Identifier(column),
+        k=sql.SQL(", ").join(sql.Identifier(k) for k in keys),
         a=row_key, b=row_key), [v for row in ends.iter_rows() for v in row])
