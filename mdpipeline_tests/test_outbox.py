@@ -286,3 +286,29 @@ def test_a_row_committed_after_the_read_inside_a_batchs_id_range_stays_pending(d
         assert _mark(conn, batch, np.ones(batch.height, dtype=bool)) == 2
         assert conn.execute("select event_id from ops.outbox").fetchall() == [(rows["event_id"][1],)]
         assert conn.execute("select count(*) from ops.outbox_sent").fetchone() == (2,)
+
+
+def test_a_bulk_produce_pauses_the_collector_and_restores_it_whatever_happens() -> None:
+    import gc
+
+    from mdpipeline.distribute.publisher import paused_gc
+
+    seen: list[bool] = []
+
+    def fail_inside() -> None:
+        with paused_gc():
+            seen.append(gc.isenabled())
+            raise RuntimeError("inside")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="inside"):
+        fail_inside()
+    assert seen == [False]
+    assert gc.isenabled()
+    gc.disable()  # a caller that runs without the collector keeps it off
+    try:
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

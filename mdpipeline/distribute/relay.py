@@ -26,7 +26,14 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from mdpipeline.distribute.dead_letter import dead_letter_events
 from mdpipeline.distribute.outbox import PendingScope, mark_published, move_sent, pending_in, refresh_statistics
-from mdpipeline.distribute.publisher import PERMANENT_PRODUCE_ERRORS, Headers, PublishError, make_producer, send
+from mdpipeline.distribute.publisher import (
+    PERMANENT_PRODUCE_ERRORS,
+    Headers,
+    PublishError,
+    make_producer,
+    paused_gc,
+    send,
+)
 from mdpipeline.distribute.topics import DEAD_LETTER
 from mdpipeline.storage.reader import ArrowReader
 
@@ -213,28 +220,30 @@ def _send(producer: Producer, batch: pl.DataFrame, flush_timeout: float) -> _Sen
     """Produce every row of the batch and wait until the broker settled each one.
 
     The producer reports failures only: a row counts as confirmed when no failure was reported and
-    nothing was left in flight when the flush returned (otherwise nothing of the batch counts).
+    nothing was left in flight when the flush returned (otherwise nothing of the batch counts). The
+    garbage collector is paused while the messages are produced (`paused_gc`: a header list each).
     """
     sent = _Sent(event_ids=batch["event_id"].to_list(), delivered=np.ones(batch.height, dtype=bool))
-    headers = message_headers(batch)
-    values = batch["value"].cast(pl.Binary).to_list()
-    keys = batch["key"].cast(pl.Binary).to_list()
-    for i, (topic, key, value) in enumerate(zip(batch["topic"].to_list(), keys, values, strict=True)):
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers[i], on_delivery=sent.on_error)
-                break
-            except BufferError:
-                producer.poll(0.5)  # local queue full: let deliveries drain
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if error is not None and error.code() in PERMANENT_PRODUCE_ERRORS:
-                    sent.rejected[i] = f"{error.name()}: {error.str()}"
-                    sent.delivered[i] = False
+    with paused_gc():
+        headers = message_headers(batch)
+        values = batch["value"].cast(pl.Binary).to_list()
+        keys = batch["key"].cast(pl.Binary).to_list()
+        for i, (topic, key, value) in enumerate(zip(batch["topic"].to_list(), keys, values, strict=True)):
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, headers=headers[i], on_delivery=sent.on_error)
                     break
-                raise
-        if i % POLL_EVERY == 0:
-            producer.poll(0)
+                except BufferError:
+                    producer.poll(0.5)  # local queue full: let deliveries drain
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                    if error is not None and error.code() in PERMANENT_PRODUCE_ERRORS:
+                        sent.rejected[i] = f"{error.name()}: {error.str()}"
+                        sent.delivered[i] = False
+                        break
+                    raise
+            if i % POLL_EVERY == 0:
+                producer.poll(0)
     if producer.flush(flush_timeout) > 0:  # still in flight: which of them arrive is unknown
         sent.delivered[:] = False
         sent.failed.append("no delivery report before the flush timeout")
