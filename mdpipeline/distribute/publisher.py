@@ -80,7 +80,7 @@ def paused_gc() -> Iterator[None]:
 
     A send allocates containers per message (header lists, delivery callbacks) that live until its
     flush; that many surviving objects set off full collections of the whole heap again and again
-    (building the header lists of 200,000 relay messages took 0.25-0.54 s with the collector on,
+    (building the header lists of 200,000 relay messages took 0.41-0.79 s with the collector on,
     0.05-0.07 s paused; docs/performance.md). Producing makes no cyclic garbage; what other threads
     make meanwhile is collected once the collector resumes, before the flush waits on the broker.
     """

@@ -8,10 +8,12 @@ any storage class. With `DAGSTER_EVENT_BATCH_SIZE` set, Dagster also writes a ra
 materializations in batches.
 
 Two writes are also cheaper here, with the same rows as the stock class: a batch of materializations
-(one per asset and session of a ranged run) is inserted as one compiled statement executed over the
-rows, where the stock class compiles a multi-row VALUES statement of every row's parameters; and a
-check planned over a range of sessions stores one execution row per session with the planned event
-serialized once, not once per row. Both costs grew with the number of sessions a run covers.
+(one per asset and session of a ranged run) is inserted by one statement taking a column of values
+each, where the stock class has SQLAlchemy compile a multi-row VALUES statement of every row's
+parameters in Python; and a check planned over a range of sessions stores one execution row per
+session with the planned event serialized once, not once per row. Both costs grew with the number of
+sessions a run covers. Dagster's tables are named here by their SQL names (its schema module is
+private); `test_instance_storage.py` compares what both classes store.
 """
 
 from __future__ import annotations
@@ -19,16 +21,30 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from dagster import DagsterEventType, EventLogEntry
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, SqlEventLogStorageTable
-from dagster._serdes import serialize_value
+import sqlalchemy as sa
+from dagster import DagsterEventType, EventLogEntry, serialize_value
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import create_pg_engine, pg_url_from_config
 
 POOL_SIZE = 1
 MAX_OVERFLOW = 4
 POOL_RECYCLE_SECONDS = 3600
+
+# Rows of Dagster's event log in the order given: the sequence hands out ids in the SELECT's order,
+# so the returned ids, sorted, belong to the rows in order (as SQLAlchemy's own ordered bulk insert
+# relies on for PostgreSQL).
+_INSERT_EVENTS = sa.text(
+    "insert into event_logs (run_id, event, dagster_event_type, timestamp, step_key, asset_key, partition)"
+    " select r.run_id, r.event, r.kind, r.ts, r.step_key, r.asset_key, r.part from unnest("
+    "cast(:run_id as text[]), cast(:event as text[]), cast(:kind as text[]), cast(:ts as timestamp[]),"
+    " cast(:step_key as text[]), cast(:asset_key as text[]), cast(:part as text[]))"
+    " with ordinality as r(run_id, event, kind, ts, step_key, asset_key, part, n) order by r.n returning id")
+# Dagster's table of check executions, the columns a planned row sets.
+_CHECK_EXECUTIONS = sa.table(
+    "asset_check_executions", *(sa.column(name) for name in (
+        "asset_key", "check_name", "partition", "run_id", "execution_status", "evaluation_event",
+        "evaluation_event_timestamp", "evaluation_event_storage_id")))
+_PLANNED = "PLANNED"  # AssetCheckExecutionRecordStatus.PLANNED
 
 
 class PooledPostgresEventLogStorage(PostgresEventLogStorage):
@@ -57,10 +73,12 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
             super().store_event_batch(events)
             return
         rows = [self._event_to_row(event) for event in events]
-        insert = SqlEventLogStorageTable.insert().returning(SqlEventLogStorageTable.c.id,
-                                                            sort_by_parameter_order=True)
+        columns = {"run_id": "run_id", "event": "event", "kind": "dagster_event_type", "ts": "timestamp",
+                   "step_key": "step_key", "asset_key": "asset_key", "part": "partition"}
         with self._connect() as conn:
-            event_ids = [int(row[0]) for row in conn.execute(insert, rows)]
+            returned = conn.execute(_INSERT_EVENTS, {name: [row[column] for row in rows]
+                                                     for name, column in columns.items()})
+            event_ids = sorted(int(row[0]) for row in returned)
         with self.index_transaction() as conn:
             self._store_asset_event_tags(conn, events, event_ids)
             self._store_asset_event(conn, events[-1], event_ids[-1])  # the asset row keeps the latest
@@ -70,9 +88,9 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         planned = cast(Any, event.get_dagster_event().event_specific_data)
         partitions = planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
         row = {"asset_key": planned.asset_key.to_string(), "check_name": planned.check_name,
-               "run_id": event.run_id, "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+               "run_id": event.run_id, "execution_status": _PLANNED,
                "evaluation_event": serialize_value(event),
                "evaluation_event_timestamp": self._event_insert_timestamp(event),
                "evaluation_event_storage_id": event_id}
         with self.index_connection() as conn:
-            conn.execute(AssetCheckExecutionsTable.insert(), [{**row, "partition": key} for key in partitions])
+            conn.execute(_CHECK_EXECUTIONS.insert(), [{**row, "partition": key} for key in partitions])
