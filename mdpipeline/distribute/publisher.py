@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -140,7 +140,12 @@ def send(
 
     common = None if per_message else headers
     with paused_gc():
-        _produce_each(producer, topic, keys, values, headers, common, on_delivery, result)
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+            refused = produce_one(producer, topic, value.encode(), key.encode() if key is not None else None,
+                                  headers[i] if common is None else common, partial(on_delivery, i))
+            if refused is not None:
+                result.rejected[i] = refused
+            producer.poll(0)
     producer.flush(flush_timeout)
     for i in np.flatnonzero(~result.delivered):
         if int(i) not in result.rejected:
@@ -148,27 +153,21 @@ def send(
     return result
 
 
-def _produce_each(producer: Producer, topic: str, keys: Sequence[str | None], values: Sequence[str],
-                  headers: Headers | Sequence[Headers], common: Headers | Sequence[Headers] | None,
-                  on_delivery: Any, result: Delivery) -> None:
-    """produce() every message with its delivery callback; refused ones go to `result.rejected`."""
-    for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-        while True:
-            try:
-                producer.produce(
-                    topic, value=value.encode(), key=key.encode() if key is not None else None,
-                    headers=headers[i] if common is None else common, on_delivery=partial(on_delivery, i),
-                )
-                break
-            except BufferError:
-                producer.poll(0.5)  # local queue full: let deliveries drain
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                if error is not None and error.code() in PERMANENT_PRODUCE_ERRORS:
-                    result.rejected[i] = f"{error.name()}: {error.str()}"
-                    break
-                raise
-        producer.poll(0)
+def produce_one(producer: Producer, topic: str, value: bytes, key: bytes | None, headers: Any,
+                on_delivery: Callable[[KafkaError | None, Message], None]) -> str | None:
+    """produce() one message, waiting while the local queue is full; the reason when produce()
+    refuses it for good (e.g. larger than the broker accepts), else None. Other errors raise."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return None
+        except BufferError:
+            producer.poll(0.5)  # local queue full: let deliveries drain
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is not None and error.code() in PERMANENT_PRODUCE_ERRORS:
+                return f"{error.name()}: {error.str()}"
+            raise
 
 
 def publish(

@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 import psycopg
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from mdpipeline.distribute.dead_letter import dead_letter_events
 from mdpipeline.distribute.outbox import PendingScope, mark_published, move_sent, pending_in, refresh_statistics
 from mdpipeline.distribute.publisher import (
-    PERMANENT_PRODUCE_ERRORS,
     Headers,
     PublishError,
     make_producer,
     paused_gc,
+    produce_one,
     send,
 )
 from mdpipeline.distribute.topics import DEAD_LETTER
@@ -229,19 +229,10 @@ def _send(producer: Producer, batch: pl.DataFrame, flush_timeout: float) -> _Sen
         values = batch["value"].cast(pl.Binary).to_list()
         keys = batch["key"].cast(pl.Binary).to_list()
         for i, (topic, key, value) in enumerate(zip(batch["topic"].to_list(), keys, values, strict=True)):
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, headers=headers[i], on_delivery=sent.on_error)
-                    break
-                except BufferError:
-                    producer.poll(0.5)  # local queue full: let deliveries drain
-                except KafkaException as exc:
-                    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                    if error is not None and error.code() in PERMANENT_PRODUCE_ERRORS:
-                        sent.rejected[i] = f"{error.name()}: {error.str()}"
-                        sent.delivered[i] = False
-                        break
-                    raise
+            refused = produce_one(producer, topic, value, key, headers[i], sent.on_error)
+            if refused is not None:
+                sent.rejected[i] = refused
+                sent.delivered[i] = False
             if i % POLL_EVERY == 0:
                 producer.poll(0)
     if producer.flush(flush_timeout) > 0:  # still in flight: which of them arrive is unknown

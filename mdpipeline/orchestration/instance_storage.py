@@ -66,7 +66,7 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
                    inst_data=inst_data)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """A batch of materializations as one statement executed over its rows; any other batch as
+        """A batch of materializations by one statement taking a column of values each; any other batch as
         the stock class stores it."""
         kinds = {event.get_dagster_event().event_type for event in events}
         if kinds != {DagsterEventType.ASSET_MATERIALIZATION}:

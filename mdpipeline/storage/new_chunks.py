@@ -145,8 +145,9 @@ def _attach(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str,
                 copy_frame(cur, chunk, frame, at=rows)
             conn.execute("call attach_chunk(%s::regclass, %s::regclass, %s::jsonb)",
                          (table, chunk, f'{{"{cut.column}": [{start}, {start + cut.width_us}]}}'))
-            _record_invalidation(conn, table, cut, frame.select(keys)[rows],
-                                 next(c for c in frame.columns if c not in keys))
+            times = frame[cut.column].gather(rows)
+            ends = frame.select(keys)[rows.gather([times.arg_min(), times.arg_max()])]
+            _record_invalidation(conn, table, ends, next(c for c in frame.columns if c not in keys))
     except psycopg.errors.OperationalError:
         raise
     except psycopg.Error as exc:  # e.g. a chunk for the slice committed since it was looked up
@@ -156,16 +157,14 @@ def _attach(conn: psycopg.Connection, table: str, cut: Slicing, keys: tuple[str,
     return True
 
 
-def _record_invalidation(conn: psycopg.Connection, table: str, cut: Slicing, frame: pl.DataFrame,
-                         column: str) -> None:
-    """Record the span of the rows of `frame` (one chunk's rows, its key columns only, written outside
-    TimescaleDB's insert path) as changed for the continuous aggregates: a no-op update (of `column`,
-    not a key) of its first and last row through the hypertable.
+def _record_invalidation(conn: psycopg.Connection, table: str, ends: pl.DataFrame, column: str) -> None:
+    """Record the span of a chunk's rows written outside TimescaleDB's insert path as changed for the
+    continuous aggregates: a no-op update (of `column`, not a key) of `ends`, the key columns of its
+    first and last row in time, through the hypertable.
 
     One statement per chunk: TimescaleDB records the lowest and highest time a statement modified in a
     chunk as one range (two statements, or two chunks, would record single buckets)."""
-    ends = pl.concat([frame.bottom_k(1, by=cut.column), frame.top_k(1, by=cut.column)])
-    keys = frame.columns
+    keys = ends.columns
     row_key = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(keys)))
     conn.execute(sql.SQL("update {t} set {c} = {c} where ({k}) in ({a}, {b})").format(
         t=sql.Identifier(*table.split(".")), c=sql.Identifier(column),
