@@ -9,6 +9,8 @@ one-minute bars and corporate actions), starts the embedded PostgreSQL and Kafka
 
 - bars/s end to end (one-minute plus daily bars stored, over the backfill's wall time),
 - the backfill process's peak RSS (from wait4, so exactly that process),
+- CPU seconds spent during the backfill by the backfill process, the PostgreSQL server and the Kafka
+  broker (from /proc: where the cores went),
 - where the wall time goes: before the first step, in and between steps, after the last one,
 - seconds per step (from the run's Dagster step stats), the highest RSS sampled (every 50 ms)
   while each step ran, so a memory regression names its step, and the cores the whole machine kept
@@ -72,6 +74,35 @@ def cpu_jiffies() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def process_cpu(pid: int, *, children: bool = True) -> float:
+    """CPU seconds (user + system) of process `pid`, with its reaped children's when `children`."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    ticks = sum(int(v) for v in fields[11:15 if children else 13])  # utime stime [cutime cstime]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def services_cpu(workdir: Path) -> dict[str, float]:
+    """CPU seconds so far of the embedded PostgreSQL (postmaster, live and exited backends, background
+    processes) and of the Kafka broker's JVM that `dev up` started in `workdir`."""
+    state = workdir / ".mdpipeline"
+    pids = {name: int(path.read_text().split()[0]) for name, path in (
+        ("PostgreSQL", state / "pg" / "data" / "postmaster.pid"), ("Kafka", state / "kafka" / "broker.pid"))
+        if path.exists()}
+    used = {name: process_cpu(pid) for name, pid in pids.items()}
+    if "PostgreSQL" in pids:  # backends still running count apart (their time joins the postmaster's at exit)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pids["PostgreSQL"]:
+                used["PostgreSQL"] += process_cpu(int(stat.parent.name), children=False)
+    return used
+
+
 def sample_rss(pid: int, into: list[tuple[float, int]], interval: float = 0.05,
                cpu: list[tuple[float, int, int]] | None = None) -> None:
     """Append (epoch seconds, RSS bytes) of process `pid` every `interval` seconds until it exits, and
@@ -93,12 +124,14 @@ def sample_rss(pid: int, into: list[tuple[float, int]], interval: float = 0.05,
 
 def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date,
                  samples: list[tuple[float, int]],
-                 cpu: list[tuple[float, int, int]] | None = None) -> tuple[float, float, int, str]:
-    """Epoch start, wall seconds, peak RSS (bytes) and output of `mdpipeline backfill` as a child
-    process; RSS samples over time go to `samples` (to tell which step holds the peak)."""
+                 cpu: list[tuple[float, int, int]] | None = None) -> tuple[float, float, int, str, dict[str, float]]:
+    """Epoch start, wall seconds, peak RSS (bytes), output and CPU seconds (of the backfill process, the
+    server and the broker) of `mdpipeline backfill` as a child process; RSS samples over time go to
+    `samples` (to tell which step holds the peak)."""
     command = [str(ROOT / ".venv" / "bin" / "mdpipeline"), "backfill", "--start", start.isoformat(),
                "--end", end.isoformat()]
     log = workdir / "backfill.log"
+    services_before = services_cpu(workdir)
     started, epoch = time.perf_counter(), time.time()
     with log.open("w") as out:
         child = subprocess.Popen(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -107,11 +140,13 @@ def run_backfill(workdir: Path, env: dict[str, str], start: date, end: date,
         _, status, usage = os.wait4(child.pid, 0)
         sampler.join()
     seconds = time.perf_counter() - started
+    used = {"backfill process": usage.ru_utime + usage.ru_stime,
+            **{k: v - services_before.get(k, 0.0) for k, v in services_cpu(workdir).items()}}
     child.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
     if child.returncode != 0:
         raise SystemExit(f"backfill failed (exit {child.returncode}):\n{text[-4000:]}")
-    return epoch, seconds, usage.ru_maxrss * 1024, text
+    return epoch, seconds, usage.ru_maxrss * 1024, text, used
 
 
 def step_times(dotenv: dict[str, str]) -> dict[str, tuple[float, float]]:
@@ -208,7 +243,7 @@ def main() -> None:
         url = dotenv["MDP_DATABASE_URL"]
         samples: list[tuple[float, int]] = []
         cpu: list[tuple[float, int, int]] = []
-        launched, seconds, peak, output = run_backfill(workdir, env, start, end, samples, cpu)
+        launched, seconds, peak, output, used = run_backfill(workdir, env, start, end, samples, cpu)
         with psycopg.connect(url) as conn:
             minute = conn.execute("select count(*) from md.bars_1m").fetchone()[0]  # type: ignore[index]
             daily = conn.execute("select count(*) from md.bars_1d").fetchone()[0]  # type: ignore[index]
@@ -243,6 +278,8 @@ def main() -> None:
     print(f"  first to last step     {last - first:>14.1f} s ({in_steps:.1f} s in steps,"
           f" {last - first - in_steps:.1f} s between them)")
     print(f"  after the last step    {launched + seconds - last:>14.1f} s")
+    print(f"  CPU seconds during the backfill ({os.cpu_count()} cores x {seconds:.1f} s ="
+          f" {(os.cpu_count() or 1) * seconds:.1f}): " + ", ".join(f"{k} {v:.1f}" for k, v in used.items()))
     print(f"  seconds, peak RSS and cores busy (of {os.cpu_count()}, whole machine) sampled per step:")
     for key, value in sorted(steps.items(), key=lambda kv: -kv[1]):
         busy = f"{cores[key]:5.1f}" if key in cores else "    -"
