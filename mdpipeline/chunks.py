@@ -9,8 +9,6 @@ as few chunks as the budget allows, each about the same size (a step's peak foll
 chunk). With a `period` (the storage's time slices, e.g. TimescaleDB's weekly chunks of minute bars)
 the cuts fall between periods where the budget allows, so a period's rows arrive in one chunk (a
 first load builds such a slice apart, which is about twice as fast as writing into an existing one).
-A step walks its chunks in order with the next one prepared ahead (`prepared_ahead`), so reading
-one overlaps working on another.
 """
 
 from __future__ import annotations
@@ -18,14 +16,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import TypeVar
-
-T = TypeVar("T")
-P = TypeVar("P")
 
 DEFAULT_CHUNK_ROWS = 1_000_000
 CHUNK_ROWS_ENV = "MDP_CHUNK_ROWS"
@@ -145,26 +138,3 @@ def _balanced(total: int, most: int) -> int:
         return max(most, 1)
     pieces = math.ceil(total / most)
     return math.ceil(total / pieces)
-
-
-def prepared_ahead(items: Sequence[T], prepare: Callable[[T], P], *, name: str = "ahead") -> Iterator[tuple[T, P]]:
-    """Each item with `prepare(item)`, in order; item k+1 is prepared in a background thread while the
-    caller works on item k, so the two cores overlap (e.g. the server reads the next chunk while
-    polars works on this one).
-
-    At most two prepared items are alive. `prepare` runs on one thread, one item at a time, so it may
-    hold a connection the caller does not use meanwhile. An error in `prepare` is raised where its
-    item is taken. Close the iterator when leaving the loop early (`contextlib.closing`): that waits
-    for the item in preparation, so nothing still runs on a connection the caller then closes.
-    """
-    if not items:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mdp-{name}") as pool:
-        pending: Future[P] = pool.submit(prepare, items[0])
-        for k, item in enumerate(items):
-            prepared = pending.result()
-            if k + 1 < len(items):
-                pending = pool.submit(prepare, items[k + 1])
-            yield item, prepared
-            del prepared  # the caller's copy is the only one left while the next item is prepared
-

@@ -8,13 +8,11 @@ databases, through real Dagster runs, PostgreSQL and the broker.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import date
@@ -24,7 +22,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mdpipeline.chunks import CHUNK_ROWS_ENV, plan_chunks, prepared_ahead
+from mdpipeline.chunks import CHUNK_ROWS_ENV, plan_chunks
 from mdpipeline.orchestration.assembly import build_definitions
 from mdpipeline.orchestration.rollup_assets import ROLLUPS_KEY
 from mdpipeline.orchestration.runner import materialize_range
@@ -122,59 +120,6 @@ def test_a_plan_with_periods_keeps_each_period_in_one_chunk() -> None:
     cut = plan_chunks(quarter[:12], hundred, 390.0, budget=2 * 100 * 390, period=week)
     jan = [date(2024, 1, d) for d in (2, 3, 4, 5, 8, 9, 10, 10)]
     assert [(c.start, c.end) for c in cut][:4] == list(itertools.pairwise(jan))[::2]
-
-
-def test_prepared_ahead_prepares_the_next_item_while_the_caller_works_and_at_most_one_ahead() -> None:
-    started: list[int] = []
-    finished: list[int] = []
-    gate = threading.Event()
-
-    def prepare(i: int) -> int:
-        started.append(i)
-        if i == 1:
-            assert gate.wait(10), "item 1 was not prepared while the caller worked on item 0"
-        finished.append(i)
-        return i * 10
-
-    seen = []
-    walk = prepared_ahead([0, 1, 2, 3], prepare)
-    for item, prepared in walk:
-        if item == 0:
-            deadline = time.monotonic() + 10
-            while 1 not in started and time.monotonic() < deadline:  # item 1 starts while we hold item 0
-                time.sleep(0.01)
-            assert started == [0, 1]  # one ahead, never two
-            gate.set()
-        seen.append((item, prepared))
-    assert seen == [(0, 0), (1, 10), (2, 20), (3, 30)]
-    assert finished == [0, 1, 2, 3]
-    assert list(prepared_ahead([], prepare)) == []
-
-
-def test_prepared_ahead_raises_where_the_failed_item_is_taken_and_closing_waits_for_the_pending_one() -> None:
-    def fail_on_two(i: int) -> int:
-        if i == 2:
-            raise ValueError("item 2 is unreadable")
-        return i
-
-    walk = prepared_ahead([0, 1, 2, 3], fail_on_two)
-    assert [next(walk)[0], next(walk)[0]] == [0, 1]
-    with pytest.raises(ValueError, match="item 2 is unreadable"):
-        next(walk)
-
-    done = threading.Event()
-
-    def slow(i: int) -> int:
-        if i == 1:
-            time.sleep(0.3)
-            done.set()
-        return i
-
-    walk = prepared_ahead([0, 1, 2], slow)
-    with contextlib.closing(walk):
-        for _item, _ in walk:
-            break  # leave early while item 1 is being prepared
-    assert done.is_set()  # closing waited for it: nothing runs on behind the caller's back
 
 
 @pytest.mark.both_layouts

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mdpipeline.chunks import Chunk, prepared_ahead
+from mdpipeline.chunks import Chunk
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,14 @@ def run_pipelined(step: str, asset: str, chunks: Sequence[Chunk], prepare: Calla
     """
     started = time.perf_counter()
     total = 0
-    walk = prepared_ahead(chunks, prepare, name=step) if ahead else ((chunk, prepare(chunk)) for chunk in chunks)
-    with contextlib.closing(walk):  # on an error, the chunk in preparation finishes before it goes up
-        for done, (chunk, prepared) in enumerate(walk, start=1):
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mdp-{step}") as pool:
+        pending: Future[T] | None = pool.submit(prepare, chunks[0]) if ahead and chunks else None
+        for done, chunk in enumerate(chunks, start=1):
+            if pending is not None:
+                prepared = pending.result()
+                pending = pool.submit(prepare, chunks[done]) if done < len(chunks) else None
+            else:
+                prepared = prepare(chunk)
             rows = commit(chunk, prepared)
             total += rows
             if report is not None:

@@ -10,16 +10,14 @@ is what makes the `md.quality.v1` event ids deterministic). Pure core: no Dagste
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 import polars as pl
 import psycopg
 
-from mdpipeline.chunks import plan_chunks, prepared_ahead, symbol_groups
+from mdpipeline.chunks import plan_chunks, symbol_groups
 from mdpipeline.quality.detectors import detect, merge_reports
 from mdpipeline.quality.divergence import divergence, merge_divergence
 from mdpipeline.quality.findings import concat_findings
@@ -47,8 +45,7 @@ def measure_stored(
     `instruments`: the symbols the provider serves (a frame with `symbol`, `valid_from`, `valid_to`
     respects symbology validity); None expects only what is stored. The range is read in chunks of
     at most `budget` rows: daily bars by symbol groups over the whole range (their bands learn from
-    all of it), minute bars by sessions x symbols with the configured look-back before each chunk;
-    the next chunk is read while one is measured (`prepared_ahead`).
+    all of it), minute bars by sessions x symbols with the configured look-back before each chunk.
     `others`: the other providers that may hold the same bars (None: look them up in the table).
     """
     if dataset not in READERS:
@@ -77,28 +74,20 @@ def measure_stored(
                         reader=reader)
             return bars.with_columns(pl.lit(who).alias("provider"))
 
-        def load(piece: tuple[date, date, tuple[str, ...]]) -> _Piece:
-            # Every read of a piece, on one helper thread: the next piece is read while this one is measured.
-            lo, hi, group = piece
+        for lo, hi, group in pieces:
             names = list(group)
+            bars = of(provider, lo, hi, names)
             before = lookback_start(lo, thresholds.lookback_sessions, calendar_name)
+            history = of(provider, before, lo - timedelta(days=1), names) if before < lo else None
+            expected = None if table is None else table.filter(pl.col("symbol").is_in(names))
+            reports.append(detect(bars, lo, hi, thresholds=thresholds, key="symbol", calendar_name=calendar_name,
+                                  instruments=expected, actions=actions, history=history))
             # Other providers' bars only when the configuration compares with anybody.
             compared = [] if limits.compare_with == [] else _compared(conn, dataset, provider, lo, hi,
                                                                       limits.compare_with, others)
-            return _Piece(bars=of(provider, lo, hi, names),
-                          history=of(provider, before, lo - timedelta(days=1), names) if before < lo else None,
-                          others=[of(other, lo, hi, names) for other in compared])
-
-        walk = prepared_ahead(pieces, load, name="quality-read")
-        with contextlib.closing(walk):
-            for (lo, hi, group), got in walk:
-                expected = None if table is None else table.filter(pl.col("symbol").is_in(list(group)))
-                reports.append(detect(got.bars, lo, hi, thresholds=thresholds, key="symbol",
-                                      calendar_name=calendar_name, instruments=expected, actions=actions,
-                                      history=got.history))
-                everyone = pl.concat([got.bars, *got.others], how="vertical")
-                diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
-                                           provider=provider, compare_with=limits.compare_with))
+            everyone = pl.concat([bars, *(of(other, lo, hi, names) for other in compared)], how="vertical")
+            diverged.append(divergence(everyone, key="instrument_id", bps=limits.bps, flag_columns=limits.columns,
+                                       provider=provider, compare_with=limits.compare_with))
     report = merge_reports(start, end, reports)
     across = merge_divergence(diverged, limits.bps)
     metrics = partition_metrics(start=start, end=end, rows=report.rows,
@@ -107,15 +96,6 @@ def measure_stored(
                                 quarantined=quarantined_by_check(conn, provider, dataset, start, end),
                                 divergence=across)
     return json_safe(metrics)
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """What one piece of the range reads: the provider's bars, their look-back, the compared providers' bars."""
-
-    bars: pl.DataFrame
-    history: pl.DataFrame | None
-    others: list[pl.DataFrame]
 
 
 def _compared(conn: psycopg.Connection, dataset: str, provider: str, start: date, end: date,
