@@ -154,10 +154,9 @@ def send(
 
 
 def produce_one(producer: Producer, topic: str, value: bytes, key: bytes | None, headers: Any,
-                on_delivery: Callable[[KafkaError | None, Message], None] | None) -> str | None:
+                on_delivery: Callable[[KafkaError | None, Message], None]) -> str | None:
     """produce() one message, waiting while the local queue is full; the reason when produce()
-    refuses it for good (e.g. larger than the broker accepts), else None. Other errors raise.
-    `on_delivery` None: the producer's own delivery callback reports it."""
+    refuses it for good (e.g. larger than the broker accepts), else None. Other errors raise."""
     while True:
         try:
             producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import psycopg
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from mdpipeline.distribute.dead_letter import dead_letter_events
 from mdpipeline.distribute.outbox import PendingScope, mark_published, move_sent, pending_in, refresh_statistics
@@ -99,19 +99,6 @@ class _Sent:
             self.delivered[row] = False
 
 
-class _Reports:
-    """The relay producer's delivery callback: failures go to the batch being sent. Each batch is
-    flushed before the next is produced, so every report belongs to the current one. One callback
-    for the producer instead of one per message: librdkafka's client keeps no per-message state then."""
-
-    def __init__(self) -> None:
-        self.batch: _Sent | None = None
-
-    def __call__(self, err: KafkaError | None, msg: Message) -> None:
-        if self.batch is not None:
-            self.batch.on_error(err, msg)
-
-
 # Every value starts with `{"event_id":"<32 hex>"` (the envelope), so a failed message names its row.
 _EVENT_ID_AT = len('{"event_id":"')
 # Only failures are reported back: a confirmed message costs no Python call (see _send).
@@ -145,8 +132,7 @@ def drain(
     any message failed; a later drain sends only the rest. Topics must exist (`ensure_topics`).
     """
     report = DrainReport()
-    reports = _Reports()
-    producer = make_producer(bootstrap_servers, {**RELAY_PRODUCER, "on_delivery": reports, **(producer_config or {})})
+    producer = make_producer(bootstrap_servers, {**RELAY_PRODUCER, **(producer_config or {})})
     scope = PendingScope(provider, start, end, topics)
     refresh_statistics(conn)
     locked = _lock_topics(conn, scope)
@@ -171,7 +157,7 @@ def drain(
                     return report
                 ahead = reads.submit(pending_in, conn, scope, after_id=int(batch["outbox_id"].max()),  # type: ignore[arg-type]
                                   limit=_next_rows(batch, batch_size, batch_bytes), reader=reader)
-                sent = _send(producer, reports, batch, flush_timeout)
+                sent = _send(producer, batch, flush_timeout)
                 if marked is not None:
                     marked.result()  # the previous batch's mark failed: stop before sending more
                 marked = db.submit(_mark, conn, batch, sent.delivered)
@@ -235,29 +221,23 @@ def _mark(conn: psycopg.Connection, batch: pl.DataFrame, delivered: np.ndarray) 
     return 0
 
 
-def _send(producer: Producer, reports: _Reports, batch: pl.DataFrame, flush_timeout: float) -> _Sent:
+def _send(producer: Producer, batch: pl.DataFrame, flush_timeout: float) -> _Sent:
     """Produce every row of the batch and wait until the broker settled each one.
 
-    The producer reports failures only (to `reports`, which hands them to this batch): a row counts
-    as confirmed when no failure was reported and nothing was left in flight when the flush
-    returned (otherwise nothing of the batch counts). The garbage collector is paused while the
-    messages are produced (`paused_gc`: a header list each).
+    The producer reports failures only: a row counts as confirmed when no failure was reported and
+    nothing was left in flight when the flush returned (otherwise nothing of the batch counts). The
+    garbage collector is paused while the messages are produced (`paused_gc`: a header list each).
     """
     sent = _Sent(event_ids=batch["event_id"].to_list(), delivered=np.ones(batch.height, dtype=bool))
-    reports.batch = sent
-    produce = producer.produce
     with paused_gc():
         headers = message_headers(batch)
         values = batch["value"].cast(pl.Binary).to_list()
         keys = batch["key"].cast(pl.Binary).to_list()
         for i, (topic, key, value) in enumerate(zip(batch["topic"].to_list(), keys, values, strict=True)):
-            try:
-                produce(topic, value=value, key=key, headers=headers[i])
-            except (BufferError, KafkaException):  # queue full, or refused: waits, or names the reason
-                refused = produce_one(producer, topic, value, key, headers[i], None)
-                if refused is not None:
-                    sent.rejected[i] = refused
-                    sent.delivered[i] = False
+            refused = produce_one(producer, topic, value, key, headers[i], sent.on_error)
+            if refused is not None:
+                sent.rejected[i] = refused
+                sent.delivered[i] = False
             if i % POLL_EVERY == 0:
                 producer.poll(0)
     if producer.flush(flush_timeout) > 0:  # still in flight: which of them arrive is unknown
