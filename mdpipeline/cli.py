@@ -225,7 +225,16 @@ def _run_range(start: date, end: date, providers: list[str] | None, symbols: str
 
 @contextmanager
 def _chunk_progress() -> Iterator[Callable[[ChunkReport], None]]:
-    """A rich progress display on stderr: one bar per step, advanced chunk by chunk."""
+    """Progress on stderr, chunk by chunk: one rich bar per step on a terminal; elsewhere (a log file,
+    a pipe, a scheduler's capture) one line per finished chunk as it finishes, since a live display
+    shows nothing there until the run ends."""
+    if not err_console.is_terminal:
+        def line(report: ChunkReport) -> None:
+            err_console.file.write(report.line() + "\n")
+            err_console.file.flush()
+        yield line
+        return
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, TaskID] = {}
@@ -235,7 +244,7 @@ def _chunk_progress() -> Iterator[Callable[[ChunkReport], None]]:
             if report.asset not in tasks:
                 tasks[report.asset] = progress.add_task(report.asset, total=report.chunks, rate="")
             progress.update(tasks[report.asset], completed=report.done,
-                            rate=f"{report.total_rows:,} rows, {report.rows_per_second:,.0f}/s")
+                            rate=f"{report.total_rows:,} {report.unit}, {report.rows_per_second:,.0f}/s")
         yield on_chunk
 
 

@@ -121,6 +121,21 @@ def test_backfill_through_the_cli_is_idempotent(demo_dir: Path) -> None:
     assert "succeeded" in run.stdout
     assert count() == before == 2 * 14  # two providers, 14 sessions (Juneteenth closed)
 
+    # stderr is not a terminal here: progress comes as one line per finished chunk of each step.
+    done = {asset: (int(count.replace(",", "")), unit) for asset, count, unit in re.findall(
+        r"^(\S+): chunk 1/1 \(2024-06-10\.\.2024-06-12 x \d+ symbols\) ([\d,]+) (rows|payloads);", run.stderr, re.M)}
+    for layer in ("raw", "validated", "normalized", "md"):
+        for dataset in ("bars_1d", "bars_1m", "corporate_actions"):
+            if (layer, dataset) != ("md", "corporate_actions"):  # actions are stored as reference data
+                assert f"{layer}/synthetic/{dataset}" in done, run.stderr
+    assert {unit for asset, (_, unit) in done.items() if asset.startswith("raw/")} == {"payloads"}
+    daily, daily_unit = done["md/synthetic/bars_1d"]
+    assert daily_unit == "rows"
+    assert daily > 0
+    assert daily % 3 == 0  # symbols x 3 sessions
+    assert done["md/synthetic/bars_1m"] == (390 * daily, "rows")  # a full session of minutes each
+    assert done["ref/synthetic/corporate_actions"][0] >= 1
+
 
 def test_backfill_of_a_holiday_is_a_clear_error(demo_dir: Path) -> None:
     run = _cli(demo_dir, "backfill", "--start", "2024-06-19", "--end", "2024-06-19")

@@ -29,10 +29,16 @@ class ChunkReport:
         """The step's rate so far."""
         return self.total_rows / self.elapsed if self.elapsed > 0 else 0.0
 
+    @property
+    def unit(self) -> str:
+        """What the step counts: payloads when it ingests, rows otherwise."""
+        return "payloads" if self.step == "ingest" else "rows"
+
     def line(self) -> str:
         """`validated/synthetic/bars_1m: chunk 3/12 (2024-01-02..2024-01-31 x 100 symbols) 819,000 rows, ...`."""
-        return (f"{self.asset}: chunk {self.done}/{self.chunks} ({self.chunk.describe()}) {self.rows:,} rows;"
-                f" {self.total_rows:,} rows in {self.elapsed:.1f}s ({self.rows_per_second:,.0f} rows/s)")
+        unit = self.unit
+        return (f"{self.asset}: chunk {self.done}/{self.chunks} ({self.chunk.describe()}) {self.rows:,} {unit};"
+                f" {self.total_rows:,} {unit} in {self.elapsed:.1f}s ({self.rows_per_second:,.0f} {unit}/s)")
 
 
 Reporter = Callable[[ChunkReport], None]
