@@ -7,8 +7,10 @@ a drain is in mdpipeline_tests/faults/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -239,37 +241,79 @@ def test_a_large_value_is_stored_lz4_compressed_and_read_back_whole(database_url
             assert json.loads(read["headers"][0]) == {"mdp-run-id": "r"}
 
 
-def test_migration_15_moves_sent_events_to_the_history_and_keeps_pending_ones(
-    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A database at version 14 (sent rows marked in place), then the upgrade.
+@contextlib.contextmanager
+def _database_at(pg_server_url: str, version: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[psycopg.Connection]:
+    """A new database migrated to `version` only (the later migrations are back for the test to apply)."""
     name = f"outbox_upgrade_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     try:
         with connect(make_conninfo(pg_server_url, dbname=name)) as conn:
-            monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:14])
-            assert migrations.migrate(conn)[-1] == 14
-            for key, published, reason in (("sent", True, None), ("letter", True, "MSG_SIZE_TOO_LARGE"),
-                                           ("pending", False, None)):
-                conn.execute("insert into ops.outbox (topic, key, event_id, value, headers, provider, session_date,"
-                             " published_at, dead_letter_reason) values ('t', %s, %s, %s, '{\"mdp-run-id\": \"r\"}',"
-                             " 'p', '2024-06-03', case when %s then now() end, %s)",
-                             (key, f"e-{key}", f"value of {key}", published, reason))
-            conn.commit()
-            monkeypatch.undo()
-            assert migrations.migrate(conn) == [15]
-            assert conn.execute("select key, value from ops.outbox").fetchall() == [("pending", "value of pending")]
-            sent = conn.execute("select key, value, dead_letter_reason, headers ->> 'mdp-run-id', published_at"
-                                " is not null from ops.outbox_sent order by key").fetchall()
-            assert sent == [("letter", "value of letter", "MSG_SIZE_TOO_LARGE", "r", True),
-                            ("sent", None, None, "r", True)]
-            events = conn.execute("select key, published_at is null from ops.outbox_events order by key").fetchall()
-            assert events == [("letter", False), ("pending", True), ("sent", False)]
-            assert migrations.migrate(conn) == []
+            with monkeypatch.context() as patched:
+                patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])
+                assert migrations.migrate(conn)[-1] == version
+            yield conn
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as admin:
             admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def test_migration_15_moves_sent_events_to_the_history_and_keeps_pending_ones(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database at version 14 (sent rows marked in place), then the upgrade.
+    with _database_at(pg_server_url, 14, monkeypatch) as conn:
+        for key, published, reason in (("sent", True, None), ("letter", True, "MSG_SIZE_TOO_LARGE"),
+                                       ("pending", False, None)):
+            conn.execute("insert into ops.outbox (topic, key, event_id, value, headers, provider, session_date,"
+                         " published_at, dead_letter_reason) values ('t', %s, %s, %s, '{\"mdp-run-id\": \"r\"}',"
+                         " 'p', '2024-06-03', case when %s then now() end, %s)",
+                         (key, f"e-{key}", f"value of {key}", published, reason))
+        conn.commit()
+        assert migrations.migrate(conn) == [15, 16]
+        assert conn.execute("select key, value from ops.outbox").fetchall() == [("pending", "value of pending")]
+        sent = conn.execute("select key, value, dead_letter_reason, headers ->> 'mdp-run-id', published_at"
+                            " is not null from ops.outbox_sent order by key").fetchall()
+        assert sent == [("letter", "value of letter", "MSG_SIZE_TOO_LARGE", "r", True),
+                        ("sent", None, None, "r", True)]
+        events = conn.execute("select key, published_at is null from ops.outbox_events order by key").fetchall()
+        assert events == [("letter", False), ("pending", True), ("sent", False)]
+        assert migrations.migrate(conn) == []
+
+
+def test_migration_16_stores_each_writes_headers_once_and_keeps_older_rows_headers(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A database at version 15, with headers on every row, then the upgrade and writes after it.
+    with _database_at(pg_server_url, 15, monkeypatch) as conn:
+        conn.execute("insert into ops.outbox (topic, key, event_id, value, headers, provider, session_date)"
+                     " values ('t', 'old', 'e-old', 'v', '{\"mdp-run-id\": \"before\"}', 'p', '2024-06-03')")
+        conn.commit()
+        assert migrations.migrate(conn) == [16]
+        new = pl.DataFrame({"topic": ["t"] * 3, "key": ["a", "b", "c"], "event_id": ["e-a", "e-b", "e-c"],
+                            "value": ["va", "vb", "vc"],
+                            "headers": ['{"mdp-run-id":"after"}'] * 2 + ['{"mdp-run-id":"other"}'],
+                            "provider": ["p"] * 3, "session_date": [date(2024, 6, 4)] * 3,
+                            "dead_letter_reason": [None] * 3}, schema=OUTBOX_COLUMNS)
+        with conn.transaction():
+            assert write_outbox(conn, new) == 3
+        # One header set per distinct headers of the write; the rows refer to it and carry none themselves.
+        sets = conn.execute("select headers ->> 'mdp-run-id' from ops.outbox_headers order by 1").fetchall()
+        assert sets == [("after",), ("other",)]
+        assert conn.execute("select count(*) from ops.outbox where headers is null and headers_id is not null"
+                            ).fetchone() == (3,)
+        read = pending(conn, topics=("t",))
+        assert list(zip(read["key"], [json.loads(h)["mdp-run-id"] for h in read["headers"]], strict=True)) == [
+            ("old", "before"), ("a", "after"), ("b", "after"), ("c", "other")]
+        conn.commit()
+        assert _mark(conn, read, np.ones(read.height, dtype=bool)) == 4
+        events = conn.execute("select key, headers ->> 'mdp-run-id', published_at is not null"
+                              " from ops.outbox_events order by key").fetchall()
+        assert events == [("a", "after", True), ("b", "after", True), ("c", "other", True),
+                          ("old", "before", True)]
+        with pytest.raises(psycopg.errors.CheckViolation):  # an event without any headers is refused
+            conn.execute("insert into ops.outbox (topic, key, event_id, value, provider, session_date)"
+                         " values ('t', 'x', 'e-x', 'v', 'p', '2024-06-05')")
 
 
 def test_a_row_committed_after_the_read_inside_a_batchs_id_range_stays_pending(database_url: str) -> None:

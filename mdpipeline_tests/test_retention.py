@@ -82,9 +82,11 @@ def _fill(conn: psycopg.Connection) -> None:
                          " body_size) values ('file', 'bars_1m', %s, %s, %s, 'e', '{}', 200, 'text/csv', '', %s, now(),"
                          " 'r', 'r', 0)", (day, day, f"k{day}", f"h{day}"))
         for n, (key, published) in enumerate((("old", now - timedelta(days=30)), ("new", now - timedelta(days=1)))):
-            conn.execute("insert into ops.outbox_sent (outbox_id, topic, key, event_id, headers, provider,"
-                         " session_date, created_at, published_at) values (%s, 't', %s, %s, '{}', 'file', %s, %s, %s)",
-                         (900_000 + n, key, key, OLD, now - timedelta(days=30), published))
+            headers = conn.execute("insert into ops.outbox_headers (headers) values (%s) returning headers_id",
+                                   (f'{{"mdp-run-id": "{key}"}}',)).fetchone()
+            conn.execute("insert into ops.outbox_sent (outbox_id, topic, key, event_id, headers_id, provider,"
+                         " session_date, created_at, published_at) values (%s, 't', %s, %s, %s, 'file', %s, %s, %s)",
+                         (900_000 + n, key, key, headers[0], OLD, now - timedelta(days=30), published))
         conn.execute("insert into ops.outbox (topic, key, event_id, value, headers, provider, session_date, created_at)"
                      " values ('t', 'pending', 'pending', '{}', '{}', 'file', %s, %s)", (OLD, now - timedelta(days=30)))
 
@@ -95,7 +97,8 @@ def _left(conn: psycopg.Connection) -> dict[str, list]:
     return {"bars": one("select session_date from md.bars_1m order by 1"),
             "revisions": one("select session_date from md.bars_1m_revisions order by 1"),
             "payloads": one("select session_date from raw.payloads order by 1"),
-            "outbox": one("select key from ops.outbox_events order by 1")}
+            "outbox": one("select key from ops.outbox_events order by 1"),
+            "header sets": one("select headers ->> 'mdp-run-id' from ops.outbox_headers order by 1")}
 
 
 @pytest.mark.both_layouts
@@ -107,7 +110,9 @@ def test_retention_removes_what_the_config_says_on_either_layout(
     migrate(conn)  # applies the file: on TimescaleDB its policies, on plain PostgreSQL nothing to schedule
     _fill(conn)
     assert _left(conn) == {"bars": [OLD, RECENT], "revisions": [OLD, RECENT], "payloads": [OLD, RECENT],
-                           "outbox": ["new", "old", "pending"]}
+                           "outbox": ["new", "old", "pending"], "header sets": ["new", "old"]}
+    assert conn.execute("select key, headers ->> 'mdp-run-id' from ops.outbox_events where key <> 'pending'"
+                        " order by 1").fetchall() == [("new", "new"), ("old", "old")]
     result = storage_retention.execute_in_process(resources={"db": DatabaseResource(url=database_url)})
     assert result.success
     dropped = result.output_for_node("apply_retention")
@@ -121,7 +126,9 @@ def test_retention_removes_what_the_config_says_on_either_layout(
             conn.execute("call run_job(%s)", (job,))
     else:
         assert dropped == 2  # the old month's partition of md.bars_1m and of its revisions
-    assert _left(conn) == {"bars": [RECENT], "revisions": [RECENT], "payloads": [RECENT], "outbox": ["new", "pending"]}
+    # The expired event's header set goes with it; the remaining event's stays.
+    assert _left(conn) == {"bars": [RECENT], "revisions": [RECENT], "payloads": [RECENT], "outbox": ["new", "pending"],
+                           "header sets": ["new"]}
 
 
 @pytest.mark.timescaledb

@@ -1,6 +1,7 @@
 """The transactional outbox (`ops.outbox`): events written in the same transaction as the data they announce.
 
-A store step writes one row per event (topic, key, event_id, value, headers) next to its data; the
+A store step writes one row per event (topic, key, event_id, value) next to its data, and the lineage
+headers its events share once (`ops.outbox_headers`, referred to by `headers_id`); the
 relay (`mdpipeline.distribute.relay`) sends pending rows and moves exactly the broker-confirmed ones
 to `ops.outbox_sent` (the history, without the value: it is on the topic; a dead letter keeps it).
 `ops.outbox` holds pending events only. A crash between the database commit and the send loses
@@ -33,7 +34,6 @@ PENDING_SCHEMA: dict[str, pl.DataType] = {
     "outbox_id": pl.Int64(), "topic": pl.String(), "key": pl.String(), "event_id": pl.String(),
     "value": pl.String(), "headers": pl.String(), "session_date": pl.Date(),
 }
-_JSONB_BINARY_VERSION = "\x01"  # jsonb's binary COPY format: a version byte, then the JSON text
 
 
 def outbox_rows(
@@ -133,9 +133,8 @@ def write_outbox(conn: psycopg.Connection, rows: pl.DataFrame) -> int:
     """Append outbox rows with binary COPY inside the caller's transaction; returns the rows written."""
     if not rows.height:
         return 0
-    encoded = rows.with_columns(pl.concat_str(pl.lit(_JSONB_BINARY_VERSION), pl.col("headers")).alias("headers"))
     with conn.cursor() as cur:
-        return copy_frame(cur, OUTBOX_TABLE, encoded)
+        return copy_frame(cur, OUTBOX_TABLE, _with_header_sets(conn, rows))
 
 
 def append_outbox(conn: psycopg.Connection, rows: pl.DataFrame) -> int:
@@ -144,15 +143,28 @@ def append_outbox(conn: psycopg.Connection, rows: pl.DataFrame) -> int:
         return 0
     conn.execute("create temporary table _outbox (like ops.outbox including identity including defaults)"
                  " on commit drop")
-    encoded = rows.with_columns(pl.concat_str(pl.lit(_JSONB_BINARY_VERSION), pl.col("headers")).alias("headers"))
+    encoded = _with_header_sets(conn, rows)
     with conn.cursor() as cur:
         copy_frame(cur, "_outbox", encoded)
-    columns = ", ".join(OUTBOX_COLUMNS)
+    columns = ", ".join(encoded.columns)
     added = conn.execute(
         f"insert into ops.outbox ({columns}) select {columns} from _outbox order by outbox_id"
         " on conflict (topic, event_id) do nothing").rowcount
     conn.execute("drop table _outbox")
     return added
+
+
+def _with_header_sets(conn: psycopg.Connection, rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows` referring to their lineage headers by `headers_id`: one new ops.outbox_headers row per
+    distinct headers text (a write usually carries one), inside the caller's transaction."""
+    ids: dict[str, int] = {}
+    for text in rows["headers"].unique(maintain_order=True).to_list():
+        row = conn.execute("insert into ops.outbox_headers (headers) values (%s::jsonb) returning headers_id",
+                           (text,)).fetchone()
+        assert row is not None
+        ids[text] = row[0]
+    return rows.with_columns(pl.col("headers").replace_strict(ids, return_dtype=pl.Int64).alias("headers_id")).drop(
+        "headers")
 
 
 def replace_pending(
@@ -223,14 +235,30 @@ def pending_in(conn: psycopg.Connection, scope: PendingScope, *, after_id: int =
     idle; through `reader`'s open connection when given, which sees only committed rows)."""
     where, params = scope.where()
     query = (
-        "select outbox_id, topic, key, event_id, value, headers::text as headers, session_date from ops.outbox"
-        f" where {where} and outbox_id > %s order by outbox_id" + (f" limit {int(limit)}" if limit else "")
+        "select outbox_id, topic, key, event_id, value, headers::text as headers, headers_id, session_date"
+        f" from ops.outbox where {where} and outbox_id > %s order by outbox_id"
+        + (f" limit {int(limit)}" if limit else "")
     )
+    schema = {**PENDING_SCHEMA, "headers_id": pl.Int64()}
+    rows = _read(conn, query, (*params, after_id), schema, reader)
+    sets = rows["headers_id"].drop_nulls().unique()
+    if sets.len():
+        texts = _read(conn, "select headers_id, headers::text as headers from ops.outbox_headers"
+                      " where headers_id = any(%s)", (sets.to_list(),),
+                      {"headers_id": pl.Int64(), "headers": pl.String()}, reader)
+        shared = pl.col("headers_id").replace_strict(texts["headers_id"], texts["headers"], default=None)
+        rows = rows.with_columns(pl.coalesce("headers", shared).alias("headers"))
+    return rows.select(list(PENDING_SCHEMA))
+
+
+def _read(conn: psycopg.Connection, query: str, params: tuple[object, ...], schema: dict[str, pl.DataType],
+          reader: ArrowReader | None) -> pl.DataFrame:
+    """Rows of `query` through `reader` when given (and able), otherwise through `conn`."""
     if reader is not None:
-        frame = reader.read(query, (*params, after_id), PENDING_SCHEMA)
+        frame = reader.read(query, params, schema)
         if frame is not None:
             return frame
-    return read_frame(conn, query, (*params, after_id), PENDING_SCHEMA)
+    return read_frame(conn, query, params, schema)
 
 
 def refresh_statistics(conn: psycopg.Connection, *, changed_share: float = 0.1) -> bool:
@@ -263,10 +291,11 @@ def move_sent(conn: psycopg.Connection, where: str, params: list[object], *,
     """
     with conn.transaction():
         conn.execute(
-            "insert into ops.outbox_sent (outbox_id, topic, key, event_id, value, headers, provider, session_date,"
-            " created_at, published_at, dead_letter_reason) select outbox_id, topic, key, event_id,"
-            " case when coalesce(%s, dead_letter_reason) is null then null else value end, headers, provider,"
-            f" session_date, created_at, now(), coalesce(%s, dead_letter_reason) from ops.outbox where {where}",
+            "insert into ops.outbox_sent (outbox_id, topic, key, event_id, value, headers, headers_id, provider,"
+            " session_date, created_at, published_at, dead_letter_reason) select outbox_id, topic, key, event_id,"
+            " case when coalesce(%s, dead_letter_reason) is null then null else value end, headers, headers_id,"
+            " provider, session_date, created_at, now(), coalesce(%s, dead_letter_reason)"
+            f" from ops.outbox where {where}",
             (dead_letter_reason, dead_letter_reason, *params))
         return conn.execute(f"delete from ops.outbox where {where}", params).rowcount
 

@@ -497,8 +497,9 @@ def _expire_rows_procedure(conn: psycopg.Connection, timescale: bool) -> None:
     conn.execute(expire_rows_ddl("ops.outbox"))
 
 
-def expire_rows_ddl(sent_events: str) -> str:
-    """ops.expire_rows, deleting expired sent outbox events from `sent_events` (ops.outbox until migration 15)."""
+def expire_rows_ddl(sent_events: str, then: str = "") -> str:
+    """ops.expire_rows, deleting expired sent outbox events from `sent_events` (ops.outbox until migration 15),
+    then running the statements `then` (when outbox retention is configured)."""
     return f"""
 create or replace procedure ops.expire_rows(job_id integer, config jsonb)
 language plpgsql as $$
@@ -507,7 +508,7 @@ begin
         delete from raw.payloads where session_end < current_date - (config ->> 'raw.payloads')::interval;
     end if;
     if config ? 'ops.outbox' then
-        delete from {sent_events} where published_at < now() - (config ->> 'ops.outbox')::interval;
+        delete from {sent_events} where published_at < now() - (config ->> 'ops.outbox')::interval;{then}
     end if;
 end
 $$;
@@ -655,6 +656,55 @@ comment on view ops.outbox_events is
 """
 
 
+
+def _outbox_header_sets(conn: psycopg.Connection, timescale: bool) -> None:
+    """Lineage headers stored once per outbox write (ops.outbox_headers) instead of on every event.
+
+    A store step's events share one set of headers (run, provider, range), about 130 bytes of jsonb:
+    over a third of a daily-bar event's row, written to ops.outbox, read back and converted to text
+    by the relay, and copied into the history for every event. New rows carry `headers_id`; rows
+    written before keep their own `headers` (nothing is rewritten), and ops.outbox_events shows
+    either as `headers`.
+    """
+    conn.execute(OUTBOX_HEADERS_DDL)
+    for table in ("ops.outbox", "ops.outbox_sent"):
+        conn.execute(f"alter table {table} add column headers_id bigint;"
+                     f" alter table {table} alter column headers drop not null;"
+                     f" alter table {table} add constraint {table.split('.')[1]}_has_headers"
+                     " check (headers is not null or headers_id is not null)")
+    conn.execute("drop view ops.outbox_events")
+    conn.execute(OUTBOX_EVENTS_WITH_HEADER_SETS_VIEW_DDL)
+    conn.execute(EXPIRE_ROWS_WITH_HEADER_SETS_DDL)
+
+
+OUTBOX_HEADERS_DDL = """
+create table ops.outbox_headers (
+    headers_id bigint      generated always as identity primary key,
+    headers    jsonb       not null,
+    created_at timestamptz not null default now()
+);
+comment on table ops.outbox_headers is
+    'Lineage headers of outbox events, one row per outbox write (ops.outbox(_sent).headers_id)';
+"""
+OUTBOX_EVENTS_WITH_HEADER_SETS_VIEW_DDL = """
+create view ops.outbox_events as
+select o.outbox_id, o.topic, o.key, o.event_id, o.value, coalesce(o.headers, h.headers) as headers, o.provider,
+       o.session_date, o.created_at, null::timestamptz as published_at, o.dead_letter_reason
+from ops.outbox o left join ops.outbox_headers h using (headers_id)
+union all
+select s.outbox_id, s.topic, s.key, s.event_id, s.value, coalesce(s.headers, h.headers) as headers, s.provider,
+       s.session_date, s.created_at, s.published_at, s.dead_letter_reason
+from ops.outbox_sent s left join ops.outbox_headers h using (headers_id);
+comment on view ops.outbox_events is
+    'Every queued event: pending (ops.outbox, published_at null) and sent (ops.outbox_sent)';
+"""
+# Header sets are never shared between writes, so one that no event refers to any more (its events
+# expired, or were replaced while pending) is never referred to again.
+EXPIRE_ROWS_WITH_HEADER_SETS_DDL = expire_rows_ddl("ops.outbox_sent", """
+        delete from ops.outbox_headers h
+         where not exists (select from ops.outbox o where o.headers_id = h.headers_id)
+           and not exists (select from ops.outbox_sent s where s.headers_id = h.headers_id);""")
+
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schemas", _initial),
@@ -672,4 +722,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(13, "outbox values compressed with lz4", _outbox_lz4),
     Migration(14, "schema of chunks built apart by first loads", _new_chunks_schema),
     Migration(15, "sent outbox events move to ops.outbox_sent", _outbox_sent_history),
+    Migration(16, "outbox lineage headers stored once per write", _outbox_header_sets),
 )
