@@ -656,7 +656,6 @@ comment on view ops.outbox_events is
 """
 
 
-
 def _outbox_header_sets(conn: psycopg.Connection, timescale: bool) -> None:
     """Lineage headers stored once per outbox write (ops.outbox_headers) instead of on every event.
 
@@ -704,6 +703,7 @@ EXPIRE_ROWS_WITH_HEADER_SETS_DDL = expire_rows_ddl("ops.outbox_sent", """
         delete from ops.outbox_headers h
          where not exists (select from ops.outbox o where o.headers_id = h.headers_id)
            and not exists (select from ops.outbox_sent s where s.headers_id = h.headers_id);""")
+
 
 # Every schema version, in order. Append new versions; never edit an applied one.
 MIGRATIONS: tuple[Migration, ...] = (
